@@ -1,0 +1,186 @@
+"""JSON input to an event record, checked against the event type's Avro schema.
+
+Timestamps arrive as ISO-8601 strings with a zone or offset, or as epoch milliseconds;
+dates as YYYY-MM-DD. Unknown extra fields are dropped and reported by name (never by
+value). Missing nullable fields become null; anything else that does not fit is an
+InvalidEvent whose reason names the field and the rule, never the value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from broker.errors import InvalidEvent
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MIN_MILLIS = 0
+MAX_MILLIS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_string_bytes: int = 16 * 1024
+    max_event_bytes: int = 256 * 1024
+
+
+@dataclass
+class Conversion:
+    record: dict[str, Any]
+    dropped_fields: list[str] = field(default_factory=list)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+class _Converter:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.dropped: list[str] = []
+
+    def record(self, schema: dict[str, Any], value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise InvalidEvent("wrong_type", f"{path or 'event'}: expected an object, got "
+                               f"{_type_name(value)}")
+        known = {f["name"] for f in schema["fields"]}
+        self.dropped.extend(f"{path}{k}" for k in value if k not in known)
+        out: dict[str, Any] = {}
+        for f in schema["fields"]:
+            fpath = f"{path}{f['name']}"
+            if f["name"] not in value:
+                if _nullable(f["type"]):
+                    out[f["name"]] = None
+                    continue
+                raise InvalidEvent("missing_field", f"{fpath}: required field is missing")
+            out[f["name"]] = self.value(f["type"], value[f["name"]], fpath)
+        return out
+
+    def value(self, avro_type: Any, value: Any, path: str) -> Any:  # noqa: PLR0911, PLR0912
+        if isinstance(avro_type, list):
+            if value is None:
+                if "null" in avro_type:
+                    return None
+                raise InvalidEvent("wrong_type", f"{path}: may not be null")
+            branches = [b for b in avro_type if b != "null"]
+            if len(branches) != 1:
+                raise InvalidEvent("unsupported_schema", f"{path}: ambiguous union")
+            return self.value(branches[0], value, path)
+        if value is None:
+            raise InvalidEvent("wrong_type", f"{path}: may not be null")
+        if isinstance(avro_type, dict):
+            kind = avro_type["type"]
+            logical = avro_type.get("logicalType")
+            if kind == "record":
+                return self.record(avro_type, value, f"{path}.")
+            if kind == "enum":
+                if not isinstance(value, str) or value not in avro_type["symbols"]:
+                    raise InvalidEvent("wrong_value", f"{path}: not one of "
+                                       f"{', '.join(avro_type['symbols'])}")
+                return value
+            if kind == "array":
+                if not isinstance(value, list):
+                    raise InvalidEvent("wrong_type", f"{path}: expected an array, got "
+                                       f"{_type_name(value)}")
+                return [self.value(avro_type["items"], v, f"{path}[{i}]")
+                        for i, v in enumerate(value)]
+            if logical == "timestamp-millis":
+                return _timestamp(value, path)
+            if logical == "date":
+                return _date(value, path)
+            if logical == "uuid":
+                text = self.string(value, path)
+                try:
+                    uuid.UUID(text)
+                except ValueError:
+                    raise InvalidEvent("wrong_value", f"{path}: not a UUID") from None
+                return text
+            return self.value(kind, value, path)
+        return self.primitive(avro_type, value, path)
+
+    def primitive(self, avro_type: str, value: Any, path: str) -> Any:
+        if avro_type == "string":
+            return self.string(value, path)
+        if avro_type == "boolean":
+            if not isinstance(value, bool):
+                raise InvalidEvent("wrong_type", f"{path}: expected a boolean, got "
+                                   f"{_type_name(value)}")
+            return value
+        if avro_type in ("int", "long"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidEvent("wrong_type", f"{path}: expected an integer, got "
+                                   f"{_type_name(value)}")
+            bits = 31 if avro_type == "int" else 63
+            if not -(2**bits) <= value < 2**bits:
+                raise InvalidEvent("out_of_range", f"{path}: integer out of range")
+            return value
+        if avro_type in ("float", "double"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidEvent("wrong_type", f"{path}: expected a number, got "
+                                   f"{_type_name(value)}")
+            if not math.isfinite(value):
+                raise InvalidEvent("wrong_value", f"{path}: NaN and infinity are not allowed")
+            return float(value)
+        raise InvalidEvent("unsupported_schema", f"{path}: unsupported Avro type {avro_type}")
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise InvalidEvent("wrong_type", f"{path}: expected a string, got "
+                               f"{_type_name(value)}")
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidEvent("invalid_unicode", f"{path}: contains a lone surrogate") from None
+        if size > self.limits.max_string_bytes:
+            raise InvalidEvent("field_too_large", f"{path}: {size} bytes, the limit is "
+                               f"{self.limits.max_string_bytes}")
+        return value
+
+
+def _nullable(avro_type: Any) -> bool:
+    return isinstance(avro_type, list) and "null" in avro_type
+
+
+def _timestamp(value: Any, path: str) -> datetime:
+    if isinstance(value, bool):
+        raise InvalidEvent("wrong_type", f"{path}: expected a timestamp, got boolean")
+    if isinstance(value, int):
+        if not MIN_MILLIS <= value <= MAX_MILLIS:
+            raise InvalidEvent("out_of_range", f"{path}: epoch milliseconds out of range")
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"{path}: expected an ISO-8601 timestamp or epoch "
+                           f"milliseconds, got {_type_name(value)}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise InvalidEvent("wrong_value", f"{path}: not an ISO-8601 timestamp") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise InvalidEvent("naive_timestamp", f"{path}: timestamp has no zone or offset")
+    parsed = parsed.astimezone(UTC)
+    if parsed.year < 1970:
+        raise InvalidEvent("out_of_range", f"{path}: timestamp before 1970")
+    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+
+
+def _date(value: Any, path: str) -> date:
+    if not isinstance(value, str) or not _DATE.match(value):
+        raise InvalidEvent("wrong_value", f"{path}: expected a date as YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent("wrong_value", f"{path}: not a calendar date") from None
+
+
+def convert(schema: dict[str, Any], obj: Any, limits: Limits) -> Conversion:
+    """Check `obj` (parsed JSON) against the raw Avro record schema and convert it."""
+    converter = _Converter(limits)
+    record = converter.record(schema, obj, "")
+    return Conversion(record, converter.dropped)
