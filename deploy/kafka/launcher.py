@@ -1,0 +1,545 @@
+"""Run a real single-node Apache Kafka 4.x (KRaft, broker + controller in one JVM).
+
+The jars come from Maven Central through ``deploy/kafka/pom.xml`` (cached in ``~/.m2`` and in a
+libs directory outside the git tree), or from the ``libs/`` folder of an unpacked Apache Kafka
+binary tarball named by ``KAFKA_LIBS_DIR``. Only the standard library is needed; kafka-python is
+used for the readiness check when it is importable.
+
+Library use::
+
+    with KafkaNode() as node:
+        print(node.bootstrap_servers)  # "127.0.0.1:PORT"
+
+Command line::
+
+    python deploy/kafka/launcher.py fetch   # resolve the jars, print the libs dir
+    python deploy/kafka/launcher.py run     # start, print KAFKA_BOOTSTRAP_SERVERS=..., wait
+
+Environment:
+
+* ``KAFKA_LIBS_DIR``: where the jars are (default
+  ``${XDG_CACHE_HOME:-~/.cache}/covenant-broker/kafka-<version>/libs``). If it already holds
+  Kafka jars without our completion marker (a tarball's ``libs/``), it is used as it is.
+* ``JAVA_HOME``: used to find ``java`` before ``PATH``.
+* ``MAVEN_OPTS`` / ``~/.m2/settings.xml``: honoured by ``mvn`` as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Self
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+TEMPLATE = HERE / "server.properties.template"
+MARKER_NAME = ".covenant-libs-complete"
+
+READY_LINE = "Kafka Server started"
+MIN_JAVA = 17
+DEFAULT_HEAP = "384m"
+DEFAULT_STARTUP_TIMEOUT_S = 90.0
+DEFAULT_STOP_TIMEOUT_S = 30.0
+PORT_ATTEMPTS = 3
+LOG_TAIL_LINES = 60
+
+JAVA_HINT = (
+    "install a Java 17+ runtime (Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`; "
+    "or set JAVA_HOME)"
+)
+MVN_HINT = (
+    "install Apache Maven (Debian/Ubuntu: `apt-get install maven`), or unpack an Apache Kafka "
+    "4.x binary tarball and set KAFKA_LIBS_DIR=<kafka>/libs, or set KAFKA_BOOTSTRAP_SERVERS to "
+    "an already running broker (for example the official `apache/kafka` Docker image)"
+)
+
+
+class KafkaLauncherError(RuntimeError):
+    """Kafka could not be provisioned, started or stopped."""
+
+
+class MissingToolError(KafkaLauncherError):
+    """A required external tool (java, mvn) is not installed."""
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned in pom.xml (single source of truth)."""
+    match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", POM.read_text())
+    if not match:
+        raise KafkaLauncherError(f"no <kafka.version> property in {POM}")
+    return match.group(1)
+
+
+def default_libs_dir() -> Path:
+    """``$KAFKA_LIBS_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/covenant-broker/kafka-<v>/libs``."""
+    override = os.environ.get("KAFKA_LIBS_DIR")
+    if override:
+        return Path(override).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "covenant-broker" / f"kafka-{kafka_version()}" / "libs"
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()
+
+
+def _has_kafka_jars(libs: Path) -> bool:
+    return libs.is_dir() and any(libs.glob("kafka_2.13-*.jar"))
+
+
+def _marker_ok(libs: Path) -> bool:
+    marker = libs / MARKER_NAME
+    return marker.is_file() and marker.read_text().strip() == _pom_digest()
+
+
+def find_java() -> str:
+    """Path of a Java 17+ ``java`` executable, or MissingToolError naming what to install."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = str(Path(java_home) / "bin" / "java") if java_home else None
+    java = candidate if candidate and os.access(candidate, os.X_OK) else shutil.which("java")
+    if not java:
+        raise MissingToolError(f"`java` not found on PATH: {JAVA_HINT}")
+    proc = subprocess.run(
+        [java, "-XshowSettings:properties", "-version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"java\.specification\.version = (\d+)", proc.stderr)
+    if not found or int(found.group(1)) < MIN_JAVA:
+        version = found.group(1) if found else "unknown"
+        raise MissingToolError(f"{java} is Java {version}; Kafka 4 needs {MIN_JAVA}+: {JAVA_HINT}")
+    return java
+
+
+def find_mvn() -> str:
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise MissingToolError(f"`mvn` not found on PATH and no Kafka jars cached: {MVN_HINT}")
+    return mvn
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so parallel test workers resolve the jars only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_libs(libs: Path | None = None) -> Path:
+    """Make sure the Kafka jars are present; return the libs directory.
+
+    Runs ``mvn dependency:copy-dependencies`` only when the directory lacks the completion
+    marker (whose content is the pom's SHA-256, so editing the pom refreshes the cache). A
+    directory that holds Kafka jars but no marker (a tarball's ``libs/``) is used as it is.
+    """
+    libs = (libs or default_libs_dir()).expanduser().resolve()
+    if _marker_ok(libs):
+        return libs
+    if _has_kafka_jars(libs) and not (libs / MARKER_NAME).exists():
+        return libs  # user-provided (unpacked tarball)
+    mvn = find_mvn()
+    with _file_lock(libs.parent / f".{libs.name}.lock"):
+        if _marker_ok(libs):  # another process finished while we waited
+            return libs
+        staging = Path(tempfile.mkdtemp(prefix=f".{libs.name}-", dir=libs.parent))
+        try:
+            cmd = [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0 or not _has_kafka_jars(staging):
+                output = (proc.stdout + proc.stderr).strip()[-4000:]
+                raise KafkaLauncherError(
+                    f"resolving Kafka jars failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                    f"{output}"
+                )
+            (staging / MARKER_NAME).write_text(_pom_digest() + "\n")
+            if libs.exists():
+                shutil.rmtree(libs)
+            staging.rename(libs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+# --------------------------------------------------------------------------- node
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, base64url, without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago (callers retry on clashes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def render_properties(
+    target: Path, *, broker_port: int, controller_port: int, log_dir: Path, node_id: int = 1
+) -> None:
+    text = string.Template(TEMPLATE.read_text()).substitute(
+        node_id=node_id,
+        broker_port=broker_port,
+        controller_port=controller_port,
+        log_dir=str(log_dir),
+    )
+    target.write_text(text)
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "<no log>"
+    return "\n".join(content[-lines:])
+
+
+def _metadata_ok(bootstrap: str, timeout_s: float) -> bool:
+    """True when a client metadata request succeeds (kafka-python if present, else TCP)."""
+    try:
+        from kafka import KafkaAdminClient  # noqa: PLC0415  (optional dependency)
+        from kafka.errors import KafkaConfigurationError  # noqa: PLC0415
+    except ImportError:
+        host, port = bootstrap.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+    timeout_ms = max(1000, int(timeout_s * 1000))
+    try:
+        # kafka-python 3.x: `bootstrap_timeout_ms` (2.x had `api_version_auto_timeout_ms`).
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="covenant-launcher-readiness",
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+        )
+    except KafkaConfigurationError:
+        raise  # a bug here, not "not ready yet"
+    except Exception:  # NoBrokersAvailable and friends: not ready yet
+        return False
+    try:
+        admin.list_topics()
+    except Exception:
+        return False
+    finally:
+        admin.close()
+    return True
+
+
+class KafkaNode:
+    """A single-node KRaft Kafka in a child JVM, with its data in a temporary directory.
+
+    Attributes after ``start()``: ``bootstrap_servers`` ("127.0.0.1:PORT"), ``controller_port``,
+    ``log_path`` (combined stdout/stderr of the JVM), ``workdir``, ``cluster_id``, ``pid``.
+    """
+
+    def __init__(
+        self,
+        *,
+        libs: Path | None = None,
+        heap: str = DEFAULT_HEAP,
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+        keep_workdir: bool = False,
+        extra_jvm_args: tuple[str, ...] = (),
+    ) -> None:
+        self._libs_override = libs
+        self.heap = heap
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.keep_workdir = keep_workdir
+        self.extra_jvm_args = extra_jvm_args
+        self.libs: Path | None = None
+        self.workdir: Path | None = None
+        self.log_path: Path | None = None
+        self.cluster_id: str | None = None
+        self.broker_port: int | None = None
+        self.controller_port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_handle: IO[bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.broker_port is None:
+            raise KafkaLauncherError("KafkaNode is not started")
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Self:
+        """Resolve jars, format storage, spawn the JVM and wait until a client can use it."""
+        with self._lock:
+            if self._proc is not None:
+                raise KafkaLauncherError("KafkaNode already started")
+            java = find_java()
+            self.libs = ensure_libs(self._libs_override)
+            last_error: KafkaLauncherError | None = None
+            for _attempt in range(PORT_ATTEMPTS):
+                try:
+                    self._start_once(java, self.libs)
+                except _PortClashError as exc:
+                    last_error = exc
+                    self._cleanup_process()
+                    self._cleanup_workdir(force=True)
+                    continue
+                except BaseException:
+                    self._cleanup_process()
+                    self._cleanup_workdir(force=not self.keep_workdir)
+                    raise
+                return self
+            raise KafkaLauncherError(
+                f"could not bind free ports after {PORT_ATTEMPTS} attempts"
+            ) from last_error
+
+    def stop(self) -> None:
+        """SIGTERM, wait ``stop_timeout_s``, then SIGKILL; then remove the work dir."""
+        with self._lock:
+            self._cleanup_process()
+            self._cleanup_workdir(force=not self.keep_workdir)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals ------------------------------------------------------------
+
+    def _classpath(self, libs: Path) -> str:
+        return str(libs / "*")  # expanded by the JVM itself, no shell involved
+
+    def _start_once(self, java: str, libs: Path) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="covenant-kafka-"))
+        data_dir = self.workdir / "data"
+        props = self.workdir / "server.properties"
+        self.log_path = self.workdir / "kafka.log"
+        self.broker_port = free_port()
+        self.controller_port = free_port()
+        while self.controller_port == self.broker_port:
+            self.controller_port = free_port()
+        self.cluster_id = new_cluster_id()
+        render_properties(
+            props,
+            broker_port=self.broker_port,
+            controller_port=self.controller_port,
+            log_dir=data_dir,
+        )
+
+        fmt = subprocess.run(
+            [
+                java,
+                "-cp",
+                self._classpath(libs),
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                self.cluster_id,
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            raise KafkaLauncherError(
+                f"kafka.tools.StorageTool format failed (exit {fmt.returncode}):\n"
+                f"{(fmt.stdout + fmt.stderr).strip()[-4000:]}"
+            )
+
+        cmd = [
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-Djava.awt.headless=true",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+            *self.extra_jvm_args,
+            "-cp",
+            self._classpath(libs),
+            "kafka.Kafka",
+            str(props),
+        ]
+        self._log_handle = self.log_path.open("wb")
+        self._proc = subprocess.Popen(
+            cmd,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
+        atexit.register(self._atexit_stop)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        assert self.log_path is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        seen_line = False
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = _tail(self.log_path)
+                if "Address already in use" in tail:
+                    raise _PortClashError(tail)
+                raise KafkaLauncherError(
+                    f"Kafka exited with code {self._proc.returncode} during start-up; "
+                    f"log {self.log_path}:\n{tail}"
+                )
+            if not seen_line:
+                seen_line = READY_LINE in self.log_path.read_text(errors="replace")
+            if seen_line:
+                remaining = max(1.0, min(10.0, deadline - time.monotonic()))
+                if _metadata_ok(self.bootstrap_servers, remaining):
+                    return
+            time.sleep(0.2)
+        raise KafkaLauncherError(
+            f"Kafka not ready after {self.startup_timeout_s:.0f}s "
+            f"(saw {READY_LINE!r}: {seen_line}); log {self.log_path}:\n{_tail(self.log_path)}"
+        )
+
+    def _atexit_stop(self) -> None:
+        # Last resort when the owner forgot stop(); does not help if Python is SIGKILLed.
+        if self._proc is not None:
+            self._cleanup_process()
+
+    def _cleanup_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            atexit.unregister(self._atexit_stop)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def _cleanup_workdir(self, *, force: bool) -> None:
+        if force and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+            self.log_path = None
+
+
+class _PortClashError(KafkaLauncherError):
+    """A chosen port was taken before Kafka bound it; the caller retries with new ports."""
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_fetch(_args: argparse.Namespace) -> int:
+    print(ensure_libs())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        # First signal: ignore further ones and unwind, so `with node:` stops the JVM.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node = KafkaNode(heap=args.heap, startup_timeout_s=args.timeout, keep_workdir=args.keep)
+    started = time.monotonic()
+    try:
+        with node:
+            print(f"KAFKA_BOOTSTRAP_SERVERS={node.bootstrap_servers}", flush=True)
+            print(
+                f"# Kafka {kafka_version()} pid {node.pid} ready in "
+                f"{time.monotonic() - started:.1f}s; log {node.log_path}; Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            while node.is_running():
+                time.sleep(0.5)
+            tail = _tail(node.log_path or Path())
+            print(f"# Kafka exited unexpectedly; log tail:\n{tail}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("# stopped", file=sys.stderr)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="resolve the Kafka jars and print the libs directory")
+    run = sub.add_parser("run", help="start a node and run until Ctrl-C / SIGTERM")
+    run.add_argument("--heap", default=DEFAULT_HEAP, help="JVM -Xmx/-Xms (default %(default)s)")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_STARTUP_TIMEOUT_S,
+        help="start-up timeout in seconds (default %(default)s)",
+    )
+    run.add_argument("--keep", action="store_true", help="keep the data/log dir on exit")
+    args = parser.parse_args(argv)
+    try:
+        return int({"fetch": _cmd_fetch, "run": _cmd_run}[args.command](args))
+    except KafkaLauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
