@@ -166,7 +166,12 @@ def _condition_kind(value: Any) -> str | None:
             if key in value:
                 return key
         return None
-    return getattr(value, "kind", None)
+    return _TAGS.get(type(value))
+
+
+_TAGS: dict[type, str] = {FieldCondition: "field", MaxAgeCondition: "max_age",
+                          ValidBetweenCondition: "valid_between", ThemeCondition: "theme",
+                          CelCondition: "cel"}
 
 
 Condition = Annotated[

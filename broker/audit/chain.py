@@ -1,0 +1,45 @@
+"""Verify the hash chain of an audit log: decodable entries, contiguous seq, linked hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from broker.audit.entries import GENESIS
+from broker.model.schemas import Schema
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    entries: int
+    head: str  # hex hash of the last entry, GENESIS for an empty log
+    problem: str | None  # the first problem, naming the entry; None when intact
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify_chain(schema: Schema, rows: Iterable[tuple[int, bytes]]) -> ChainReport:
+    """Check (stored position, entry bytes) rows in order and report the first problem."""
+    prev = GENESIS
+    count = 0
+    for position, data in rows:
+        if position != count:
+            return ChainReport(count, prev, f"entry {count}: missing; the next stored entry "
+                               f"is at position {position}")
+        try:
+            record = schema.decode(data)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a finding to report
+            return ChainReport(count, prev, f"entry {count}: does not decode as an audit "
+                               f"entry ({type(exc).__name__})")
+        if record["seq"] != count:
+            return ChainReport(count, prev, f"entry {count}: carries seq {record['seq']}; "
+                               "entries were reordered, inserted or duplicated")
+        if record["prev_hash"] != prev:
+            return ChainReport(count, prev, f"entry {count}: prev_hash does not match the "
+                               f"hash of entry {count - 1}; the log was altered")
+        prev = hashlib.sha256(data).hexdigest()
+        count += 1
+    return ChainReport(count, prev, None)

@@ -1,0 +1,316 @@
+"""The embedded backend: the whole event log in one SQLite database in the data directory.
+
+Every write that carries audit drafts runs in one `BEGIN IMMEDIATE` transaction, which
+also serialises the audit sequencer: reading the chain head and appending to it cannot
+interleave with another writer. Store, egress and audit rows are immutable (triggers
+refuse UPDATE and DELETE).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from broker.audit.entries import GENESIS, Draft, seal
+from broker.backends.port import (
+    DecisionBatch,
+    EgressRecord,
+    NewEgress,
+    NewEvent,
+    Quarantined,
+    StoredEvent,
+)
+from broker.errors import StorageError, TransientBackendError
+from broker.model.schemas import Schema
+from broker.policy.control import ThemeSwitch
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS store (
+    store_offset INTEGER PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    trace_id TEXT NOT NULL,
+    foreign_trace TEXT,
+    ingested_ms INTEGER NOT NULL,
+    UNIQUE (event_type, event_id)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    declared_type TEXT NOT NULL,
+    position TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS egress (
+    recipient TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    egress_offset INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('record', 'tombstone')),
+    payload BLOB NOT NULL,
+    event_offset INTEGER NOT NULL,
+    ref TEXT,
+    expires_on TEXT,
+    released_ms INTEGER NOT NULL,
+    tombstone_for INTEGER,
+    PRIMARY KEY (recipient, purpose, egress_offset)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS egress_one_tombstone
+    ON egress (recipient, purpose, tombstone_for) WHERE tombstone_for IS NOT NULL;
+CREATE INDEX IF NOT EXISTS egress_expiring
+    ON egress (expires_on) WHERE expires_on IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    consumer TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    effective_ms INTEGER NOT NULL,
+    recorded_ms INTEGER NOT NULL
+);
+"""
+
+_IMMUTABLE = ("store", "egress", "audit", "control")
+
+
+def _triggers() -> str:
+    out = []
+    for table in _IMMUTABLE:
+        for action in ("UPDATE", "DELETE"):
+            out.append(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} "
+                f"ON {table} BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;")
+    return "\n".join(out)
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> StorageError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return TransientBackendError(f"{path}: database is busy ({text}); try again")
+    return StorageError(f"{path}: {text}")
+
+
+class SqliteEventLog:
+    """EventLog on SQLite. One instance per process; writers in other processes serialise."""
+
+    def __init__(self, path: Path, audit_schema: Schema) -> None:
+        self.path = path
+        self.audit_schema = audit_schema
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA secure_delete=ON")
+            self.db.executescript(_SCHEMA + _triggers())
+        except sqlite3.Error as exc:
+            raise _translate(exc, path) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
+    # -- audit sequencer (call only inside _write) -----------------------------------------
+    def _append_audit(self, db: sqlite3.Connection, drafts: list[Draft]) -> None:
+        if not drafts:
+            return
+        row = db.execute("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (0, GENESIS)
+        logged_ms = int(time.time() * 1000)
+        rows = []
+        for entry in drafts:
+            sealed = seal(self.audit_schema, entry, seq, prev, logged_ms)
+            rows.append((sealed.seq, sealed.data, sealed.entry_hash))
+            seq, prev = seq + 1, sealed.entry_hash
+        db.executemany("INSERT INTO audit (seq, entry, entry_hash) VALUES (?, ?, ?)", rows)
+
+    def append_audit(self, audits: list[Draft], now_ms: int) -> None:
+        with self._write() as db:
+            self._append_audit(db, audits)
+
+    def audit_rows(self) -> Iterator[tuple[int, bytes]]:
+        cursor = self.db.execute("SELECT seq, entry FROM audit ORDER BY seq")
+        while True:
+            rows = cursor.fetchmany(10_000)
+            if not rows:
+                return
+            yield from ((int(r[0]), bytes(r[1])) for r in rows)
+
+    # -- ingest ----------------------------------------------------------------------------
+    def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._read(
+                f"SELECT event_id FROM store WHERE event_type = ? AND event_id IN ({marks})",  # noqa: S608 - placeholders only
+                (event_type, *chunk)))
+        return found
+
+    def append_ingest(self, events: list[NewEvent], quarantined: list[Quarantined],
+                      audits: list[Draft], now_ms: int) -> list[StoredEvent]:
+        stored: list[StoredEvent] = []
+        with self._write() as db:
+            row = db.execute("SELECT MAX(store_offset) FROM store").fetchone()
+            offset = -1 if row[0] is None else int(row[0])
+            for ev in events:
+                offset += 1
+                db.execute(
+                    "INSERT INTO store (store_offset, event_type, source, event_id, payload, "
+                    "trace_id, foreign_trace, ingested_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (offset, ev.event_type, ev.source, ev.event_id, ev.payload, ev.trace_id,
+                     ev.foreign_trace, now_ms))
+                stored.append(StoredEvent(offset, ev.event_type, ev.source, ev.event_id,
+                                          ev.payload, ev.trace_id, now_ms, ev.foreign_trace))
+            db.executemany(
+                "INSERT INTO quarantine (source, declared_type, position, reason_code, reason, "
+                "raw, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(q.source, q.declared_type, q.position, q.reason_code, q.reason, q.raw,
+                  q.received_ms) for q in quarantined])
+            self._append_audit(db, audits)
+        return stored
+
+    def quarantine_count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM quarantine")[0][0])
+
+    def read_store(self, after: int, limit: int) -> list[StoredEvent]:
+        rows = self._read(
+            "SELECT store_offset, event_type, source, event_id, payload, trace_id, "
+            "ingested_ms, foreign_trace FROM store WHERE store_offset > ? "
+            "ORDER BY store_offset LIMIT ?", (after, limit))
+        return [StoredEvent(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7])
+                for r in rows]
+
+    # -- decide ----------------------------------------------------------------------------
+    def position(self, consumer: str) -> int:
+        rows = self._read("SELECT position FROM positions WHERE consumer = ?", (consumer,))
+        return int(rows[0][0]) if rows else -1
+
+    def commit_decisions(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
+        written: list[EgressRecord] = []
+        with self._write() as db:
+            current = db.execute("SELECT position FROM positions WHERE consumer = ?",
+                                 (batch.consumer,)).fetchone()
+            if current is not None and current[0] >= batch.position and batch.position >= 0:
+                raise StorageError(f"consumer {batch.consumer} already committed position "
+                                   f"{current[0]}; refusing to decide offset "
+                                   f"{batch.position} twice")
+            next_offsets: dict[tuple[str, str], int] = {}
+            drafts: list[Draft] = []
+            for eg in batch.egress:
+                key = (eg.recipient, eg.purpose)
+                if key not in next_offsets:
+                    row = db.execute("SELECT MAX(egress_offset) FROM egress WHERE recipient = ? "
+                                     "AND purpose = ?", key).fetchone()
+                    next_offsets[key] = 0 if row[0] is None else int(row[0]) + 1
+                offset = next_offsets[key]
+                next_offsets[key] = offset + 1
+                db.execute(
+                    "INSERT INTO egress (recipient, purpose, egress_offset, event_type, kind, "
+                    "payload, event_offset, ref, expires_on, released_ms, tombstone_for) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (eg.recipient, eg.purpose, offset, eg.event_type, eg.kind, eg.payload,
+                     eg.event_offset, eg.ref,
+                     eg.expires_on.isoformat() if eg.expires_on else None, eg.released_ms,
+                     eg.tombstone_for))
+                eg.audit["egress_offset"] = offset
+                drafts.append(eg.audit)
+                written.append(_egress_record(eg, offset))
+            drafts.extend(batch.audits)
+            self._append_audit(db, drafts)
+            if batch.position >= 0:
+                db.execute("INSERT INTO positions (consumer, position) VALUES (?, ?) "
+                           "ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+                           (batch.consumer, batch.position))
+        return written
+
+    # -- egress ----------------------------------------------------------------------------
+    _EGRESS_COLS = ("recipient, purpose, egress_offset, event_type, kind, payload, "
+                    "event_offset, ref, expires_on, released_ms")
+
+    def read_egress(self, recipient: str, purpose: str | None,
+                    from_offset: int) -> list[EgressRecord]:
+        sql = f"SELECT {self._EGRESS_COLS} FROM egress WHERE recipient = ? AND egress_offset >= ?"  # noqa: S608 - constant columns
+        args: tuple[Any, ...] = (recipient, from_offset)
+        if purpose is not None:
+            sql += " AND purpose = ?"
+            args = (*args, purpose)
+        sql += " ORDER BY purpose, egress_offset"
+        return [_row_to_egress(r) for r in self._read(sql, args)]
+
+    def streams(self, recipient: str) -> list[str]:
+        return [r[0] for r in self._read(
+            "SELECT DISTINCT purpose FROM egress WHERE recipient = ? ORDER BY purpose",
+            (recipient,))]
+
+    def expiring(self, before: date) -> list[EgressRecord]:
+        rows = self._read(
+            f"SELECT {self._EGRESS_COLS} FROM egress e WHERE kind = 'record' "  # noqa: S608 - constant columns
+            "AND expires_on IS NOT NULL AND expires_on < ? AND NOT EXISTS ("
+            "SELECT 1 FROM egress t WHERE t.recipient = e.recipient AND t.purpose = e.purpose "
+            "AND t.tombstone_for = e.egress_offset) ORDER BY recipient, purpose, egress_offset",
+            (before.isoformat(),))
+        return [_row_to_egress(r) for r in rows]
+
+    # -- control ---------------------------------------------------------------------------
+    def append_theme_switch(self, theme: str, on: bool, effective_ms: int,
+                            audit: Draft, now_ms: int) -> ThemeSwitch:
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO control (kind, name, value, effective_ms, recorded_ms) "
+                "VALUES ('theme', ?, ?, ?, ?)", (theme, "on" if on else "off", effective_ms,
+                                                 now_ms))
+            seq = int(cur.lastrowid or 0)
+            self._append_audit(db, [audit])
+        return ThemeSwitch(theme, on, effective_ms, seq)
+
+    def theme_switches(self) -> list[ThemeSwitch]:
+        return [ThemeSwitch(r[0], r[1] == "on", int(r[2]), int(r[3])) for r in self._read(
+            "SELECT name, value, effective_ms, seq FROM control WHERE kind = 'theme' "
+            "ORDER BY seq")]
+
+
+def _egress_record(eg: NewEgress, offset: int) -> EgressRecord:
+    return EgressRecord(eg.recipient, eg.purpose, offset, eg.event_type, eg.kind, eg.payload,
+                        eg.event_offset, eg.ref, eg.expires_on, eg.released_ms)
+
+
+def _row_to_egress(r: Any) -> EgressRecord:
+    return EgressRecord(r[0], r[1], int(r[2]), r[3], r[4], bytes(r[5]), int(r[6]), r[7],
+                        date.fromisoformat(r[8]) if r[8] else None, int(r[9]))

@@ -1,0 +1,243 @@
+"""covenant-broker: the command line. Other tools rely on these names; keep them.
+
+Exit codes: 0 done; 1 a check found problems (policy check, audit verify); 2 the
+command could not run (unknown source, type or recipient, unreadable file, bad config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from broker import logs
+from broker.clock import now_utc, parse_instant
+from broker.config import Settings, load_settings
+from broker.errors import BrokerError, CovenantError, InputError
+from broker.pipeline.ingest import split_lines
+from broker.runtime import Broker, IngestReport
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--data-dir", type=Path, default=default,
+                        help="data directory of the embedded backend (default ./data)")
+    parser.add_argument("--now", default=default,
+                        help="decision time as ISO-8601 with zone, e.g. 2026-05-01T09:00:00Z")
+    parser.add_argument("--json", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="machine-readable output")
+    parser.add_argument("--config", type=Path, default=default, help="config file (YAML)")
+    parser.add_argument("--policy", type=Path, default=default, help="covenant file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covenant-broker",
+        description="Brokers police, OM and municipality events under a covenant.")
+    _global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _global_options(sub, suppress=True)
+        return sub
+
+    demo = command("demo", "the sample scenario end to end (embedded, pinned clock)")
+    demo.add_argument("--seed", type=int, default=20260512)
+
+    ingest = command("ingest", "JSON lines in; decides synchronously on the embedded backend")
+    ingest.add_argument("--source", required=True)
+    ingest.add_argument("--type", required=True, dest="event_type")
+    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+
+    consume = command("consume", "released records, one JSON object a line")
+    consume.add_argument("--recipient", required=True)
+    consume.add_argument("--purpose")
+    consume.add_argument("--from-offset", type=int, default=0)
+
+    policy = command("policy", "covenant tools")
+    policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_cmds.add_parser("check", help="lint a covenant: exit 0 clean, 1 problems")
+    _global_options(check, suppress=True)
+    check.add_argument("path", nargs="?", type=Path)
+    views = policy_cmds.add_parser("views", help="show or write the derived view schemas")
+    _global_options(views, suppress=True)
+    views.add_argument("--write", action="store_true")
+
+    control = command("control", "control events")
+    control_cmds = control.add_subparsers(dest="control_command", required=True)
+    theme = control_cmds.add_parser("theme", help="switch an intervention-team theme")
+    _global_options(theme, suppress=True)
+    theme.add_argument("state", choices=["on", "off"])
+    theme.add_argument("name")
+
+    audit = command("audit", "the audit log")
+    audit_cmds = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_cmds.add_parser("verify", help="exit 0 intact; non-zero naming the "
+                                   "first bad entry")
+    _global_options(verify, suppress=True)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.policy is not None:
+        overrides["policy"] = args.policy
+    return load_settings(args.config, overrides)
+
+
+def _now(args: argparse.Namespace) -> datetime:
+    return parse_instant(args.now) if args.now else now_utc()
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload, ensure_ascii=False) if args.json else text)
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{name}: cannot be read: {exc.strerror}") from None
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    broker = Broker(settings)
+    try:
+        broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
+        data = _read_input(args.file)
+        inputs = ((f"line {n}", line) for n, line in split_lines(data))
+        report = broker.ingest(args.source, args.event_type, inputs, _now(args))
+    finally:
+        broker.close()
+    _emit(args, _ingest_json(report), _ingest_text(report))
+    return EXIT_OK
+
+
+def _ingest_json(report: IngestReport) -> dict[str, Any]:
+    return {
+        "source": report.source, "event_type": report.event_type,
+        "accepted": report.accepted, "quarantined": len(report.quarantined),
+        "quarantine": [{"position": q.position, "reason_code": q.reason_code,
+                        "reason": q.reason} for q in report.quarantined],
+        "dropped_fields": [{"position": p, "fields": f} for p, f in report.dropped_fields],
+        "released": report.decided.released, "withheld": report.decided.withheld,
+        "tombstones": report.tombstones,
+    }
+
+
+def _ingest_text(report: IngestReport) -> str:
+    lines = [f"{report.event_type} from {report.source}: {report.accepted} accepted, "
+             f"{len(report.quarantined)} quarantined"]
+    lines += [f"  quarantined {q.position}: {q.reason_code}: {q.reason}"
+              for q in report.quarantined]
+    lines += [f"  unknown fields dropped at {p}: {', '.join(f)}"
+              for p, f in report.dropped_fields]
+    lines.append(f"decisions: {report.decided.released} released, "
+                 f"{report.decided.withheld} withheld"
+                 + (f", {report.tombstones} expiry tombstones" if report.tombstones else ""))
+    return "\n".join(lines)
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_offset < 0:
+        raise InputError("--from-offset must be 0 or more")
+    broker = Broker(settings)
+    try:
+        delivered = broker.consume(args.recipient, args.purpose, args.from_offset, _now(args))
+    finally:
+        broker.close()
+    out = sys.stdout
+    for item in delivered:
+        out.write(json.dumps(item.as_json(), ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.policy.lint import lint, write_views  # noqa: PLC0415 - only this command
+
+    if args.policy_command == "views":
+        written = write_views(settings, write=args.write)
+        for line in written:
+            print(line)
+        return EXIT_OK
+    path = args.path or settings.policy_file()
+    problems = lint(path, settings.schemas_dir)
+    if args.json:
+        print(json.dumps({"path": str(path), "problems": problems}))
+    else:
+        for line in problems:
+            print(line)
+        if not problems:
+            print(f"{path}: ok")
+    return EXIT_FINDINGS if problems else EXIT_OK
+
+
+def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
+    broker = Broker(settings)
+    try:
+        now = _now(args)
+        broker.switch_theme(args.name, args.state == "on", now)
+        tombstones = broker.sweep_expiries(now)
+    finally:
+        broker.close()
+    _emit(args, {"theme": args.name, "state": args.state, "effective": now.isoformat(),
+                 "tombstones": tombstones},
+          f"theme {args.name} switched {args.state} at {now.isoformat()}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    broker = Broker(settings)
+    try:
+        report = broker.verify_audit()
+    finally:
+        broker.close()
+    payload = {"ok": report.ok, "entries": report.entries, "head": report.head,
+               "problem": report.problem}
+    text = (f"audit log intact: {report.entries} entries, head {report.head}" if report.ok
+            else f"audit log NOT intact: {report.problem}")
+    _emit(args, payload, text)
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.demo import run_demo  # noqa: PLC0415 - only this command
+
+    return run_demo(settings, explicit_data_dir=args.data_dir is not None, seed=args.seed,
+                    now=parse_instant(args.now) if args.now else None, as_json=args.json)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "demo": cmd_demo, "ingest": cmd_ingest, "consume": cmd_consume, "policy": cmd_policy,
+    "control": cmd_control, "audit": cmd_audit,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logs.configure(settings.log_level, settings.log_format)
+        return COMMANDS[args.command](args, settings)
+    except CovenantError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_ERROR
+    except BrokerError as exc:
+        print(f"covenant-broker: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
