@@ -26,7 +26,7 @@ from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import expiry
 from broker.pipeline.decide import DecideCounts, Decider
-from broker.pipeline.ingest import Accepted, source_of, validate
+from broker.pipeline.ingest import Accepted, validate
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant, load_covenant
 from broker.policy.decision import DecisionContext
@@ -81,6 +81,7 @@ class Broker:
                           for path in schema.personal_paths)
         self.policy_path = settings.policy_file()
         self.covenant: Covenant = load_covenant(self.policy_path)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keys = KeyStore(settings.data_dir / "keys")
         self.plans: PlanSet = compile_plans(self.covenant, self.registry,
                                             self.keys.pseudonym_key, str(self.policy_path))

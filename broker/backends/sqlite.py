@@ -115,6 +115,8 @@ class SqliteEventLog:
         self.path = path
         self.audit_schema = audit_schema
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            path.touch(mode=0o600)  # the store holds personal data: owner only
         try:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             self.db.execute("PRAGMA journal_mode=WAL")

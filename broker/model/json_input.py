@@ -63,7 +63,7 @@ class _Converter:
             out[f["name"]] = self.value(f["type"], value[f["name"]], fpath)
         return out
 
-    def value(self, avro_type: Any, value: Any, path: str) -> Any:  # noqa: PLR0911, PLR0912
+    def value(self, avro_type: Any, value: Any, path: str) -> Any:
         if isinstance(avro_type, list):
             if value is None:
                 if "null" in avro_type:

@@ -113,7 +113,9 @@ class SchemaRegistry:
             parsed = fastavro.parse_schema(raw)
         except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
             raise SchemaError(f"{path}: invalid Avro schema: {exc}") from exc
-        name = parsed["name"]
+        if not isinstance(parsed, dict) or parsed.get("type") != "record":
+            raise SchemaError(f"{path}: a schema file must hold one Avro record")
+        name = str(parsed["name"])
         fp = codec.fingerprint(to_parsing_canonical_form(raw))
         schema = Schema(name, kind, raw, parsed, fp, path)
         schema.fields = _walk(raw, "", False)
