@@ -22,7 +22,7 @@ NOW = parse_instant("2026-05-10T12:00:00Z")
 
 def ingest(broker: Broker, event_type: str, *events: dict[str, Any],
            now: datetime = NOW) -> None:
-    report = broker.ingest(event_type.split(".")[0], event_type, f.lines(*events), now)
+    report = broker.ingest(event_type.split(".", 1)[0], event_type, f.lines(*events), now)
     assert report.quarantined == [], report.quarantined
     assert report.accepted == len(events)
 
