@@ -2,7 +2,8 @@
 
 Each (event, purpose, recipient) gets exactly one audit entry, released or withheld; a
 release also gets its egress record. The caller commits the whole batch atomically with
-the consumer position.
+the consumer position. Before a plan runs, two facts of the stored event itself can
+withhold: the purpose's retention has passed, or a field the plan releases was erased.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Any
 
 from broker.audit.entries import Draft, draft
 from broker.backends.port import DecisionBatch, NewEgress, StoredEvent
-from broker.keys import KeyStore, commitment, keyed_pseudonym
-from broker.model.schemas import Schema, SchemaRegistry
-from broker.policy.decision import DecisionContext, Release
-from broker.policy.paths import getter
+from broker.clock import from_millis
+from broker.crypto.sealing import Opened, Sealer
+from broker.keys import KeyStore, commitment
+from broker.model.schemas import SchemaRegistry
+from broker.policy.decision import Decision, DecisionContext, Release, Withhold
 from broker.policy.plan import Plan, PlanSet
+
+DAY_MS = 86_400_000
 
 
 @dataclass
@@ -27,28 +31,39 @@ class DecideCounts:
     withheld: int = 0
 
 
+def egress_record_id(recipient: str, purpose: str, event_offset: int) -> str:
+    """What a sealed egress record is bound to: its stream and its source event."""
+    return f"{recipient}/{purpose}/{event_offset}"
+
+
 class Decider:
-    def __init__(self, plans: PlanSet, registry: SchemaRegistry, keys: KeyStore) -> None:
+    def __init__(self, plans: PlanSet, registry: SchemaRegistry, keys: KeyStore,
+                 sealer: Sealer) -> None:
         self.plans = plans
         self.registry = registry
-        self.subject_key = keys.subject_key()
+        self.sealer = sealer
         self.commitment_key = keys.commitment_key()
         header = plans.covenant.covenant
         self.covenant_id, self.covenant_version = header.id, header.version
-        self._subject_getters: dict[str, list[tuple[str, str, Any]]] = {}
+        self._personal_cache: dict[tuple[str, str], dict[str, str]] = {}
 
-    def subjects(self, schema: Schema, event: dict[str, Any]) -> list[dict[str, str]]:
-        """Keyed pseudonyms of the data subject identifiers in the event (never the values)."""
-        getters = self._subject_getters.get(schema.name)
-        if getters is None:
-            getters = [(path, kind, getter(path)) for path, kind in schema.subject_paths.items()]
-            self._subject_getters[schema.name] = getters
+    def open(self, stored: StoredEvent) -> Opened:
+        """The event as stored: sealed fields opened, erased ones None and named."""
+        if self.sealer.is_envelope(stored.payload):
+            return self.sealer.open(stored.payload, record_id=stored.event_id)
+        schema, event = self.registry.decode_single_object(stored.payload)
+        return Opened(schema, event, set(),
+                      self.sealer.subjects(schema, event, stored.event_id))
+
+    @staticmethod
+    def data_subjects(opened: Opened) -> list[dict[str, str]]:
+        """Keyed pseudonyms of the identified subjects (never the identifiers)."""
         out = []
-        for path, kind, get in getters:
-            value = get(event)
-            if value:
-                out.append({"pseudonym": keyed_pseudonym(self.subject_key, f"{kind}:{value}"),
-                            "id_type": kind, "role": path})
+        for path, kind in opened.schema.subject_paths.items():
+            subject = opened.subjects.get(path)
+            if subject and subject.startswith(f"{kind}:"):
+                out.append({"pseudonym": subject.split(":", 1)[1], "id_type": kind,
+                            "role": path})
         return out
 
     def decide(self, events: list[StoredEvent], ctx: DecisionContext, consumer: str,
@@ -56,25 +71,16 @@ class Decider:
         counts = counts if counts is not None else DecideCounts()
         batch = DecisionBatch(consumer=consumer, position=events[-1].offset if events else -1)
         for stored in events:
-            schema, event = self.registry.decode_single_object(stored.payload)
-            subjects = self.subjects(schema, event)
+            opened = self.open(stored)
+            subjects = self.data_subjects(opened)
             counts.events += 1
-            for plan in self.plans.plans_for(schema.name):
-                decision = plan.evaluate(event, ctx)
+            for plan in self.plans.plans_for(opened.schema.name):
+                decision = self._precheck(plan, stored, opened, ctx) or \
+                    plan.evaluate(opened.record, ctx)
                 audit = self._audit(plan, stored, subjects, ctx)
                 if isinstance(decision, Release):
-                    payload = plan.view_schema.encode(decision.view)
-                    audit.update(decision="release",
-                                 fields_released=list(decision.fields_released),
-                                 fields_withheld=list(decision.fields_withheld),
-                                 delivered_commitment=commitment(self.commitment_key, payload))
-                    expires: date | None = (plan.expires_after(event)
-                                            if plan.expires_after else None)
-                    ref = decision.view.get("ref")
-                    batch.egress.append(NewEgress(
-                        plan.recipient, plan.purpose, schema.name, "record", payload,
-                        stored.offset, ref if isinstance(ref, str) else None, expires,
-                        ctx.now_ms, audit))
+                    batch.egress.append(self._release(plan, stored, opened, decision, audit,
+                                                      ctx))
                     counts.released += 1
                 else:
                     audit.update(decision="withhold", reason_code=decision.code,
@@ -83,6 +89,49 @@ class Decider:
                     batch.audits.append(audit)
                     counts.withheld += 1
         return batch
+
+    @staticmethod
+    def _precheck(plan: Plan, stored: StoredEvent, opened: Opened,
+                  ctx: DecisionContext) -> Decision | None:
+        if ctx.now_ms - stored.ingested_ms > plan.retention_days * DAY_MS:
+            return Withhold("retention_expired", f"the event is older than the purpose's "
+                            f"retention of {plan.retention_days} days")
+        if opened.erased and any(
+                path == src or path.startswith(src + ".")
+                for path in opened.erased for src in plan.fields_released):
+            return Withhold("erased", "data the purpose releases was erased (crypto-shredded)")
+        return None
+
+    def _personal_outputs(self, plan: Plan) -> dict[str, str]:
+        """View field -> event path, for the released fields that hold personal data."""
+        key = (plan.event_type, plan.purpose)
+        found = self._personal_cache.get(key)
+        if found is None:
+            personal = set(self.registry.get(plan.event_type).personal_paths)
+            found = {f.name: f.source for f in plan.fields if f.source in personal}
+            self._personal_cache[key] = found
+        return found
+
+    def _release(self, plan: Plan, stored: StoredEvent, opened: Opened, decision: Release,
+                 audit: Draft, ctx: DecisionContext) -> NewEgress:
+        payload = plan.view_schema.encode(decision.view)
+        audit.update(decision="release", fields_released=list(decision.fields_released),
+                     fields_withheld=list(decision.fields_withheld),
+                     delivered_commitment=commitment(self.commitment_key, payload))
+        personal = {out: src for out, src in self._personal_outputs(plan).items()
+                    if src in opened.subjects}
+        sealed = self.sealer.seal(
+            plan.view_schema, decision.view,
+            egress_record_id(plan.recipient, plan.purpose, stored.offset),
+            self.sealer.retention_until(stored.event_type, from_millis(stored.ingested_ms)),
+            subjects={src: opened.subjects[src] for src in personal.values()},
+            personal=personal)
+        expires: date | None = plan.expires_after(opened.record) if plan.expires_after \
+            else None
+        ref: Any = decision.view.get("ref")
+        return NewEgress(plan.recipient, plan.purpose, stored.event_type, "record", payload,
+                         stored.offset, ref if isinstance(ref, str) else None, expires,
+                         ctx.now_ms, audit, sealed_payload=sealed)
 
     def _audit(self, plan: Plan, stored: StoredEvent, subjects: list[dict[str, str]],
                ctx: DecisionContext) -> Draft:

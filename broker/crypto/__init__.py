@@ -1,0 +1,1 @@
+"""Crypto-shredding: data keys per (data subject, retention period), wrapped by a KEK."""

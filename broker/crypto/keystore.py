@@ -1,0 +1,122 @@
+"""Data keys on the embedded backend: a small SQLite database of wrapped keys.
+
+A data key exists per (data subject, retention date). Destroying it (erasure or the end
+of retention) deletes its row with secure_delete on and truncates the WAL, so no copy of
+the wrapped key stays in the files. With the key gone, every field sealed under it is
+unrecoverable, while the immutable store and the audit log stay intact and verifiable.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from broker.crypto.kek import KeyEncryptionKey
+from broker.errors import StorageError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_keys (
+    key_id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    retention_until TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    fields_sealed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS data_keys_subject ON data_keys (subject);
+CREATE INDEX IF NOT EXISTS data_keys_retention ON data_keys (retention_until);
+"""
+
+
+@dataclass(frozen=True)
+class DestroyedKey:
+    key_id: str
+    subject: str
+    retention_until: date
+    fields_sealed: int
+
+
+def key_id_for(subject: str, retention_until: date) -> str:
+    return f"{subject}|{retention_until.isoformat()}"
+
+
+class SqliteKeyStore:
+    def __init__(self, path: Path, kek: KeyEncryptionKey) -> None:
+        self.path = path
+        self.kek = kek
+        self._cache: dict[str, bytes] = {}
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.touch(mode=0o600)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA secure_delete=ON")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def data_key(self, subject: str, retention_until: date, fields: int) -> tuple[str, bytes]:
+        """The key for (subject, retention date), created on first use; counts sealed fields."""
+        key_id = key_id_for(subject, retention_until)
+        try:
+            row = self.db.execute("SELECT wrapped FROM data_keys WHERE key_id = ?",
+                                  (key_id,)).fetchone()
+            if row is None:
+                key = secrets.token_bytes(32)
+                self.db.execute(
+                    "INSERT INTO data_keys (key_id, subject, retention_until, wrapped, "
+                    "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, subject, retention_until.isoformat(), self.kek.wrap(key, key_id),
+                     int(time.time() * 1000), fields))
+            else:
+                key = self._cache.get(key_id) or self.kek.unwrap(bytes(row[0]), key_id)
+                self.db.execute("UPDATE data_keys SET fields_sealed = fields_sealed + ? "
+                                "WHERE key_id = ?", (fields, key_id))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        self._cache[key_id] = key
+        return key_id, key
+
+    def lookup(self, key_id: str) -> bytes | None:
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            return cached
+        row = self.db.execute("SELECT wrapped FROM data_keys WHERE key_id = ?",
+                              (key_id,)).fetchone()
+        if row is None:
+            return None
+        key = self.kek.unwrap(bytes(row[0]), key_id)
+        self._cache[key_id] = key
+        return key
+
+    def _destroy(self, where: str, arg: str) -> list[DestroyedKey]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            rows = self.db.execute(
+                f"SELECT key_id, subject, retention_until, fields_sealed FROM data_keys "  # noqa: S608 - fixed clauses
+                f"WHERE {where}", (arg,)).fetchall()
+            self.db.execute(f"DELETE FROM data_keys WHERE {where}", (arg,))  # noqa: S608 - fixed clauses
+            self.db.execute("COMMIT")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        destroyed = [DestroyedKey(r[0], r[1], date.fromisoformat(r[2]), int(r[3])) for r in rows]
+        for key in destroyed:
+            self._cache.pop(key.key_id, None)
+        return destroyed
+
+    def destroy_subject(self, subject: str) -> list[DestroyedKey]:
+        return self._destroy("subject = ?", subject)
+
+    def destroy_expired(self, today: date) -> list[DestroyedKey]:
+        """Keys whose retention date has passed (retention_until < today)."""
+        return self._destroy("retention_until < ?", today.isoformat())

@@ -1,0 +1,245 @@
+"""Seal and open personal fields of records at rest (the store, broker-held egress).
+
+Which fields are personal and which identify the data subject comes from the schema
+annotations. A personal field is sealed under the data key of its subject: the nearest
+subject identifier in its own part of the record (victim.name -> victim.bsn), else the
+record's first identified subject, else the record itself. The retention date of the key
+is the ingest date plus the longest retention of the purposes that may use the type.
+
+Nonces are synthetic (HMAC of associated data and plaintext under the data key), so the
+same record sealed twice gives the same bytes: replay stays byte-identical, and a nonce
+never repeats for different plaintexts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import fastavro
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from broker.errors import StorageError
+from broker.keys import keyed_pseudonym
+from broker.model.schemas import FieldInfo, Schema, SchemaRegistry
+
+_EPOCH_DATE = date(1970, 1, 1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class DataKeys(Protocol):
+    def data_key(self, subject: str, retention_until: date, fields: int) -> tuple[str, bytes]: ...
+
+    def lookup(self, key_id: str) -> bytes | None: ...
+
+
+@dataclass
+class Opened:
+    schema: Schema
+    record: dict[str, Any]
+    erased: set[str] = field(default_factory=set)  # paths whose key is destroyed
+    subjects: dict[str, str] = field(default_factory=dict)  # personal path -> subject
+
+
+def _blank(avro_type: Any) -> Any:
+    if isinstance(avro_type, list):
+        return None if "null" in avro_type else _blank(avro_type[0])
+    if isinstance(avro_type, dict):
+        logical = avro_type.get("logicalType")
+        if logical == "date":
+            return _EPOCH_DATE
+        if logical == "timestamp-millis":
+            return _EPOCH
+        kind = avro_type["type"]
+        if kind == "enum":
+            return avro_type["symbols"][0]
+        if kind == "array":
+            return []
+        if kind == "map":
+            return {}
+        if kind == "record":
+            return {f["name"]: _blank(f["type"]) for f in avro_type["fields"]}
+        return _blank(kind)
+    return {"string": "", "bytes": b"", "boolean": False, "int": 0, "long": 0,
+            "float": 0.0, "double": 0.0, "null": None}[avro_type]
+
+
+def _get(record: dict[str, Any], path: str) -> Any:
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _set(record: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node: Any = record
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    node[parts[-1]] = value
+
+
+class _ValueCodec:
+    """One field's value to bytes and back, with the field's own Avro type."""
+
+    def __init__(self, info: FieldInfo) -> None:
+        wrapper = {"type": "record", "name": "v", "fields": [
+            {"name": "v", "type": ["null", info.avro_type]}]}
+        self.schema = fastavro.parse_schema(wrapper)
+
+    def dump(self, value: Any) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.schema, {"v": value})
+        return buf.getvalue()
+
+    def load(self, data: bytes) -> Any:
+        return fastavro.schemaless_reader(io.BytesIO(data), self.schema, None)["v"]  # type: ignore[index,call-overload]
+
+
+class Sealer:
+    def __init__(self, registry: SchemaRegistry, keys: DataKeys, subject_key: bytes,
+                 retention_days: Mapping[str, int], default_retention_days: int,
+                 zone: ZoneInfo) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.subject_key = subject_key
+        self.retention_days = dict(retention_days)
+        self.default_retention_days = default_retention_days
+        self.zone = zone
+        self.envelope = registry.get("records.sealed_record")
+        self._codecs: dict[tuple[str, str], _ValueCodec] = {}
+
+    # -- subjects ---------------------------------------------------------------------------
+    def subject_pseudonym(self, kind: str, value: str) -> str:
+        """The pseudonym the audit log and the key store share for one identifier."""
+        return keyed_pseudonym(self.subject_key, f"{kind}:{value}")
+
+    def subjects(self, schema: Schema, record: dict[str, Any], record_id: str
+                 ) -> dict[str, str]:
+        """Personal path -> subject ('bsn:<pseudonym>' or 'record:<pseudonym>')."""
+        identified: list[tuple[str, str]] = []  # (parent prefix, subject)
+        for path, kind in schema.subject_paths.items():
+            value = _get(record, path)
+            if value:
+                parent = path.rpartition(".")[0]
+                identified.append((parent, f"{kind}:{self.subject_pseudonym(kind, value)}"))
+        fallback = (identified[0][1] if identified else
+                    f"record:{keyed_pseudonym(self.subject_key, f'{schema.name}:{record_id}')}")
+        out = {}
+        for path in schema.personal_paths:
+            best, best_len = fallback, -1
+            for parent, subject in identified:
+                if (parent == "" or path.startswith(parent + ".")) and len(parent) > best_len:
+                    best, best_len = subject, len(parent)
+            out[path] = best
+        return out
+
+    def retention_until(self, event_type: str, ingested: datetime) -> date:
+        days = self.retention_days.get(event_type, self.default_retention_days)
+        return ingested.astimezone(self.zone).date() + timedelta(days=days)
+
+    # -- seal and open ----------------------------------------------------------------------
+    def _codec(self, schema: Schema, path: str) -> _ValueCodec:
+        codec = self._codecs.get((schema.name, path))
+        if codec is None:
+            codec = self._codecs[(schema.name, path)] = _ValueCodec(schema.fields[path])
+        return codec
+
+    def seal(self, schema: Schema, record: dict[str, Any], record_id: str,
+             retention_until: date, subjects: Mapping[str, str] | None = None,
+             personal: Mapping[str, str] | None = None) -> bytes:
+        """Seal the personal fields of `record` (of `schema`) into an envelope.
+
+        `personal` maps the record's personal paths to the paths they stand for in the
+        event (views: output name -> source path); by default the schema's own annotations.
+        """
+        personal = personal if personal is not None else {p: p for p in schema.personal_paths}
+        subjects = subjects if subjects is not None else self.subjects(schema, record,
+                                                                      record_id)
+        skeleton = _deep_copy(record)
+        sealed = []
+        per_key: dict[str, int] = {}
+        plan = []
+        for path, source_path in personal.items():
+            value = _get(record, path)
+            if value is None:
+                continue
+            subject = subjects[source_path]
+            per_key[subject] = per_key.get(subject, 0) + 1
+            plan.append((path, subject, value))
+            _set(skeleton, path, _blank(schema.fields[path].avro_type if path in schema.fields
+                                        else "string"))
+        keys = {s: self.keys.data_key(s, retention_until, n) for s, n in per_key.items()}
+        for path, subject, value in plan:
+            key_id, key = keys[subject]
+            aad = f"{key_id}|{schema.name}|{path}|{record_id}".encode()
+            plaintext = self._codec(schema, path).dump(value)
+            nonce = hmac.new(key, aad + b"\0" + plaintext, hashlib.sha256).digest()[:12]
+            sealed.append({"path": path, "key_id": key_id, "nonce": nonce,
+                           "ciphertext": AESGCM(key).encrypt(nonce, plaintext, aad)})
+        return self.envelope.encode({"skeleton": schema.encode(skeleton), "sealed": sealed})
+
+    def open(self, payload: bytes, record_id_path: str | None = "event_id",
+             record_id: str | None = None) -> Opened:
+        """Open an envelope; fields whose key is destroyed come back as None (erased)."""
+        envelope = self.envelope.decode(payload)
+        schema, record = self.registry.decode_single_object(envelope["skeleton"],
+                                                            ("events", "views"))
+        if record_id is None:
+            record_id = str(_get(record, record_id_path or "event_id")).lower()
+        opened = Opened(schema, record)
+        for item in envelope["sealed"]:
+            path, key_id = item["path"], item["key_id"]
+            opened.subjects[path] = key_id.rpartition("|")[0]
+            key = self.keys.lookup(key_id)
+            if key is None:
+                _set(record, path, None)
+                opened.erased.add(path)
+                continue
+            aad = f"{key_id}|{schema.name}|{path}|{record_id}".encode()
+            try:
+                plaintext = AESGCM(key).decrypt(item["nonce"], item["ciphertext"], aad)
+            except InvalidTag:
+                raise StorageError(f"sealed field {path} of {schema.name} {record_id} does "
+                                   "not authenticate: it was altered or moved") from None
+            _set(record, path, self._codec(schema, path).load(plaintext))
+        return opened
+
+
+    def seal_blob(self, subject: str, retention_until: date, label: str, data: bytes) -> bytes:
+        """Seal opaque bytes (quarantined input) as key_id, newline, nonce, ciphertext."""
+        key_id, key = self.keys.data_key(subject, retention_until, 1)
+        aad = f"{key_id}|{label}".encode()
+        nonce = hmac.new(key, aad + b"\0" + data, hashlib.sha256).digest()[:12]
+        return key_id.encode() + b"\n" + nonce + AESGCM(key).encrypt(nonce, data, aad)
+
+    def open_blob(self, sealed: bytes, label: str) -> bytes | None:
+        """The bytes, or None when their key was destroyed."""
+        key_id_bytes, _, rest = sealed.partition(b"\n")
+        key_id = key_id_bytes.decode()
+        key = self.keys.lookup(key_id)
+        if key is None:
+            return None
+        return AESGCM(key).decrypt(rest[:12], rest[12:], f"{key_id}|{label}".encode())
+
+    def is_envelope(self, payload: bytes) -> bool:
+        return payload[2:10] == self.envelope.fingerprint and payload[:2] == b"\xc3\x01"
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
