@@ -27,6 +27,10 @@ class CovenantError(BrokerError):
         super().__init__("\n".join(problems))
 
 
+class PolicyError(BrokerError):
+    """A covenant change that may not take effect (too few approvers, a version downgrade)."""
+
+
 class SchemaError(BrokerError):
     """An Avro schema in schemas/ is missing or invalid."""
 

@@ -57,8 +57,10 @@ class KeyStore:
             raise ConfigError(f"{path}: key file holds {len(value)} bytes, expected {KEY_BYTES}")
         return value
 
-    def pseudonym_key(self, purpose: str) -> bytes:
-        return self.secret(f"pseudonym.{purpose}")
+    def pseudonym_key(self, purpose: str, version: int = 1) -> bytes:
+        """The purpose's pseudonymisation key; rotation adds versions, old ones stay for replay."""
+        suffix = "" if version == 1 else f".v{version}"
+        return self.secret(f"pseudonym.{purpose}{suffix}")
 
     def subject_key(self) -> bytes:
         return self.secret("subject")

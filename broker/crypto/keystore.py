@@ -49,6 +49,8 @@ class SqliteKeyStore:
         self.path = path
         self.kek = kek
         self._cache: dict[str, bytes] = {}
+        self._new: dict[str, tuple[str, date, bytes]] = {}
+        self._counts: dict[str, int] = {}
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             path.touch(mode=0o600)
@@ -62,29 +64,42 @@ class SqliteKeyStore:
             raise StorageError(f"{path}: {exc}") from exc
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     def data_key(self, subject: str, retention_until: date, fields: int) -> tuple[str, bytes]:
-        """The key for (subject, retention date), created on first use; counts sealed fields."""
+        """The key for (subject, retention date), created on first use.
+
+        New keys and the sealed-field counts are buffered; `flush()` writes them in one
+        transaction and must run before anything sealed under them is committed.
+        """
         key_id = key_id_for(subject, retention_until)
+        key = self.lookup(key_id)
+        if key is None:
+            key = secrets.token_bytes(32)
+            self._new[key_id] = (subject, retention_until, self.kek.wrap(key, key_id))
+            self._cache[key_id] = key
+        self._counts[key_id] = self._counts.get(key_id, 0) + fields
+        return key_id, key
+
+    def flush(self) -> None:
+        if not self._new and not self._counts:
+            return
+        now_ms = int(time.time() * 1000)
         try:
-            row = self.db.execute("SELECT wrapped FROM data_keys WHERE key_id = ?",
-                                  (key_id,)).fetchone()
-            if row is None:
-                key = secrets.token_bytes(32)
-                self.db.execute(
-                    "INSERT INTO data_keys (key_id, subject, retention_until, wrapped, "
-                    "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, ?)",
-                    (key_id, subject, retention_until.isoformat(), self.kek.wrap(key, key_id),
-                     int(time.time() * 1000), fields))
-            else:
-                key = self._cache.get(key_id) or self.kek.unwrap(bytes(row[0]), key_id)
-                self.db.execute("UPDATE data_keys SET fields_sealed = fields_sealed + ? "
-                                "WHERE key_id = ?", (fields, key_id))
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT OR IGNORE INTO data_keys (key_id, subject, retention_until, wrapped, "
+                "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, 0)",
+                [(k, s, r.isoformat(), w, now_ms) for k, (s, r, w) in self._new.items()])
+            self.db.executemany(
+                "UPDATE data_keys SET fields_sealed = fields_sealed + ? WHERE key_id = ?",
+                [(n, k) for k, n in self._counts.items()])
+            self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
-        self._cache[key_id] = key
-        return key_id, key
+        self._new.clear()
+        self._counts.clear()
 
     def lookup(self, key_id: str) -> bytes | None:
         cached = self._cache.get(key_id)
@@ -99,6 +114,7 @@ class SqliteKeyStore:
         return key
 
     def _destroy(self, where: str, arg: str) -> list[DestroyedKey]:
+        self.flush()
         try:
             self.db.execute("BEGIN IMMEDIATE")
             rows = self.db.execute(

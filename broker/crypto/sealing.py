@@ -37,6 +37,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class DataKeys(Protocol):
     def data_key(self, subject: str, retention_until: date, fields: int) -> tuple[str, bytes]: ...
 
+    def flush(self) -> None: ...
+
     def lookup(self, key_id: str) -> bytes | None: ...
 
 
@@ -232,6 +234,10 @@ class Sealer:
         if key is None:
             return None
         return AESGCM(key).decrypt(rest[:12], rest[12:], f"{key_id}|{label}".encode())
+
+    def flush(self) -> None:
+        """Make every key used so far durable; call before committing what they sealed."""
+        self.keys.flush()
 
     def is_envelope(self, payload: bytes) -> bool:
         return payload[2:10] == self.envelope.fingerprint and payload[:2] == b"\xc3\x01"

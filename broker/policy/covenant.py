@@ -297,7 +297,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
     return line
 
 
-def _format(path: Path, loc: tuple[str | int, ...], msg: str, root: yaml.Node | None) -> str:
+def _format(path: Path | str, loc: tuple[str | int, ...], msg: str, root: yaml.Node | None) -> str:
     key = ".".join(str(part) for part in loc if not str(part).startswith("function-"))
     line = _line_of(root, loc)
     where = f" (line {line})" if line is not None else ""
@@ -323,6 +323,11 @@ def load_covenant(path: Path) -> Covenant:
     except OSError as exc:
         raise CovenantError(str(path), [f"{path}:<file>: cannot be read: {exc.strerror}"]) \
             from None
+    return parse_covenant(text, path)
+
+
+def parse_covenant(text: str, path: Path | str) -> Covenant:
+    """Validate covenant text; `path` names it in the problems (a file, or a stored version)."""
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)

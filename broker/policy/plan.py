@@ -11,10 +11,11 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from broker.errors import CovenantError
-from broker.model.schemas import Schema, SchemaRegistry
+from broker.model.schemas import Schema, SchemaRegistry, build_schema
 from broker.policy.conditions import Check, compile_condition, covenant_validity_check
 from broker.policy.covenant import Covenant, Purpose
 from broker.policy.decision import Decision, DecisionContext, Release
@@ -86,16 +87,20 @@ def covenant_hash(covenant: Covenant) -> str:
 
 def compile_plans(
     covenant: Covenant, schemas: SchemaRegistry, pseudonym_key: Callable[[str], bytes],
-    source_path_label: str = "covenant",
+    source_path_label: str = "covenant", derive_views: bool = False,
 ) -> PlanSet:
-    """Compile every (event type, purpose, recipient); CovenantError lists what does not fit."""
+    """Compile every (event type, purpose, recipient); CovenantError lists what does not fit.
+
+    Views come from the published files in schemas/views, which must match the rules; a
+    dry run of a proposed covenant (`derive_views`) uses the views its rules derive instead.
+    """
     plans = PlanSet(covenant, covenant_hash(covenant))
     problems: list[str] = []
     validity = covenant_validity_check(covenant.covenant)
     for pname, purpose in covenant.purposes.items():
         try:
             compiled = _compile_purpose(covenant, pname, purpose, schemas, pseudonym_key,
-                                        validity)
+                                        validity, derive_views)
         except (ViewError, CovenantError) as exc:
             problems.append(f"{source_path_label}:{exc}")
             continue
@@ -108,16 +113,18 @@ def compile_plans(
 
 def _compile_purpose(
     covenant: Covenant, pname: str, purpose: Purpose, schemas: SchemaRegistry,
-    pseudonym_key: Callable[[str], bytes], validity: Check,
+    pseudonym_key: Callable[[str], bytes], validity: Check, derive_views: bool = False,
 ) -> list[Plan]:
     where = f"purposes.{pname}"
     source = schemas.by_name.get(purpose.event_type)
     if source is None or source.kind != "events":
         raise ViewError(f"{where}.event_type: no schema for event type {purpose.event_type}")
+    derived = derive_view(pname, purpose, source)
     view = schemas.by_name.get(purpose.view)
+    if derive_views:
+        view = build_schema(derived, "views", Path(f"<derived {purpose.view}>"))
     if view is None or view.kind != "views":
         raise ViewError(f"{where}.view: no view schema {purpose.view} under schemas/views")
-    derived = derive_view(pname, purpose, source)
     if _view_fields(derived) != _view_fields(view.raw):
         raise ViewError(f"{where}.view: {view.path.name} does not match the field rules; "
                         f"run `covenant-broker policy views --write`")

@@ -1,0 +1,215 @@
+"""The covenant over time: four-eyes activation, key rotation, replay and policy impact.
+
+All of it is event-sourced on the control log: an activation stores the covenant text by
+its SHA-256 with the approvers, a rotation the new key version, each with an audit entry.
+Replay and diff read the store and publish nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from broker.audit.entries import draft
+from broker.backends.port import StoredEvent
+from broker.clock import from_millis, now_utc, to_millis
+from broker.errors import CovenantError, PolicyError
+from broker.keys import commitment
+from broker.model.render import to_json
+from broker.pipeline.decide import Decider
+from broker.policy.control import ControlEvent
+from broker.policy.covenant import load_covenant
+from broker.policy.decision import Release
+from broker.policy.lint import lint
+from broker.policy.plan import compile_plans
+from broker.runtime import Broker, Delivered
+
+MIN_APPROVERS = 2
+
+
+def _stored_events(broker: Broker, since_ms: int | None = None) -> Iterator[StoredEvent]:
+    after = -1
+    while True:
+        batch = broker.log.read_store(after, broker.settings.decide_batch_size)
+        if not batch:
+            return
+        for stored in batch:
+            if since_ms is None or stored.ingested_ms >= since_ms:
+                yield stored
+        after = batch[-1].offset
+
+
+# -- four eyes ------------------------------------------------------------------------------
+
+def activate(broker: Broker, path: Path, approvers: list[str], now: datetime) -> int:
+    """Make the covenant in `path` the active version from `now`; returns its version."""
+    distinct = sorted({a.strip() for a in approvers if a.strip()}, key=str.casefold)
+    if len({a.casefold() for a in distinct}) < MIN_APPROVERS:
+        raise PolicyError(f"four eyes: activation needs at least {MIN_APPROVERS} distinct "
+                          f"approvers, got {len(distinct)}")
+    problems = lint(path, broker.settings.schemas_dir)
+    if problems:
+        raise CovenantError(str(path), problems)
+    covenant = load_covenant(path)
+    text = path.read_bytes()
+    sha = hashlib.sha256(text).hexdigest()
+    header = covenant.covenant
+    if header.id != broker.covenant.covenant.id:
+        raise PolicyError(f"{path}: covenant id {header.id!r} is not the running covenant "
+                          f"{broker.covenant.covenant.id!r}")
+    control = broker.control_state()
+    for earlier in control.activations:
+        if earlier.version == header.version and earlier.sha256 != sha:
+            raise PolicyError(f"{path}: version {header.version} was activated before with "
+                              "other content; give the amendment a new version number")
+    active = control.covenant_at(to_millis(now))
+    active_version, active_sha = ((active.version, active.sha256) if active else
+                                  (broker.covenant.covenant.version, broker.policy_sha))
+    if header.version < active_version or (header.version == active_version
+                                           and sha != active_sha):
+        raise PolicyError(f"{path}: version {header.version} is not newer than the active "
+                          f"version {active_version}")
+    now_ms = to_millis(now)
+    value = json.dumps({"version": header.version, "sha256": sha, "approvers": distinct})
+    audit = draft("control", trace_id=None, start_ms=now_ms, covenant_id=header.id,
+                  covenant_version=header.version,
+                  detail={"kind": "covenant_activation", "sha256": sha,
+                          "approvers": ", ".join(distinct)})
+    broker.log.append_control(ControlEvent("covenant", header.id, value, now_ms, now_ms),
+                              audit, document=text)
+    return header.version
+
+
+def rotate_key(broker: Broker, purpose: str, now: datetime) -> int:
+    """Start a new pseudonymisation key version for one purpose from `now`."""
+    if purpose not in broker.covenant.purposes:
+        raise PolicyError(f"unknown purpose {purpose!r}")
+    version = broker.control_state().latest_key_version(purpose) + 1
+    now_ms = to_millis(now)
+    broker.keys.pseudonym_key(purpose, version)  # created now, mode 0600
+    audit = draft("control", trace_id=None, start_ms=now_ms, purpose=purpose,
+                  covenant_id=broker.covenant.covenant.id,
+                  covenant_version=broker.covenant.covenant.version,
+                  detail={"kind": "key_rotation", "key_version": str(version)})
+    broker.log.append_control(ControlEvent("key_rotation", purpose, str(version), now_ms,
+                                           now_ms), audit)
+    return version
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+@dataclass
+class Replayed:
+    records: list[Delivered] = field(default_factory=list)
+    view_bytes: list[bytes] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(b"".join(self.view_bytes)).hexdigest()
+
+
+def replay(broker: Broker, recipient: str, purpose: str | None, version: int,
+           now: datetime | None) -> Replayed:
+    """Rebuild a recipient's stream from the store under one covenant version.
+
+    Each event is decided at its own ingest time (or at `now` when given), under the
+    control state of that time. Same store, version and keys: the same bytes.
+    """
+    broker.check_recipient(recipient, purpose)
+    control = broker.control_state()
+    out = Replayed()
+    offsets: dict[str, int] = {}
+    for stored in _stored_events(broker):
+        ctx = broker.context(now or from_millis(stored.ingested_ms), control)
+        decider = broker.decider_at(ctx, version)
+        plans = [p for p in decider.plans.plans_for(stored.event_type)
+                 if p.recipient == recipient and (purpose is None or p.purpose == purpose)]
+        if not plans:
+            continue
+        opened = decider.open(stored)
+        for plan in plans:
+            decision = decider.decide_one(plan, stored, opened, ctx)
+            if not isinstance(decision, Release):
+                continue
+            offset = offsets.get(plan.purpose, 0)
+            offsets[plan.purpose] = offset + 1
+            out.view_bytes.append(plan.view_schema.encode(decision.view))
+            out.records.append(Delivered(offset, stored.event_type, plan.purpose, recipient,
+                                         "record", to_json(decision.view)))
+    now_ms = to_millis(now or now_utc())
+    broker.log.append_audit([draft(
+        "replay", trace_id=None, start_ms=now_ms, recipient=recipient, purpose=purpose,
+        covenant_id=broker.covenant.covenant.id, covenant_version=version,
+        delivered_commitment=commitment(broker.keys.commitment_key(),
+                                        b"".join(out.view_bytes)),
+        detail={"count": str(len(out.records)), "digest": out.digest})], now_ms)
+    return out
+
+
+# -- policy impact --------------------------------------------------------------------------
+
+@dataclass
+class StreamImpact:
+    recipient: str
+    purpose: str
+    newly_released: int = 0
+    no_longer_released: int = 0
+    changed_values: int = 0
+    fields_added: set[str] = field(default_factory=set)
+    fields_removed: set[str] = field(default_factory=set)
+
+    def as_json(self) -> dict[str, object]:
+        return {"recipient": self.recipient, "purpose": self.purpose,
+                "newly_released": self.newly_released,
+                "no_longer_released": self.no_longer_released,
+                "changed_values": self.changed_values,
+                "fields_added": sorted(self.fields_added),
+                "fields_removed": sorted(self.fields_removed)}
+
+
+def policy_diff(broker: Broker, current: Path, proposed: Path,
+                since: datetime | None) -> tuple[int, list[StreamImpact]]:
+    """Dry run of two covenants over the stored history: what would flow differently.
+
+    Returns (events examined, impact per stream that differs). Nothing is published.
+    """
+    deciders = []
+    for path in (current, proposed):
+        plans = compile_plans(load_covenant(path), broker.registry, broker.keys.pseudonym_key,
+                              str(path), derive_views=True)
+        deciders.append(Decider(plans, broker.registry, broker.keys, broker.sealer))
+    before, after = deciders
+    control = broker.control_state()
+    impact: dict[tuple[str, str], StreamImpact] = {}
+    examined = 0
+    for stored in _stored_events(broker, to_millis(since) if since else None):
+        examined += 1
+        ctx = broker.context(from_millis(stored.ingested_ms), control)
+        opened = before.open(stored)
+        old = {(p.recipient, p.purpose): before.decide_one(p, stored, opened, ctx)
+               for p in before.plans.plans_for(stored.event_type)}
+        new = {(p.recipient, p.purpose): after.decide_one(p, stored, opened, ctx)
+               for p in after.plans.plans_for(stored.event_type)}
+        for key in old.keys() | new.keys():
+            a, b = old.get(key), new.get(key)
+            a_view = a.view if isinstance(a, Release) else None
+            b_view = b.view if isinstance(b, Release) else None
+            if a_view is None and b_view is None:
+                continue
+            stream = impact.setdefault(key, StreamImpact(*key))
+            if a_view is None:
+                stream.newly_released += 1
+            elif b_view is None:
+                stream.no_longer_released += 1
+            else:
+                stream.fields_added |= set(b_view) - set(a_view)
+                stream.fields_removed |= set(a_view) - set(b_view)
+                if any(a_view.get(k) != b_view.get(k) for k in set(a_view) & set(b_view)):
+                    stream.changed_values += 1
+    changed = [s for s in impact.values() if s.newly_released or s.no_longer_released
+               or s.changed_values or s.fields_added or s.fields_removed]
+    return examined, sorted(changed, key=lambda s: (s.recipient, s.purpose))
