@@ -18,8 +18,19 @@ from typing import Any
 from broker.errors import InvalidEvent
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Accepted instants stop a day short of the calendar's end, so converting any of them to a
+# local zone (transforms, date windows) cannot overflow in the pipeline after ingest.
 MIN_MILLIS = 0
-MAX_MILLIS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_MILLIS = 253_402_214_399_999  # 9999-12-30T23:59:59.999Z
+MIN_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_INSTANT = datetime(9999, 12, 30, 23, 59, 59, 999_000, tzinfo=UTC)
+
+
+def check_instant(value: datetime, path: str) -> None:
+    """The one range rule for instants, for JSON input and decoded Avro alike."""
+    if not MIN_INSTANT <= value <= MAX_INSTANT:
+        raise InvalidEvent("out_of_range", f"{path}: timestamp outside "
+                           f"1970-01-01T00:00:00Z..9999-12-30T23:59:59.999Z")
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,11 @@ class _Converter:
             raise InvalidEvent("wrong_type", f"{path or 'event'}: expected an object, got "
                                f"{_type_name(value)}")
         known = {f["name"] for f in schema["fields"]}
-        self.dropped.extend(f"{path}{k}" for k in value if k not in known)
+        unknown = [k for k in value if k not in known]
+        if not all(_is_unicode(k) for k in unknown):  # its name would be reported
+            raise InvalidEvent("invalid_unicode", f"{path.rstrip('.') or 'event'}: a field "
+                               f"name contains a lone surrogate")
+        self.dropped.extend(f"{path}{k}" for k in unknown)
         out: dict[str, Any] = {}
         for f in schema["fields"]:
             fpath = f"{path}{f['name']}"
@@ -98,10 +113,12 @@ class _Converter:
             if logical == "uuid":
                 text = self.string(value, path)
                 try:
-                    uuid.UUID(text)
+                    parsed_uuid = uuid.UUID(text)
                 except ValueError:
                     raise InvalidEvent("wrong_value", f"{path}: not a UUID") from None
-                return text
+                # canonical form, as Avro decoding gives it: uuid.UUID also takes braces,
+                # urn:uuid: and stray hyphens, and the duplicate check compares text
+                return str(parsed_uuid)
             return self.value(kind, value, path)
         return self.primitive(avro_type, value, path)
 
@@ -144,6 +161,14 @@ class _Converter:
         return value
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _nullable(avro_type: Any) -> bool:
     return isinstance(avro_type, list) and "null" in avro_type
 
@@ -164,10 +189,14 @@ def _timestamp(value: Any, path: str) -> datetime:
         raise InvalidEvent("wrong_value", f"{path}: not an ISO-8601 timestamp") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise InvalidEvent("naive_timestamp", f"{path}: timestamp has no zone or offset")
-    parsed = parsed.astimezone(UTC)
-    if parsed.year < 1970:
-        raise InvalidEvent("out_of_range", f"{path}: timestamp before 1970")
-    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 pushed past the calendar by its offset
+        raise InvalidEvent("out_of_range", f"{path}: timestamp outside "
+                           f"1970-01-01T00:00:00Z..9999-12-30T23:59:59.999Z") from None
+    parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+    check_instant(parsed, path)
+    return parsed
 
 
 def _date(value: Any, path: str) -> date:

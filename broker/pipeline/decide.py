@@ -71,24 +71,63 @@ class Decider:
         counts = counts if counts is not None else DecideCounts()
         batch = DecisionBatch(consumer=consumer, position=events[-1].offset if events else -1)
         for stored in events:
-            opened = self.open(stored)
-            subjects = self.data_subjects(opened)
             counts.events += 1
-            for plan in self.plans.plans_for(opened.schema.name):
-                decision = self._precheck(plan, stored, opened, ctx) or \
-                    plan.evaluate(opened.record, ctx)
-                audit = self._audit(plan, stored, subjects, ctx)
-                if isinstance(decision, Release):
-                    batch.egress.append(self._release(plan, stored, opened, decision, audit,
-                                                      ctx))
-                    counts.released += 1
-                else:
-                    audit.update(decision="withhold", reason_code=decision.code,
-                                 reason=decision.reason,
-                                 fields_withheld=[*plan.fields_released, *plan.fields_withheld])
-                    batch.audits.append(audit)
-                    counts.withheld += 1
+            try:
+                egress, audits = self._decide_event(stored, ctx, counts)
+            except Exception as exc:  # noqa: BLE001 - one poison event must not stop the log
+                egress, audits = [], self._failed(stored, exc, ctx, counts)
+            batch.egress.extend(egress)
+            batch.audits.extend(audits)
         return batch
+
+    def _decide_event(self, stored: StoredEvent, ctx: DecisionContext, counts: DecideCounts
+                      ) -> tuple[list[NewEgress], list[Draft]]:
+        opened = self.open(stored)
+        subjects = self.data_subjects(opened)
+        egress: list[NewEgress] = []
+        audits: list[Draft] = []
+        released = withheld = 0
+        for plan in self.plans.plans_for(opened.schema.name):
+            decision = self.decide_one(plan, stored, opened, ctx)
+            audit = self._audit(plan, stored, subjects, ctx)
+            if isinstance(decision, Release):
+                egress.append(self._release(plan, stored, opened, decision, audit, ctx))
+                released += 1
+            else:
+                audit.update(decision="withhold", reason_code=decision.code,
+                             reason=decision.reason,
+                             fields_withheld=[*plan.fields_released, *plan.fields_withheld])
+                audits.append(audit)
+                withheld += 1
+        counts.released += released
+        counts.withheld += withheld
+        return egress, audits
+
+    def _failed(self, stored: StoredEvent, exc: Exception, ctx: DecisionContext,
+                counts: DecideCounts) -> list[Draft]:
+        """Default deny for an event the pipeline cannot process: every plan withholds,
+        audited with status ERROR (a technical failure), and the log moves on."""
+        reason = f"the event could not be processed ({type(exc).__name__}); nothing released"
+        out = []
+        for plan in self.plans.plans_for(stored.event_type):
+            audit = self._audit(plan, stored, [], ctx)
+            audit.update(status="ERROR", decision="withhold", reason_code="processing_error",
+                         reason=reason,
+                         fields_withheld=[*plan.fields_released, *plan.fields_withheld])
+            out.append(audit)
+            counts.withheld += 1
+        if not out:
+            out.append(draft("decide", trace_id=stored.trace_id, start_ms=ctx.now_ms,
+                             status="ERROR", decision="withhold",
+                             reason_code="processing_error", reason=reason,
+                             source=stored.source, event_type=stored.event_type,
+                             event_id=stored.event_id, event_offset=stored.offset))
+        return out
+
+    def decide_one(self, plan: Plan, stored: StoredEvent, opened: Opened,
+                   ctx: DecisionContext) -> Decision:
+        """One plan on one opened event: the whole decision, with nothing written."""
+        return self._precheck(plan, stored, opened, ctx) or plan.evaluate(opened.record, ctx)
 
     @staticmethod
     def _precheck(plan: Plan, stored: StoredEvent, opened: Opened,

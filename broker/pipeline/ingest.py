@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from broker.errors import InvalidEvent
 from broker.model.codec import MARKER
-from broker.model.json_input import Limits, convert
+from broker.model.json_input import Limits, check_instant, convert
 from broker.model.schemas import Schema, SchemaRegistry
 
 
@@ -48,12 +49,18 @@ def _parse_json(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise InvalidEvent("invalid_json", f"{exc.msg} at line {exc.lineno} column "
                            f"{exc.colno}") from None
+    except ValueError:  # int() refuses numbers over sys.get_int_max_str_digits() digits
+        raise InvalidEvent("invalid_json", "a number has too many digits to be read") from None
 
 
 def _check_strings(value: Any, path: str, limit: int) -> None:
+    """The checks JSON conversion makes that Avro decoding does not: string sizes, instants."""
     if isinstance(value, str):
-        if len(value.encode("utf-8", "surrogatepass")) > limit:
-            raise InvalidEvent("field_too_large", f"{path}: longer than {limit} bytes")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:  # worded as the JSON path words it
+            raise InvalidEvent("field_too_large", f"{path}: {size} bytes, the limit is {limit}")
+    elif isinstance(value, datetime):
+        check_instant(value, path)
     elif isinstance(value, dict):
         for k, v in value.items():
             _check_strings(v, f"{path}.{k}" if path else k, limit)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from broker.backends.port import StoredEvent
 from broker.clock import parse_instant
+from broker.crypto.sealing import Opened
 from broker.runtime import Broker
 from tests import factories as f
 
@@ -95,3 +99,30 @@ def test_avro_single_object_input_is_accepted_and_checked(broker: Broker) -> Non
     assert report.accepted == 1
     assert {q.position: q.reason_code for q in report.quarantined} == {
         "m2": "type_mismatch", "m3": "unknown_schema", "m4": "undecodable"}
+
+
+def test_a_stored_event_that_cannot_be_processed_is_withheld_not_fatal(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker.ingest("om", "om.gebiedsverbod", f.lines(f.gebiedsverbod()), NOW)
+    poisoned = broker.log.read_store(-1, 1)[0].offset
+    real_open = broker.decider.open
+
+    def fail_once(stored: StoredEvent) -> Opened:
+        if stored.offset == poisoned + 1:
+            raise RuntimeError("simulated corrupt store record")
+        return real_open(stored)
+
+    monkeypatch.setattr(broker.decider, "open", fail_once)
+    report = broker.ingest("om", "om.gebiedsverbod",
+                           f.lines(f.gebiedsverbod(), f.gebiedsverbod()), NOW)
+    assert report.accepted == 2
+    plans = len(broker.plans.plans_for("om.gebiedsverbod"))
+    # the poisoned event withholds all its plans; the next one is decided normally
+    assert report.decided.withheld >= plans
+    assert report.decided.released == 3
+    schema = broker.registry.get("records.audit_entry")
+    errors = [e for _, d in broker.log.audit_rows()
+              if (e := schema.decode(d))["status"] == "ERROR"]
+    assert len(errors) == plans == 5
+    assert {e["reason_code"] for e in errors} == {"processing_error"}
+    assert broker.verify_audit().ok

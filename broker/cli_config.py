@@ -1,0 +1,109 @@
+"""`covenant-broker config check`: the effective settings, or every problem with its key.
+
+It loads the settings exactly as every other command does (defaults, the config file,
+COVENANT_BROKER_* environment variables, command-line flags), then checks that the paths
+they name exist. Exit 0 with the effective settings, secrets masked; exit 2 with one
+`where:key: problem` line per problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from broker.config import ENV_PREFIX, Settings
+from broker.errors import ConfigError
+
+EXIT_OK, EXIT_ERROR = 0, 2
+SECRET = "[secret]"  # noqa: S105 - the mask shown in place of a secret
+_SECRET_KEY = re.compile(r"password|secret|token|credential|private|sasl_plain", re.IGNORECASE)
+
+
+def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
+                 global_options: Callable[[argparse.ArgumentParser, bool], None]) -> None:
+    config = command("config", "configuration tools")
+    commands = config.add_subparsers(dest="config_command", required=True)
+    check = commands.add_parser(
+        "check", help="validate the config file and environment overrides; print the "
+        "effective settings (exit 0) or each problem with its key (exit 2)")
+    global_options(check, True)
+
+
+def path_problems(settings: Settings) -> list[str]:
+    """What pydantic cannot see: the directories and the covenant file must exist."""
+    problems = []
+    if not settings.schemas_dir.is_dir():
+        problems.append(f"schemas_dir: {settings.schemas_dir}: not a directory")
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        problems.append(f"data_dir: {settings.data_dir}: exists and is not a directory")
+    try:
+        policy = settings.policy_file()
+    except ConfigError as exc:
+        problems.append(f"policy: {exc}")
+    else:
+        if not policy.is_file():
+            problems.append(f"policy: {policy}: no such file")
+    return problems
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON values; secrets (by type or by key name) masked."""
+    values = settings.model_dump(mode="json")
+    if values.get("policy") is None:
+        with contextlib.suppress(ConfigError):  # path_problems reports it
+            values["policy"] = str(settings.policy_file())
+    masked: dict[str, Any] = _masked(values)
+    return masked
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: SECRET if _SECRET_KEY.search(k) and value[k] is not None
+                else _masked(value[k]) for k in value}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return SECRET if value == "**********" else value  # pydantic's SecretStr in JSON mode
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def cmd_config(args: argparse.Namespace,
+               load: Callable[[argparse.Namespace], Settings]) -> int:
+    environment = sorted(k for k in os.environ if k.startswith(ENV_PREFIX))
+    try:
+        settings = load(args)
+    except ConfigError as exc:
+        problems = str(exc).splitlines()
+    else:
+        problems = path_problems(settings)
+    if problems:
+        if args.json:
+            print(json.dumps({"ok": False, "problems": problems}))
+        else:
+            print("\n".join(problems), file=sys.stderr)
+        return EXIT_ERROR
+    values = effective(settings)
+    config_file = args.config or os.environ.get(ENV_PREFIX + "CONFIG")
+    if args.json:
+        print(json.dumps({"ok": True, "config_file": str(config_file) if config_file else None,
+                          "environment": environment, "settings": values}))
+        return EXIT_OK
+    print(f"config file: {config_file or 'none (defaults)'}")
+    print(f"environment overrides: {', '.join(environment) or 'none'}")
+    for key, value in _flatten(values):
+        print(f"{key} = {json.dumps(value)}")
+    return EXIT_OK
