@@ -6,7 +6,7 @@ decision time's calendar date in the covenant's time zone.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from broker.errors import InputError
@@ -35,7 +35,8 @@ def to_millis(value: datetime) -> int:
 
 
 def from_millis(millis: int) -> datetime:
-    return datetime.fromtimestamp(millis / 1000, tz=UTC)
+    """Exact for every millisecond (a float division loses them past the year 2242)."""
+    return EPOCH + timedelta(milliseconds=millis)
 
 
 def local_date(instant: datetime, zone: ZoneInfo) -> date:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from broker.clock import from_millis
 from broker.errors import InvalidEvent
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -59,7 +60,8 @@ class _Converter:
 
     def record(self, schema: dict[str, Any], value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise InvalidEvent("wrong_type", f"{path or 'event'}: expected an object, got "
+            raise InvalidEvent("wrong_type", f"{path.rstrip('.') or 'event'}: expected an "
+                               "object, got "
                                f"{_type_name(value)}")
         known = {f["name"] for f in schema["fields"]}
         unknown = [k for k in value if k not in known]
@@ -179,7 +181,7 @@ def _timestamp(value: Any, path: str) -> datetime:
     if isinstance(value, int):
         if not MIN_MILLIS <= value <= MAX_MILLIS:
             raise InvalidEvent("out_of_range", f"{path}: epoch milliseconds out of range")
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
+        return from_millis(value)
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"{path}: expected an ISO-8601 timestamp or epoch "
                            f"milliseconds, got {_type_name(value)}")

@@ -23,6 +23,7 @@ from pydantic import (
     PositiveInt,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -57,11 +58,13 @@ class Header(_Strict):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Header:
-        if self.valid_until < self.valid_from:
-            raise ValueError("valid_until is before valid_from")
-        return self
+    @field_validator("valid_until")
+    @classmethod
+    def _ordered(cls, value: date, info: ValidationInfo) -> date:
+        start = info.data.get("valid_from")
+        if isinstance(start, date) and value < start:
+            raise ValueError(f"valid_until {value} is before valid_from {start}")
+        return value
 
 
 class Party(_Strict):
@@ -278,22 +281,38 @@ class Covenant(_Strict):
         return problems
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader that refuses a key written twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is written twice in one mapping",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
     """The 1-based line of the YAML node at `loc`, or of its closest existing parent."""
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if getattr(k, "value", None) == str(key)),
-                         None)
+            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(key)),
+                        None)
+            if pair is None:
+                break
+            line = pair[0].start_mark.line + 1  # the key's own line, not its value's
+            node = pair[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and \
                 key < len(node.value):
-            match = node.value[key]
+            node = node.value[key]
+            line = node.start_mark.line + 1
         else:
-            match = None
-        if match is None:
             break
-        node = match
-        line = node.start_mark.line + 1
     return line
 
 
@@ -329,8 +348,8 @@ def load_covenant(path: Path) -> Covenant:
 def parse_covenant(text: str, path: Path | str) -> Covenant:
     """Validate covenant text; `path` names it in the problems (a file, or a stored version)."""
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""

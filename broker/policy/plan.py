@@ -17,7 +17,13 @@ from typing import Any
 from broker.errors import CovenantError
 from broker.model.schemas import Schema, SchemaRegistry, build_schema
 from broker.policy.conditions import Check, compile_condition, covenant_validity_check
-from broker.policy.covenant import Covenant, Purpose
+from broker.policy.covenant import (
+    Covenant,
+    FieldCondition,
+    MaxAgeCondition,
+    Purpose,
+    ValidBetweenCondition,
+)
 from broker.policy.decision import Decision, DecisionContext, Release
 from broker.policy.paths import Getter, getter
 from broker.policy.transforms import Transform, compile_transform
@@ -131,6 +137,8 @@ def _compile_purpose(
     for cond_where, path in _condition_paths(purpose):
         if path not in source.fields:
             raise ViewError(f"{where}.{cond_where}: {path} is not a field of {source.name}")
+    for cond_where, cond in _conditions(purpose):
+        _check_condition_types(f"{where}.{cond_where}", cond, source)
     if purpose.expires_after is not None and purpose.expires_after not in source.fields:
         raise ViewError(f"{where}.expires_after: {purpose.expires_after} is not a field of "
                         f"{source.name}")
@@ -165,6 +173,70 @@ def _compile_purpose(
                 fields_released=tuple(released), fields_withheld=withheld,
             ))
     return out
+
+
+def _conditions(purpose: Purpose) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = [(f"conditions.{i}", c)
+                                  for i, c in enumerate(purpose.conditions)]
+    for r, rule in enumerate(purpose.recipients):
+        out += [(f"recipients.{r}.conditions.{i}", c) for i, c in enumerate(rule.conditions)]
+    return out
+
+
+def _kind(avro_type: Any) -> str:
+    """timestamp, date, array, record, boolean, string (incl. enum and uuid), or number."""
+    if isinstance(avro_type, dict):
+        logical = avro_type.get("logicalType")
+        if logical == "timestamp-millis":
+            return "timestamp"
+        if logical == "date":
+            return "date"
+        kind = avro_type["type"]
+        if kind in ("array", "record", "map"):
+            return str(kind)
+        return "string" if kind in ("enum", "string") else _kind(kind)
+    if avro_type == "boolean":
+        return "boolean"
+    return "string" if avro_type == "string" else "number"
+
+
+_PY_KIND = {bool: "boolean", str: "string", int: "number", float: "number"}
+
+
+def _check_condition_types(where: str, cond: Any, source: Schema) -> None:
+    """Refuse a condition that cannot apply to its field's type, at load, not at decide."""
+    def kind_of(path: str) -> str:
+        return _kind(source.fields[path].avro_type)
+
+    if isinstance(cond, MaxAgeCondition) and kind_of(cond.max_age.field) != "timestamp":
+        raise ViewError(f"{where}.max_age.field: max_age needs a timestamp, "
+                        f"{cond.max_age.field} is a {kind_of(cond.max_age.field)}")
+    if isinstance(cond, ValidBetweenCondition):
+        for label, path in (("from", cond.valid_between.start),
+                            ("until", cond.valid_between.until)):
+            if kind_of(path) != "date":
+                raise ViewError(f"{where}.valid_between.{label}: valid_between needs a date, "
+                                f"{path} is a {kind_of(path)}")
+    if isinstance(cond, FieldCondition):
+        kind = kind_of(cond.field)
+        if cond.operator == "contains_recipient":
+            items = source.fields[cond.field].avro_type
+            if kind != "array" or _kind(items.get("items")) != "string":
+                raise ViewError(f"{where}.field: contains_recipient needs an array of strings, "
+                                f"{cond.field} is a {kind}")
+            return
+        if kind not in ("string", "boolean", "number"):
+            raise ViewError(f"{where}.field: {cond.operator} needs a single value, "
+                            f"{cond.field} is a {kind}")
+        if cond.operator == "equals_recipient" and kind != "string":
+            raise ViewError(f"{where}.field: equals_recipient needs a string, {cond.field} is "
+                            f"a {kind}")
+        values = cond.one_of if cond.operator == "one_of" else \
+            [cond.equals] if cond.operator == "equals" else []
+        for value in values or []:
+            if _PY_KIND.get(type(value)) != kind:
+                raise ViewError(f"{where}.{cond.operator}: {value!r} can never equal "
+                                f"{cond.field}, a {kind}")
 
 
 def _view_fields(raw: dict[str, Any]) -> list[tuple[str, str]]:

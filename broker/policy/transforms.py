@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 Transform = Callable[[Any], Any]
-_POSTCODE4 = re.compile(r"^\s*(\d{4})")
+_POSTCODE = re.compile(r"^\s*([1-9][0-9]{3})\s?[A-Za-z]{2}\s*$", re.ASCII)
 
 
 def keep(value: Any) -> Any:
@@ -55,7 +55,7 @@ def postcode4(value: Any) -> Any:
     """Dutch postcode to its four digits ("1181 ZM" -> "1181"); anything else to null."""
     if value is None:
         return None
-    match = _POSTCODE4.match(value)
+    match = _POSTCODE.match(value)
     return match.group(1) if match else None
 
 
@@ -76,7 +76,7 @@ def mask(keep_last: int) -> Transform:
         if value is None:
             return None
         text = str(value)
-        clear = text[len(text) - keep_last:] if keep_last else ""
+        clear = text[-keep_last:] if keep_last else ""
         return "*" * (len(text) - len(clear)) + clear
 
     return masked
