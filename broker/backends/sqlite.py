@@ -8,15 +8,17 @@ refuse UPDATE and DELETE).
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from broker.audit.entries import GENESIS, Draft, seal
+from broker.audit.entries import Draft
+from broker.audit.sequencer import AuditSequencer
 from broker.backends.port import (
     DecisionBatch,
     EgressRecord,
@@ -25,9 +27,10 @@ from broker.backends.port import (
     Quarantined,
     StoredEvent,
 )
+from broker.backends.sqlite_audit import SqliteAudit
 from broker.errors import StorageError, TransientBackendError
 from broker.model.schemas import Schema
-from broker.policy.control import ThemeSwitch
+from broker.policy.control import ControlEvent, ThemeSwitch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (
@@ -88,7 +91,14 @@ CREATE TABLE IF NOT EXISTS control (
 );
 """
 
-_IMMUTABLE = ("store", "egress", "audit", "control")
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS documents (
+    sha256 TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
+"""
+
+_IMMUTABLE = ("store", "egress", "audit", "control", "documents")
 
 
 def _triggers() -> str:
@@ -111,7 +121,8 @@ def _translate(exc: sqlite3.Error, path: Path) -> StorageError:
 class SqliteEventLog:
     """EventLog on SQLite. One instance per process; writers in other processes serialise."""
 
-    def __init__(self, path: Path, audit_schema: Schema) -> None:
+    def __init__(self, path: Path, audit_schema: Schema,
+                 sequencer: AuditSequencer | None = None) -> None:
         self.path = path
         self.audit_schema = audit_schema
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -123,11 +134,18 @@ class SqliteEventLog:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA secure_delete=ON")
             self.db.executescript(_SCHEMA + _triggers())
+            # The audit tree, checkpoints and query indexes (broker.backends.sqlite_audit).
+            self.audit = SqliteAudit(
+                self.db, sequencer or AuditSequencer(audit_schema, origin="covenant-broker"),
+                self._write, self._read)
         except sqlite3.Error as exc:
             raise _translate(exc, path) from exc
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.audit.checkpoint()  # sign what this process appended, at shutdown
+        finally:
+            self.db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -150,17 +168,7 @@ class SqliteEventLog:
 
     # -- audit sequencer (call only inside _write) -----------------------------------------
     def _append_audit(self, db: sqlite3.Connection, drafts: list[Draft]) -> None:
-        if not drafts:
-            return
-        row = db.execute("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (row[0] + 1, row[1]) if row else (0, GENESIS)
-        logged_ms = int(time.time() * 1000)
-        rows = []
-        for entry in drafts:
-            sealed = seal(self.audit_schema, entry, seq, prev, logged_ms)
-            rows.append((sealed.seq, sealed.data, sealed.entry_hash))
-            seq, prev = seq + 1, sealed.entry_hash
-        db.executemany("INSERT INTO audit (seq, entry, entry_hash) VALUES (?, ?, ?)", rows)
+        self.audit.append(db, drafts)  # chain, tree nodes, indexes, a due checkpoint
 
     def append_audit(self, audits: list[Draft], now_ms: int) -> None:
         with self._write() as db:
@@ -247,8 +255,8 @@ class SqliteEventLog:
                     "INSERT INTO egress (recipient, purpose, egress_offset, event_type, kind, "
                     "payload, event_offset, ref, expires_on, released_ms, tombstone_for) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (eg.recipient, eg.purpose, offset, eg.event_type, eg.kind, eg.payload,
-                     eg.event_offset, eg.ref,
+                    (eg.recipient, eg.purpose, offset, eg.event_type, eg.kind,
+                     eg.sealed_payload or eg.payload, eg.event_offset, eg.ref,
                      eg.expires_on.isoformat() if eg.expires_on else None, eg.released_ms,
                      eg.tombstone_for))
                 eg.audit["egress_offset"] = offset
@@ -301,6 +309,29 @@ class SqliteEventLog:
             seq = int(cur.lastrowid or 0)
             self._append_audit(db, [audit])
         return ThemeSwitch(theme, on, effective_ms, seq)
+
+    def append_control(self, event: ControlEvent, audit: Draft,
+                       document: bytes | None = None) -> ControlEvent:
+        """A control event (covenant activation, key rotation) with its audit entry."""
+        with self._write() as db:
+            if document is not None:
+                db.execute("INSERT OR IGNORE INTO documents (sha256, body) VALUES (?, ?)",
+                           (hashlib.sha256(document).hexdigest(), document))
+            cur = db.execute(
+                "INSERT INTO control (kind, name, value, effective_ms, recorded_ms) "
+                "VALUES (?, ?, ?, ?, ?)", (event.kind, event.name, event.value,
+                                          event.effective_ms, event.recorded_ms))
+            self._append_audit(db, [audit])
+        return replace(event, seq=int(cur.lastrowid or 0))
+
+    def control_events(self) -> list[ControlEvent]:
+        return [ControlEvent(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]))
+                for r in self._read("SELECT kind, name, value, effective_ms, recorded_ms, seq "
+                                    "FROM control ORDER BY seq")]
+
+    def document(self, sha256: str) -> bytes | None:
+        rows = self._read("SELECT body FROM documents WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0][0]) if rows else None
 
     def theme_switches(self) -> list[ThemeSwitch]:
         return [ThemeSwitch(r[0], r[1] == "on", int(r[2]), int(r[3])) for r in self._read(

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
 from broker.errors import InvalidEvent, SchemaError
 from broker.model import codec
+from broker.model.evolution import incompatibilities
 
 KINDS = ("events", "views", "records")
 
@@ -89,6 +91,20 @@ def _walk(record: dict[str, Any], prefix: str, nullable_parent: bool) -> dict[st
     return out
 
 
+def build_schema(raw: Any, kind: str, path: Path) -> Schema:
+    """A Schema from its JSON form; `path` names where it came from in errors."""
+    try:
+        parsed = fastavro.parse_schema(raw)
+    except (ValueError, fastavro.schema.SchemaParseException) as exc:
+        raise SchemaError(f"{path}: invalid Avro schema: {exc}") from exc
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        raise SchemaError(f"{path}: a schema file must hold one Avro record")
+    fp = codec.fingerprint(to_parsing_canonical_form(raw))
+    schema = Schema(str(parsed["name"]), kind, raw, parsed, fp, path)
+    schema.fields = _walk(raw, "", False)
+    return schema
+
+
 class SchemaRegistry:
     """Every schema under one directory, looked up by name or by fingerprint."""
 
@@ -97,6 +113,7 @@ class SchemaRegistry:
         self.by_name: dict[str, Schema] = {}
         self.by_fingerprint: dict[bytes, Schema] = {}
         self.history: dict[bytes, Schema] = {}  # older writer versions, resolved to current
+        self.incompatible: dict[bytes, list[str]] = {}  # history fingerprint -> why not
         if not root.is_dir():
             raise SchemaError(f"{root}: schema directory not found")
         for kind in KINDS:
@@ -104,22 +121,22 @@ class SchemaRegistry:
                 self._add(self._load(path, kind))
             for path in sorted((root / kind / "history").glob("*.avsc")):
                 old = self._load(path, kind)
+                current = self.by_name.get(old.name)
+                if current is None:
+                    raise SchemaError(f"{path}: older version of {old.name}, which has no "
+                                      f"current schema in {root / kind}")
                 self.history[old.fingerprint] = old
+                problems = incompatibilities(old.raw, current.raw)
+                if problems:
+                    self.incompatible[old.fingerprint] = problems
 
     @staticmethod
     def _load(path: Path, kind: str) -> Schema:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            parsed = fastavro.parse_schema(raw)
-        except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
+        except (OSError, ValueError) as exc:
             raise SchemaError(f"{path}: invalid Avro schema: {exc}") from exc
-        if not isinstance(parsed, dict) or parsed.get("type") != "record":
-            raise SchemaError(f"{path}: a schema file must hold one Avro record")
-        name = str(parsed["name"])
-        fp = codec.fingerprint(to_parsing_canonical_form(raw))
-        schema = Schema(name, kind, raw, parsed, fp, path)
-        schema.fields = _walk(raw, "", False)
-        return schema
+        return build_schema(raw, kind, path)
 
     def _add(self, schema: Schema) -> None:
         if schema.name in self.by_name:
@@ -136,8 +153,10 @@ class SchemaRegistry:
     def event_types(self) -> list[str]:
         return [s.name for s in self.by_name.values() if s.kind == "events"]
 
-    def decode_single_object(self, data: bytes) -> tuple[Schema, dict[str, Any]]:
-        """Decode any known event message; older compatible writer schemas resolve to current."""
+    def decode_single_object(self, data: bytes, kinds: tuple[str, ...] = ("events",)
+                             ) -> tuple[Schema, dict[str, Any]]:
+        """Decode a message of one of `kinds` (events by default); older compatible writer
+        schemas resolve to the current one."""
         header = codec.split_header(data)
         if header is None:
             raise InvalidEvent("bad_framing", "not Avro single-object encoded (marker C3 01)")
@@ -147,10 +166,20 @@ class SchemaRegistry:
         if writer is None and fp in self.history:
             writer = self.history[fp]
             current = self.by_name.get(writer.name)
-        if writer is None or current is None or current.kind != "events":
+        if writer is None or current is None or current.kind not in kinds:
             raise InvalidEvent("unknown_schema", f"unknown schema fingerprint {fp.hex()}")
+        if fp in self.incompatible:
+            raise InvalidEvent("incompatible_schema", f"writer schema {writer.path.name} "
+                               f"({fp.hex()}) does not resolve to the current {current.name}: "
+                               f"{'; '.join(self.incompatible[fp])}")
         try:
             record = codec.decode_payload(payload, writer.parsed, current.parsed)
+        except SchemaResolutionError:
+            # data-dependent (an enum symbol or union branch the current schema lacks); the
+            # decoder's message may quote the value, so it is not passed on
+            raise InvalidEvent("incompatible_schema", f"a value written with "
+                               f"{writer.path.name} ({fp.hex()}) has no counterpart in the "
+                               f"current {current.name} (Avro schema resolution)") from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input, quarantined
             raise InvalidEvent(
                 "undecodable", f"payload does not decode as {current.name}: {type(exc).__name__}"
