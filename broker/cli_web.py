@@ -1,0 +1,167 @@
+"""`covenant-broker web ...`: serve the recipient API and the FG console, manage their
+credentials.
+
+  web --listen 127.0.0.1:8080          serve (either backend); --now pins the clock
+  web token create --recipient R       print a new API token once (only its hash is kept)
+  web token list | revoke ID
+  web fg-user create NAME              prompts twice, or --password-stdin
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
+from broker.config import Settings
+from broker.errors import InputError
+from broker.policy.covenant import load_covenant
+
+AddOptions = Callable[[argparse.ArgumentParser, bool], None]
+EXIT_OK, EXIT_FINDINGS = 0, 1
+
+
+def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
+                 options: AddOptions) -> None:
+    web = command("web", "serve the HTTP delivery API and the FG console; manage their "
+                  "credentials")
+    web.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="address to serve on (default 127.0.0.1:8080)")
+    web.add_argument("--poll-seconds", type=float, default=0.5,
+                     help="long-poll: how often to look for new records")
+    web.add_argument("--proposals", type=Path, action="append", default=[], metavar="DIR",
+                     help="a folder of proposed covenants for the policy-impact page "
+                     "(repeatable; policies/ and <data-dir>/proposals are always listed)")
+    web.add_argument("--secure-cookies", action="store_true",
+                     help="send the console cookie over https only (behind TLS)")
+    sub = web.add_subparsers(dest="web_command", metavar="{token,fg-user}")
+
+    def nested(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
+                                                            description=help_text)
+        options(parser, True)
+        return parser
+
+    tokens = nested(sub, "token", "recipient API tokens").add_subparsers(
+        dest="token_command", required=True)
+    create = nested(tokens, "create", "print a new API token for one recipient, once")
+    create.add_argument("--recipient", required=True)
+    create.add_argument("--label", default="", help="what the token is for (no personal data)")
+    nested(tokens, "list", "the tokens by id, recipient and state (never the token)")
+    revoke = nested(tokens, "revoke", "revoke a token by its id")
+    revoke.add_argument("token_id")
+    users = nested(sub, "fg-user", "privacy-officer accounts of the console").add_subparsers(
+        dest="fg_command", required=True)
+    user = nested(users, "create", "create an FG account, or set its password")
+    user.add_argument("name")
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
+
+
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.web.state import WebState  # noqa: PLC0415 - the web stack only when used
+
+    if args.web_command == "token":
+        return _tokens(args, settings, WebState(settings.data_dir))
+    if args.web_command == "fg-user":
+        return _fg_user(args, WebState(settings.data_dir))
+    return _serve(args, settings)
+
+
+def _clock(args: argparse.Namespace) -> Callable[[], datetime]:
+    if not args.now:
+        return now_utc
+    pinned = parse_instant(args.now)
+    return lambda: pinned
+
+
+def _tokens(args: argparse.Namespace, settings: Settings, state: Any) -> int:
+    from broker.web import auth  # noqa: PLC0415 - the web stack only when used
+
+    now_ms = to_millis(_clock(args)())
+    action = args.token_command
+    if action == "create":
+        covenant = load_covenant(settings.policy_file())
+        if args.recipient not in covenant.recipients:
+            raise InputError(f"unknown recipient {args.recipient!r}; the covenant lists "
+                             f"{', '.join(covenant.recipients)}")
+        made = auth.create_token(state, args.recipient, args.label, now_ms)
+        if args.json:
+            print(json.dumps({"token": made.token, "token_id": made.token_id,
+                              "recipient": args.recipient}))
+        else:
+            print(made.token)
+            print(f"token id {made.token_id} for {args.recipient}: shown once, only its hash "
+                  "is kept", file=sys.stderr)
+        return EXIT_OK
+    if action == "revoke":
+        if not state.revoke_token(args.token_id, now_ms):
+            raise InputError(f"no active token with id {args.token_id!r}")
+        print(f"token {args.token_id} revoked")
+        return EXIT_OK
+    rows = [{"token_id": t.token_id, "recipient": t.recipient, "label": t.label,
+             "created": iso_instant(from_millis(t.created_ms)),
+             "revoked": iso_instant(from_millis(t.revoked_ms)) if t.revoked_ms else None}
+            for t in state.tokens()]
+    for row in rows:
+        print(json.dumps(row) if args.json else
+              f"{row['token_id']}  {row['recipient']:<20} {row['created']}  "
+              f"{'revoked ' + row['revoked'] if row['revoked'] else 'active'}  {row['label']}")
+    return EXIT_OK
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise InputError("the passwords differ")
+    return first
+
+
+def _fg_user(args: argparse.Namespace, state: Any) -> int:
+    from broker.web import auth  # noqa: PLC0415 - the web stack only when used
+
+    name = args.name.strip()
+    if not name or len(name) > 100 or any(c.isspace() for c in name):
+        raise InputError("an account name is 1 to 100 characters without spaces")
+    try:
+        hashed = auth.hash_password(_read_password(args))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    created = state.set_fg_user(name, hashed, to_millis(now_utc()))
+    print(f"FG account {name} {'created' if created else 'password changed'}")
+    return EXIT_OK
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError(f"--listen must be HOST:PORT, e.g. 127.0.0.1:8080, not {text!r}")
+    return host, int(port)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn  # noqa: PLC0415 - the web stack only when used
+
+    from broker.web.app import WebOptions, create_app  # noqa: PLC0415
+
+    host, port = parse_listen(args.listen)
+    app = create_app(settings, WebOptions(clock=_clock(args), poll_seconds=args.poll_seconds,
+                                          secure_cookies=args.secure_cookies,
+                                          proposal_dirs=list(args.proposals)))
+    print(f"covenant-broker web: http://{host}:{port}/console/ (FG console), "
+          f"http://{host}:{port}/v1/ (recipient API), http://{host}:{port}/openapi.json",
+          file=sys.stderr, flush=True)
+    # log_config=None: uvicorn logs through the broker's redacting chain; its access log is
+    # off because app.py logs each request by route template instead of the concrete path.
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+                server_header=False)
+    return EXIT_OK
