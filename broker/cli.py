@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker import logs
+from broker import cli_audit, cli_config, cli_lifecycle, cli_web, logs
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, CovenantError, InputError
@@ -35,6 +36,10 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="machine-readable output")
     parser.add_argument("--config", type=Path, default=default, help="config file (YAML)")
     parser.add_argument("--policy", type=Path, default=default, help="covenant file")
+    parser.add_argument("--backend", choices=["embedded", "kafka"], default=default,
+                        help="event log backend (default embedded)")
+    parser.add_argument("--bootstrap-servers", default=default,
+                        help="Kafka HOST:PORT[,HOST:PORT] (with --backend kafka)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--purpose")
     consume.add_argument("--from-offset", type=int, default=0)
 
+    serve = command("serve", "run the Kafka pipeline (--backend kafka) until SIGTERM/SIGINT")
+    serve.add_argument("--until-idle", action="store_true",
+                       help="process everything available, then exit 0")
+    serve.add_argument("--instance-id", help="static group membership id (kafka.instance_id)")
+
     policy = command("policy", "covenant tools")
     policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_cmds.add_parser("check", help="lint a covenant: exit 0 clean, 1 problems")
@@ -70,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     views = policy_cmds.add_parser("views", help="show or write the derived view schemas")
     _global_options(views, suppress=True)
     views.add_argument("--write", action="store_true")
+    cli_lifecycle.add_policy_commands(policy_cmds, _global_options)
+
+    cli_lifecycle.add_commands(command)
 
     control = command("control", "control events")
     control_cmds = control.add_subparsers(dest="control_command", required=True)
@@ -78,11 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     theme.add_argument("state", choices=["on", "off"])
     theme.add_argument("name")
 
+    subject = command("subject", "data subject rights")
+    subject_cmds = subject.add_subparsers(dest="subject_command", required=True)
+    erase = subject_cmds.add_parser("erase", help="crypto-shred one person's data")
+    _global_options(erase, suppress=True)
+    erase.add_argument("--bsn", required=True)
+    erase.add_argument("--reason", required=True,
+                       help="why (a case reference, not personal data)")
+
     audit = command("audit", "the audit log")
     audit_cmds = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_cmds.add_parser("verify", help="exit 0 intact; non-zero naming the "
                                    "first bad entry")
     _global_options(verify, suppress=True)
+    cli_audit.add_verify_options(verify)
+    cli_audit.add_commands(audit_cmds, _global_options)  # prove, query, subject-report, ...
+    cli_config.add_commands(command, _global_options)  # config check
+    cli_web.add_commands(command, _global_options)  # web, web token, web fg-user
     return parser
 
 
@@ -92,6 +117,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["data_dir"] = args.data_dir
     if args.policy is not None:
         overrides["policy"] = args.policy
+    if args.backend is not None:
+        overrides["backend"] = args.backend
+    if args.bootstrap_servers is not None:
+        overrides["kafka"] = {"bootstrap_servers": args.bootstrap_servers}
     return load_settings(args.config, overrides)
 
 
@@ -117,6 +146,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
         data = _read_input(args.file)
+        if settings.backend == "kafka":  # produce to the ingress topic; `serve` decides
+            from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+
+            return cli_kafka.ingest(args, broker, data)
         inputs = ((f"line {n}", line) for n, line in split_lines(data))
         report = broker.ingest(args.source, args.event_type, inputs, _now(args))
     finally:
@@ -167,6 +200,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from broker.policy.lint import lint, write_views  # noqa: PLC0415 - only this command
 
+    if args.policy_command in ("activate", "diff"):
+        return cli_lifecycle.cmd_policy(args, settings)
     if args.policy_command == "views":
         written = write_views(settings, write=args.write)
         for line in written:
@@ -199,8 +234,14 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.backend != "kafka" or args.audit_command != "verify":
+        return cli_audit.run(args, settings)  # the verifiable log: broker/cli_audit.py
     broker = Broker(settings)
     try:
+        if settings.backend == "kafka":  # one hash chain per audit partition
+            from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+
+            return cli_kafka.audit_verify(args, broker)
         report = broker.verify_audit()
     finally:
         broker.close()
@@ -219,14 +260,42 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     now=parse_instant(args.now) if args.now else None, as_json=args.json)
 
 
+def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
+    broker = Broker(settings)
+    started = time.perf_counter()
+    try:
+        destroyed = broker.erase_subject(args.bsn, args.reason, _now(args))
+    finally:
+        broker.close()
+    seconds = time.perf_counter() - started
+    fields = sum(k.fields_sealed for k in destroyed)
+    payload = {"keys_destroyed": len(destroyed), "fields_unrecoverable": fields,
+               "retention_dates": sorted({k.retention_until.isoformat() for k in destroyed}),
+               "seconds": round(seconds, 4)}
+    _emit(args, payload, f"erased: {len(destroyed)} data keys destroyed, {fields} sealed "
+          f"fields unrecoverable ({seconds * 1000:.1f} ms)" if destroyed else
+          "nothing to erase: no data keys for this person (already erased or never stored)")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+
+    return cli_kafka.cmd_serve(args, settings)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "demo": cmd_demo, "ingest": cmd_ingest, "consume": cmd_consume, "policy": cmd_policy,
-    "control": cmd_control, "audit": cmd_audit,
+    "control": cmd_control, "audit": cmd_audit, "subject": cmd_subject,
+    "replay": cli_lifecycle.cmd_replay, "keys": cli_lifecycle.cmd_keys, "serve": cmd_serve,
+    "web": cli_web.cmd_web,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "config":  # reports a bad config itself, so before loading it
+        return cli_config.cmd_config(args, _settings)
     try:
         settings = _settings(args)
         logs.configure(settings.log_level, settings.log_format)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
+from broker.backends.kafka_config import KafkaConfig
 from broker.errors import ConfigError
 
 ENV_PREFIX = "COVENANT_BROKER_"
@@ -41,7 +42,17 @@ class Settings(BaseModel):
                                 "*.yaml in policies/")
     backend: Literal["embedded", "kafka"] = "embedded"
     limits: LimitsConfig = LimitsConfig()
+    kafka: KafkaConfig = KafkaConfig()  # used when backend is "kafka"
     decide_batch_size: PositiveInt = 500
+    default_retention_days: PositiveInt = Field(
+        default=30, description="data keys of event types no purpose uses")
+    quarantine_retention_days: PositiveInt = Field(
+        default=30, description="how long quarantined input stays readable")
+    audit_log_id: str | None = Field(
+        default=None, pattern=r"^[^\s+]+$",
+        description="checkpoint origin and key name; default covenant-broker/<covenant id>")
+    audit_checkpoint_every_entries: PositiveInt = 1000
+    audit_checkpoint_every_seconds: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     log_format: Literal["json", "console"] = "json"
 
@@ -65,8 +76,33 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {key}: {ENV_PREFIX}{part.upper()} is also "
+                                  f"set, to a single value; set one or the other")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"environment {key}: {'.'.join(parts)} is a section; set its "
+                              f"keys as {key}__<KEY>")
         node[parts[-1]] = value
     return out
+
+
+def env_variable(loc: tuple[Any, ...]) -> str:
+    """The environment variable that sets a (nested) key: limits.max_string_bytes ->
+    COVENANT_BROKER_LIMITS__MAX_STRING_BYTES."""
+    return ENV_PREFIX + "__".join(str(p) for p in loc).upper()
+
+
+def _set_by(loc: tuple[Any, ...], sources: list[tuple[str, dict[str, Any]]]) -> str:
+    """Which source (the last one wins) set the key at `loc`, to name it in an error."""
+    for name, values in reversed(sources):
+        node: Any = values
+        for part in loc:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return f"environment {env_variable(loc)}" if name == "environment" else name
+    return sources[0][0] if sources else "defaults"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -83,27 +119,29 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
                   environ: dict[str, str] | None = None) -> Settings:
     environ = dict(os.environ) if environ is None else environ
     data: dict[str, Any] = {}
-    origin = "defaults"
     config_file = config_file or (Path(environ[ENV_PREFIX + "CONFIG"])
                                   if environ.get(ENV_PREFIX + "CONFIG") else None)
     if config_file is not None:
-        origin = str(config_file)
         try:
             loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_file}: not valid YAML: {exc}") from None
+        except yaml.YAMLError as exc:  # the position and problem, not the quoted line
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{config_file}: not valid YAML{where}: "
+                              f"{getattr(exc, 'problem', None) or 'cannot be parsed'}"
+                              ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file}: expected a mapping of settings")
         data = loaded
     env = _env_overrides(environ)
-    if env:
-        origin += " + environment"
-    data = _merge(_merge(data, env), overrides or {})
+    data_file, data = data, _merge(_merge(data, env), overrides or {})
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{origin}:{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                 for e in exc.errors()]
+        sources = [(str(config_file) if config_file else "defaults", data_file),
+                   ("environment", env), ("command line", overrides or {})]
+        lines = [f"{_set_by(e['loc'], sources)}:{'.'.join(str(p) for p in e['loc'])}: "
+                 f"{e['msg']}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None

@@ -6,29 +6,35 @@ ingest -> store -> decide -> egress + audit, with expiry sweeps and audited read
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.entries import Draft, draft, new_trace_id
-from broker.backends.port import EgressRecord, NewEvent, Quarantined
+from broker.audit.service import AuditLog, audit_setup
+from broker.audit.verify import AuditReport
+from broker.backends.port import EgressRecord, EventLog, NewEvent, Quarantined
 from broker.backends.sqlite import SqliteEventLog
 from broker.clock import local_date, to_millis
 from broker.config import Settings
-from broker.errors import InvalidEvent, UnknownSourceError
+from broker.crypto.kek import FileKek
+from broker.crypto.keystore import DestroyedKey, SqliteKeyStore
+from broker.crypto.sealing import Sealer
+from broker.errors import InvalidEvent, StorageError, UnknownSourceError
 from broker.keys import KeyStore, commitment
-from broker.logs import add_personal_keys, get_logger
+from broker.logs import add_personal_keys, get_logger, scrub
 from broker.model import codec
 from broker.model.json_input import Limits
 from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import expiry
-from broker.pipeline.decide import DecideCounts, Decider
+from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
 from broker.pipeline.ingest import Accepted, validate
 from broker.policy.control import ControlState
-from broker.policy.covenant import Covenant, load_covenant
+from broker.policy.covenant import Covenant, load_covenant, parse_covenant
 from broker.policy.decision import DecisionContext
 from broker.policy.plan import PlanSet, compile_plans
 
@@ -63,6 +69,7 @@ class Delivered:
     recipient: str
     kind: str
     record: dict[str, Any]
+    erased: list[str] = field(default_factory=list)  # fields whose subject was erased
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"offset": self.offset, "event_type": self.event_type,
@@ -70,6 +77,8 @@ class Delivered:
                                "record": self.record}
         if self.kind == "tombstone":
             out["tombstone"] = True
+        if self.erased:
+            out["erased_fields"] = self.erased
         return out
 
 
@@ -81,24 +90,101 @@ class Broker:
                           for path in schema.personal_paths)
         self.policy_path = settings.policy_file()
         self.covenant: Covenant = load_covenant(self.policy_path)
+        self.policy_sha = hashlib.sha256(self.policy_path.read_bytes()).hexdigest()
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keys = KeyStore(settings.data_dir / "keys")
         self.plans: PlanSet = compile_plans(self.covenant, self.registry,
                                             self.keys.pseudonym_key, str(self.policy_path))
         self.limits = Limits(settings.limits.max_string_bytes, settings.limits.max_event_bytes)
-        self.log = SqliteEventLog(settings.data_dir / "broker.db",
-                                  self.registry.get("records.audit_entry"))
-        self.decider = Decider(self.plans, self.registry, self.keys)
+        self.log: EventLog
+        self.audit: AuditLog | None = None  # the verifiable audit log's reading side
+        if settings.backend == "kafka":  # imported only when chosen: the embedded default
+            from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - needs no Kafka
+
+            self.log = KafkaEventLog(settings.kafka, self.registry, self.plans)
+        else:
+            setup = audit_setup(settings, self.covenant.covenant.id, self.keys,
+                                self.registry.get("records.audit_entry"))
+            embedded = SqliteEventLog(settings.data_dir / "broker.db",
+                                      self.registry.get("records.audit_entry"), setup.sequencer)
+            self.log, self.audit = embedded, setup.audit_log(embedded.audit)
+        self.data_keys = SqliteKeyStore(settings.data_dir / "keystore.db", FileKek(self.keys))
+        self.sealer = Sealer(self.registry, self.data_keys, self.keys.subject_key(),
+                             self._retention_by_type(), settings.default_retention_days,
+                             self.covenant.zone)
+        self.decider = Decider(self.plans, self.registry, self.keys, self.sealer)
+        self._versions: dict[tuple[str, tuple[tuple[str, int], ...]], Decider] = {}
         self.logger = get_logger(covenant=self.covenant.covenant.id,
                                  covenant_version=self.covenant.covenant.version)
 
     def close(self) -> None:
         self.log.close()
+        self.data_keys.close()
+
+    def _retention_by_type(self) -> dict[str, int]:
+        """The longest retention among the purposes that may use each event type."""
+        out: dict[str, int] = {}
+        for purpose in self.covenant.purposes.values():
+            out[purpose.event_type] = max(out.get(purpose.event_type, 0),
+                                          purpose.retention_days)
+        return out
 
     # -- the decision context ---------------------------------------------------------------
-    def context(self, now: datetime) -> DecisionContext:
-        control = ControlState.fold(self.log.theme_switches())
+    def control_state(self) -> ControlState:
+        events = getattr(self.log, "control_events", None)
+        if events is None:  # a backend that keeps theme switches only
+            return ControlState.fold(self.log.theme_switches())
+        return ControlState.from_events(events())
+
+    def context(self, now: datetime, control: ControlState | None = None) -> DecisionContext:
+        control = control if control is not None else self.control_state()
         return DecisionContext(now, to_millis(now), local_date(now, self.covenant.zone), control)
+
+    # -- covenant versions and key versions -------------------------------------------------
+    def covenant_version(self, version: int) -> tuple[Covenant, str]:
+        """A covenant version by number: an activated one from the control log, or the file."""
+        for activation in reversed(self.control_state().activations):
+            if activation.version == version:
+                return self._stored_covenant(activation.sha256), activation.sha256
+        if version == self.covenant.covenant.version:
+            return self.covenant, self.policy_sha
+        raise UnknownSourceError(f"covenant version {version} was never activated; known: "
+                                 f"{self._known_versions()}")
+
+    def _known_versions(self) -> str:
+        known = {a.version for a in self.control_state().activations}
+        known.add(self.covenant.covenant.version)
+        return ", ".join(str(v) for v in sorted(known))
+
+    def _stored_covenant(self, sha256: str) -> Covenant:
+        document = self.log.document(sha256) if hasattr(self.log, "document") else None
+        if document is None:
+            raise StorageError(f"covenant text {sha256} is missing from the control log")
+        return parse_covenant(document.decode("utf-8"), f"<covenant {sha256[:12]}>")
+
+    def decider_at(self, ctx: DecisionContext, version: int | None = None) -> Decider:
+        """The decider for the covenant version and key versions in force at the decision time
+        (or for an explicit covenant version, as replay asks)."""
+        if version is not None:
+            covenant, sha = self.covenant_version(version)
+        else:
+            activation = ctx.control.covenant_at(ctx.now_ms)
+            covenant, sha = ((self.covenant, self.policy_sha) if activation is None else
+                             (self._stored_covenant(activation.sha256), activation.sha256))
+        key_versions = tuple(sorted((p, ctx.control.key_version(p, ctx.now_ms))
+                                    for p in covenant.purposes))
+        if sha == self.policy_sha and all(v == 1 for _, v in key_versions):
+            return self.decider
+        cached = self._versions.get((sha, key_versions))
+        if cached is None:
+            versions = dict(key_versions)
+            plans = compile_plans(covenant, self.registry,
+                                  lambda purpose: self.keys.pseudonym_key(purpose,
+                                                                          versions[purpose]),
+                                  f"<covenant v{covenant.covenant.version}>")
+            cached = self._versions[(sha, key_versions)] = Decider(
+                plans, self.registry, self.keys, self.sealer)
+        return cached
 
     def _covenant_fields(self) -> dict[str, Any]:
         header = self.covenant.covenant
@@ -143,9 +229,12 @@ class Broker:
             known.add(ok.event_id)
             if ok.dropped_fields:
                 report.dropped_fields.append((position, ok.dropped_fields))
-            events.append(NewEvent(event_type, source, ok.event_id, ok.payload,
-                                   new_trace_id()))
+            sealed = self.sealer.seal(ok.schema, ok.record, ok.event_id,
+                                      self.sealer.retention_until(event_type, now))
+            events.append(NewEvent(event_type, source, ok.event_id, sealed, new_trace_id()))
         audits = [self._quarantine_audit(q) for q in quarantined]
+        quarantined = [self._seal_quarantined(q, now) for q in quarantined]
+        self.sealer.flush()  # the keys are durable before anything sealed under them
         self.log.append_ingest(events, quarantined, audits, now_ms)
         report.accepted = len(events)
         report.quarantined = [QuarantineNote(q.position, q.reason_code, q.reason)
@@ -154,14 +243,23 @@ class Broker:
                          accepted=report.accepted, quarantined=len(quarantined))
         report.decided = self.decide_pending(now)
         report.tombstones = self.sweep_expiries(now)
+        self.destroy_expired_keys(now)
         return report
 
     def _quarantine_audit(self, q: Quarantined) -> Draft:
         return draft("quarantine", trace_id=None, start_ms=q.received_ms, source=q.source,
                      event_type=q.declared_type, reason_code=q.reason_code, reason=q.reason,
                      **self._covenant_fields(),
-                     detail={"position": q.position, "bytes": str(len(q.raw)),
-                             "raw_sha256": hashlib.sha256(q.raw).hexdigest()})
+                     delivered_commitment=commitment(self.keys.commitment_key(), q.raw),
+                     detail={"position": q.position, "bytes": str(len(q.raw))})
+
+    def _seal_quarantined(self, q: Quarantined, now: datetime) -> Quarantined:
+        """Bad input may hold personal data too: it is sealed under a per-day key."""
+        day = local_date(now, self.covenant.zone)
+        until = day + timedelta(days=self.settings.quarantine_retention_days)
+        raw = self.sealer.seal_blob(f"quarantine:{day.isoformat()}", until,
+                                    f"quarantine|{q.source}|{q.position}", q.raw)
+        return replace(q, raw=raw)
 
     # -- decide -----------------------------------------------------------------------------
     def decide_pending(self, now: datetime) -> DecideCounts:
@@ -173,7 +271,8 @@ class Broker:
                                          self.settings.decide_batch_size)
             if not events:
                 return counts
-            batch = self.decider.decide(events, ctx, DECIDER, counts)
+            batch = self.decider_at(ctx).decide(events, ctx, DECIDER, counts)
+            self.sealer.flush()
             self.log.commit_decisions(batch, ctx.now_ms)
 
     def sweep_expiries(self, now: datetime) -> int:
@@ -181,10 +280,22 @@ class Broker:
         due = self.log.expiring(ctx.today)
         if not due:
             return 0
-        batch = expiry.tombstones(due, self.plans, self.registry.get("records.tombstone"),
+        batch = expiry.tombstones(due, self.decider_at(ctx).plans,
+                                  self.registry.get("records.tombstone"),
                                   self.keys.commitment_key(), ctx)
+        for eg in batch.egress:  # LDV: a tombstone names the persons its release named
+            eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
         self.log.commit_decisions(batch, ctx.now_ms)
         return len(batch.egress)
+
+    def _data_subjects_at(self, offsets: Iterable[int]) -> list[dict[str, str]]:
+        """Subject pseudonyms of stored events (from the envelope, even after erasure)."""
+        out: list[dict[str, str]] = []
+        for offset in sorted(set(offsets)):
+            for stored in self.log.read_store(offset - 1, 1):
+                out.extend(s for s in Decider.data_subjects(self.decider.open(stored))
+                           if s not in out)
+        return out
 
     # -- egress -----------------------------------------------------------------------------
     def check_recipient(self, recipient: str, purpose: str | None) -> None:
@@ -196,6 +307,13 @@ class Broker:
                                      f"{', '.join(self.covenant.purposes)}")
 
     def render(self, record: EgressRecord) -> Delivered:
+        """A delivery as the recipient sees it; sealed fields opened, erased ones null."""
+        if self.sealer.is_envelope(record.payload):
+            opened = self.sealer.open(record.payload, record_id=egress_record_id(
+                record.recipient, record.purpose, record.event_offset))
+            return Delivered(record.offset, record.event_type, record.purpose,
+                             record.recipient, record.kind, to_json(opened.record),
+                             sorted(opened.erased))
         header = codec.split_header(record.payload)
         schema = self.registry.by_fingerprint.get(header[0]) if header else None
         if schema is None:
@@ -205,26 +323,73 @@ class Broker:
                          record.kind, to_json(schema.decode(record.payload)))
 
     def consume(self, recipient: str, purpose: str | None, from_offset: int,
-                now: datetime) -> list[Delivered]:
-        """Every released record of the recipient (and purpose) from an offset; audited."""
+                now: datetime, limit: int | None = None) -> list[Delivered]:
+        """Every released record of the recipient (and purpose) from an offset, at most
+        `limit` of them; audited with the range actually returned."""
         self.check_recipient(recipient, purpose)
-        self.sweep_expiries(now)
-        records = self.log.read_egress(recipient, purpose, from_offset)
+        self.maintain(now)
+        now_ms = to_millis(now)
+        records = [r for r in self.log.read_egress(recipient, purpose, from_offset)
+                   if not self._past_retention(r, now_ms)][:limit]
+        delivered = [self.render(r) for r in records]
         purposes = [purpose] if purpose else self.log.streams(recipient)
         ck = self.keys.commitment_key()
         audits = []
         for name in purposes:
-            chunk = [r for r in records if r.purpose == name]
+            chunk = [d for d in delivered if d.purpose == name]
             detail = {"from_offset": str(from_offset), "count": str(len(chunk))}
             if chunk:
                 detail["range"] = f"{chunk[0].offset}-{chunk[-1].offset}"
+            lines = b"".join(json.dumps(d.as_json(), sort_keys=True).encode() + b"\n"
+                             for d in chunk)
+            declared = self.covenant.purposes.get(name)
             audits.append(draft(
-                "access", trace_id=None, start_ms=to_millis(now), recipient=recipient,
+                "access", trace_id=None, start_ms=now_ms, recipient=recipient,
                 purpose=name, **self._covenant_fields(),
-                delivered_commitment=commitment(ck, b"".join(r.payload for r in chunk)),
-                detail=detail))
-        self.log.append_audit(audits, to_millis(now))
-        return [self.render(r) for r in records]
+                legal_basis=declared.legal_basis if declared else None,
+                data_subjects=self._data_subjects_at(
+                    r.event_offset for r in records if r.purpose == name),
+                delivered_commitment=commitment(ck, lines), detail=detail))
+        self.log.append_audit(audits, now_ms)
+        return delivered
+
+    def _past_retention(self, record: EgressRecord, now_ms: int) -> bool:
+        """A recipient's stream never carries a record older than its purpose's retention."""
+        purpose = self.covenant.purposes.get(record.purpose)
+        return purpose is not None and \
+            now_ms - record.released_ms > purpose.retention_days * 86_400_000
+
+    # -- time passing -----------------------------------------------------------------------
+    def maintain(self, now: datetime) -> None:
+        """What a decision time brings by itself: expiry tombstones and key retention."""
+        self.sweep_expiries(now)
+        self.destroy_expired_keys(now)
+
+    def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]:
+        destroyed = self.data_keys.destroy_expired(local_date(now, self.covenant.zone))
+        if destroyed:
+            self.log.append_audit([draft(
+                "retention", trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
+                decision="destroy_keys", reason_code="retention_ended",
+                reason="data keys past their retention date were destroyed",
+                detail={"keys": str(len(destroyed)),
+                        "fields": str(sum(k.fields_sealed for k in destroyed)),
+                        "latest_retention": max(k.retention_until for k in destroyed
+                                                ).isoformat()})], to_millis(now))
+        return destroyed
+
+    def erase_subject(self, bsn: str, reason: str, now: datetime) -> list[DestroyedKey]:
+        """Crypto-shred one person: destroy their data keys; audit it (pseudonym only)."""
+        pseudonym = self.sealer.subject_pseudonym("bsn", bsn)
+        destroyed = self.data_keys.destroy_subject(f"bsn:{pseudonym}")
+        self.log.append_audit([draft(
+            "erasure", trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
+            data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn", "role": "erasure"}],
+            decision="destroy_keys", reason_code="erasure_request", reason=scrub(reason),
+            detail={"keys": str(len(destroyed)),
+                    "fields": str(sum(k.fields_sealed for k in destroyed))})], to_millis(now))
+        self.logger.info("subject erased", keys=len(destroyed))
+        return destroyed
 
     # -- control ----------------------------------------------------------------------------
     def switch_theme(self, theme: str, on: bool, now: datetime) -> None:
@@ -237,5 +402,7 @@ class Broker:
         self.log.append_theme_switch(theme, on, to_millis(now), audit, to_millis(now))
 
     # -- audit ------------------------------------------------------------------------------
-    def verify_audit(self) -> ChainReport:
+    def verify_audit(self) -> AuditReport | ChainReport:
+        if self.audit is not None:  # chain, Merkle tree, checkpoints and their consistency
+            return self.audit.verify()
         return verify_chain(self.registry.get("records.audit_entry"), self.log.audit_rows())

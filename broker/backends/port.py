@@ -12,7 +12,7 @@ from datetime import date
 from typing import Protocol
 
 from broker.audit.entries import Draft
-from broker.policy.control import ThemeSwitch
+from broker.policy.control import ControlEvent, ThemeSwitch
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class NewEgress:
     released_ms: int
     audit: Draft
     tombstone_for: int | None = None  # for tombstones: offset of the released record
+    sealed_payload: bytes | None = None  # the same record with personal fields sealed,
+    # for backends that hold deliveries at rest (embedded); `payload` is what is delivered
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,13 @@ class EventLog(Protocol):
                             audit: Draft, now_ms: int) -> ThemeSwitch: ...
 
     def theme_switches(self) -> list[ThemeSwitch]: ...
+
+    def append_control(self, event: ControlEvent, audit: Draft,
+                       document: bytes | None = None) -> ControlEvent: ...
+
+    def control_events(self) -> list[ControlEvent]: ...
+
+    def document(self, sha256: str) -> bytes | None: ...
 
     def append_audit(self, audits: list[Draft], now_ms: int) -> None: ...
 

@@ -1,0 +1,156 @@
+"""Settings of the Kafka backend (the `kafka:` section of the config) and its topic names.
+
+Every topic name derives from one prefix (default ``covenant.``):
+
+=====================================  =========================================  ==========
+topic                                  holds                                      partitions
+=====================================  =========================================  ==========
+``covenant.ingress.<event_type>``      raw input of one event type (JSON or Avro)  N
+``covenant.store``                     the immutable event log of every type       N
+                                       (sealed Avro), no deletion by time or size
+``covenant.egress.<recipient>.<purpose>``  released records and tombstones         1
+``covenant.quarantine``                bad input with its reason                   N
+``covenant.audit``                     hash-chained audit entries                  N + 1
+``covenant.control``                   control events (theme switches)             1
+``covenant.expiry``                    compacted: which records have a tombstone   1
+=====================================  =========================================  ==========
+
+N is ``kafka.partitions``. It fixes how event ids map to partitions, so it cannot change
+once the topics exist (the start-up check refuses a mismatch).
+
+One store topic for all types, not one per type: the event log port addresses a stored
+event by one position (the embedded store numbers events across types), and on Kafka that
+position is ``offset * N + partition`` of the store topic (`store_position`). Audit entries
+and egress records name events by it, so replay and the audit's data-subject lookups find
+the event from the position alone. The event type is the record's ``event_type`` header.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+_LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_TOPIC_LENGTH = 249
+
+
+class KafkaConfig(BaseModel):
+    """The `kafka:` section; environment: COVENANT_BROKER_KAFKA__<KEY>."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bootstrap_servers: str = "localhost:9092"
+    topic_prefix: str = "covenant."
+    partitions: PositiveInt = Field(
+        default=3, description="partitions of every ingress and store topic and of the "
+        "quarantine topic; the audit topic gets one more (the commands chain)")
+    replication_factor: PositiveInt = 1
+    group_id: str = "covenant-broker"
+    transactional_id_prefix: str | None = Field(
+        default=None, description="default: the group id; partition p writes as "
+        "<prefix>-<p>, commands as <prefix>-commands")
+    instance_id: str | None = Field(
+        default=None, description="static group membership (group.instance.id): a "
+        "restarted member with the same id gets its partitions back without waiting for "
+        "the session timeout")
+    client_id: str = "covenant-broker"
+    ingress_retention_ms: int = 7 * 24 * 3600 * 1000
+    session_timeout_ms: PositiveInt = 10_000
+    heartbeat_interval_ms: PositiveInt = 3_000
+    max_poll_interval_ms: PositiveInt = 300_000
+    transaction_timeout_ms: PositiveInt = 60_000
+    request_timeout_ms: PositiveInt = 30_000
+    max_batch: PositiveInt = Field(default=500, description="records per poll (per batch)")
+    poll_timeout_ms: PositiveInt = 500
+    retries: PositiveInt = Field(default=6, description="attempts for a retriable failure")
+    retry_backoff_ms: PositiveInt = 200
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _legal_prefix(cls, value: str) -> str:
+        if value and not _LEGAL.match(value):
+            raise ValueError("may hold only ASCII letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("group_id", "transactional_id_prefix", "instance_id", "client_id")
+    @classmethod
+    def _legal_id(cls, value: str | None) -> str | None:
+        if value is not None and not _LEGAL.match(value):
+            raise ValueError("may hold only ASCII letters, digits, '.', '_' and '-'")
+        return value
+
+    @property
+    def txn_prefix(self) -> str:
+        return self.transactional_id_prefix or self.group_id
+
+    def partition_txn_id(self, partition: int) -> str:
+        return f"{self.txn_prefix}-{partition}"
+
+    @property
+    def commands_txn_id(self) -> str:
+        return f"{self.txn_prefix}-commands"
+
+    @property
+    def audit_partitions(self) -> int:
+        return self.partitions + 1
+
+    @property
+    def commands_audit_partition(self) -> int:
+        """The audit chain of commands (access, control, tombstones): the last partition."""
+        return self.partitions
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    prefix: str
+
+    def ingress(self, event_type: str) -> str:
+        return f"{self.prefix}ingress.{event_type}"
+
+    @property
+    def store(self) -> str:
+        return f"{self.prefix}store"
+
+    def egress(self, recipient: str, purpose: str) -> str:
+        return f"{self.prefix}egress.{recipient}.{purpose}"
+
+    @property
+    def quarantine(self) -> str:
+        return f"{self.prefix}quarantine"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}control"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.prefix}expiry"
+
+    def event_type_of_ingress(self, topic: str) -> str:
+        return topic[len(self.ingress("")):]
+
+
+
+def store_position(offset: int, partition: int, partitions: int) -> int:
+    """The store position of the record at `offset` of store partition `partition`."""
+    return offset * partitions + partition
+
+
+def split_position(position: int, partitions: int) -> tuple[int, int]:
+    """(offset, partition) of a store position."""
+    return divmod(position, partitions)
+
+
+def topic_problem(name: str) -> str | None:
+    """Why `name` cannot be a Kafka topic, or None."""
+    if not _LEGAL.match(name):
+        return "may hold only ASCII letters, digits, '.', '_' and '-'"
+    if len(name) > MAX_TOPIC_LENGTH:
+        return f"is longer than {MAX_TOPIC_LENGTH} characters"
+    return None

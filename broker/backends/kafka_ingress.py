@@ -1,0 +1,70 @@
+"""`ingest` on Kafka: produce input lines to the ingress topic of their event type and return.
+
+Each line becomes one record, keyed by its event_id when the line is JSON that has one (so
+it lands on the partition whose worker judges duplicates of that id); the ``source``
+header names the producing source and ``line`` its line number. Validation, storing and
+deciding happen in `serve`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from broker.backends.kafka_errors import kafka_errors
+from broker.backends.kafka_io import close_quietly, headers
+from broker.backends.kafka_log import KafkaEventLog
+from broker.backends.kafka_pipeline import home_partition
+from broker.errors import StorageError
+from broker.runtime import Broker
+
+SEND_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ProduceReport:
+    source: str
+    event_type: str
+    topic: str
+    produced: int = 0
+    partitions: dict[int, int] = field(default_factory=dict)
+
+
+def event_id_of(line: bytes) -> str | None:
+    """The event_id of a JSON line (lowercased, as ingest stores it), or None."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    event_id = value.get("event_id") if isinstance(value, dict) else None
+    return event_id.lower() if isinstance(event_id, str) and event_id else None
+
+
+def produce_lines(broker: Broker, source: str, event_type: str,
+                  lines: Iterable[tuple[int, bytes]]) -> ProduceReport:
+    if not isinstance(broker.log, KafkaEventLog):
+        raise StorageError("produce_lines needs the Kafka backend")
+    log = broker.log
+    full = broker.resolve_type(source, event_type)
+    topic = log.layout.names.ingress(full)
+    report = ProduceReport(source, full, topic)
+    producer = log.clients.producer()
+    try:
+        futures = []
+        with kafka_errors(f"producing to {topic}"):
+            for number, line in lines:
+                event_id = event_id_of(line)
+                partition = (home_partition(event_id, log.cfg.partitions)
+                             if event_id else None)
+                futures.append(producer.send(
+                    topic, value=line, key=event_id.encode() if event_id else None,
+                    partition=partition, headers=headers(source=source, line=number)))
+            producer.flush(timeout=SEND_TIMEOUT_S)
+            for future in futures:
+                meta = future.get(timeout=SEND_TIMEOUT_S)
+                report.partitions[meta.partition] = report.partitions.get(meta.partition, 0) + 1
+                report.produced += 1
+    finally:
+        close_quietly(producer)
+    return report

@@ -1,0 +1,195 @@
+"""The event log port on Kafka, for commands: consume, control, expiry sweeps, verification.
+
+The embedded backend's synchronous pipeline (append_ingest, duplicate_ids, position) has no
+counterpart here: on Kafka, `ingest` produces to the ingress topics and `serve`
+(broker/serve.py, broker/backends/kafka_pipeline.py) validates, stores and decides, one
+transaction per partition and batch. Those port methods refuse with a message that says so.
+read_store works: it reads the store topic by store position (offset * N + partition).
+
+Reads are read_committed: a record is visible once its transaction committed, and a
+consume reads each stream up to its last stable offset at the time of the read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+from kafka import TopicPartition
+
+from broker.audit.chain import ChainReport
+from broker.audit.entries import Draft
+from broker.backends.kafka_chain import verify_partitions
+from broker.backends.kafka_commands import CommandWriter, ControlReader, ExpiryIndex
+from broker.backends.kafka_config import KafkaConfig, split_position, store_position
+from broker.backends.kafka_egress import to_egress_record
+from broker.backends.kafka_errors import kafka_errors, retrying
+from broker.backends.kafka_io import Clients, header, last_committed, read_all, read_range
+from broker.backends.kafka_topics import Layout, ensure_topics
+from broker.backends.port import (
+    DecisionBatch,
+    EgressRecord,
+    NewEvent,
+    Quarantined,
+    StoredEvent,
+)
+from broker.errors import StorageError
+from broker.logs import get_logger
+from broker.model.schemas import SchemaRegistry
+from broker.policy.control import ControlEvent, ThemeSwitch
+from broker.policy.plan import PlanSet
+
+_SERVE_DECIDES = ("on the Kafka backend, `ingest` produces to the ingress topics and "
+                  "`covenant-broker serve --backend kafka` validates, stores and decides")
+
+
+def open_layout(cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> Layout:
+    """The deployment's topics, created or checked (retrying while Kafka is unreachable)."""
+    layout = Layout.build(cfg, registry.event_types(), plans)
+    clients = Clients(cfg)
+
+    def ensure() -> None:
+        admin = clients.admin()
+        try:
+            ensure_topics(admin, layout)
+        finally:
+            with kafka_errors("closing the admin client"):
+                admin.close()
+
+    retrying(ensure, attempts=cfg.retries, backoff_ms=cfg.retry_backoff_ms)
+    return layout
+
+
+class KafkaEventLog:
+    def __init__(self, cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> None:
+        self.cfg = cfg
+        self.layout = open_layout(cfg, registry, plans)
+        self.audit_schema = registry.get("records.audit_entry")
+        self.clients = Clients(cfg)
+        self.reader = self.clients.reader()
+        self.commands = CommandWriter(self.clients, self.layout, self.audit_schema)
+        self.control = ControlReader(self.layout.names.control)
+        self.expiry = ExpiryIndex(self.layout)
+        self.logger = get_logger(component="kafka-log", topic_prefix=cfg.topic_prefix)
+
+    def close(self) -> None:
+        self.commands.close()
+        with kafka_errors("closing the reader"):
+            self.reader.close()
+
+    # -- the synchronous pipeline belongs to serve on Kafka --------------------------------
+    def append_ingest(self, events: list[NewEvent], quarantined: list[Quarantined],
+                      audits: list[Draft], now_ms: int) -> list[StoredEvent]:
+        raise StorageError(_SERVE_DECIDES)
+
+    def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]:
+        raise StorageError(_SERVE_DECIDES)
+
+    def read_store(self, after: int, limit: int) -> list[StoredEvent]:
+        """Stored events with a store position after `after`, in position order.
+
+        Positions interleave the partitions (offset * N + partition), so this reads up to
+        `limit` records from each partition and keeps the `limit` lowest positions.
+        """
+        n = self.cfg.partitions
+        if limit == 1 and after >= 0:  # the event at position after + 1, if it is one
+            offset, partition = split_position(after + 1, n)
+            tp = TopicPartition(self.layout.names.store, partition)
+            first = read_range(self.reader, {tp: offset}, max_records=1)[tp]
+            if first and first[0].offset == offset:
+                return [_stored_event(first[0], after + 1)]
+        starts = {TopicPartition(self.layout.names.store, p): max(0, (after - p) // n + 1)
+                  for p in range(n)}
+        found = read_range(self.reader, starts, max_records=limit)
+        events = [_stored_event(record, store_position(record.offset, tp.partition, n))
+                  for tp, records in found.items() for record in records]
+        return sorted(events, key=lambda e: e.offset)[:limit]
+
+    def position(self, consumer: str) -> int:
+        raise StorageError(_SERVE_DECIDES)
+
+    # -- expiry ----------------------------------------------------------------------------
+    def expiring(self, before: date) -> list[EgressRecord]:
+        """Released records whose basis ended before `before` and that have no tombstone.
+
+        Takes the commands chain first, so the tombstone index it filters by is exact.
+        """
+        self.commands.open()
+        self.expiry.refresh(self.reader)
+        return self.expiry.due(before, self.commands.tombstoned)
+
+    def commit_decisions(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
+        if batch.position >= 0 or any(eg.kind != "tombstone" for eg in batch.egress):
+            raise StorageError(_SERVE_DECIDES)
+        self.logger.info("writing expiry tombstones", due=len(batch.egress))
+        return self.commands.write_tombstones(batch)
+
+    # -- egress ----------------------------------------------------------------------------
+    def _purposes(self, recipient: str) -> list[str]:
+        return sorted(p for r, p in self.layout.streams if r == recipient)
+
+    def read_egress(self, recipient: str, purpose: str | None,
+                    from_offset: int) -> list[EgressRecord]:
+        purposes = [purpose] if purpose is not None else self._purposes(recipient)
+        known = set(self._purposes(recipient))
+        starts = {TopicPartition(self.layout.names.egress(recipient, p), 0): from_offset
+                  for p in purposes if p in known}
+        found = read_range(self.reader, starts)
+        out: list[EgressRecord] = []
+        for name in purposes:
+            tp = TopicPartition(self.layout.names.egress(recipient, name), 0)
+            out.extend(to_egress_record(r, recipient, name) for r in found.get(tp, []))
+        return out
+
+    def streams(self, recipient: str) -> list[str]:
+        """The recipient's purposes whose stream holds at least one committed record."""
+        return [p for p in self._purposes(recipient) if last_committed(
+            self.reader, TopicPartition(self.layout.names.egress(recipient, p), 0))]
+
+    # -- control ---------------------------------------------------------------------------
+    def append_theme_switch(self, theme: str, on: bool, effective_ms: int,
+                            audit: Draft, now_ms: int) -> ThemeSwitch:
+        event = self.commands.append_control(
+            ControlEvent("theme", theme, "on" if on else "off", effective_ms, now_ms), audit)
+        return ThemeSwitch(theme, on, effective_ms, event.seq)
+
+    def theme_switches(self) -> list[ThemeSwitch]:
+        self.control.refresh(self.reader)
+        return self.control.theme_switches()
+
+    def append_control(self, event: ControlEvent, audit: Draft,
+                       document: bytes | None = None) -> ControlEvent:
+        return self.commands.append_control(event, audit, document)
+
+    def control_events(self) -> list[ControlEvent]:
+        return self.control.refresh(self.reader)
+
+    def document(self, sha256: str) -> bytes | None:
+        self.control.refresh(self.reader)
+        return self.control.documents.get(sha256)
+
+    # -- audit -----------------------------------------------------------------------------
+    def append_audit(self, audits: list[Draft], now_ms: int) -> None:
+        self.commands.append_audit(audits)
+
+    def audit_rows(self) -> Iterator[tuple[int, bytes]]:
+        raise StorageError("on the Kafka backend the audit log is one hash chain per audit "
+                           "partition; verify it with verify_audit_partitions()")
+
+    def verify_audit_partitions(self) -> dict[int, ChainReport]:
+        return verify_partitions(self.reader, self.audit_schema, self.layout.names.audit,
+                                 self.cfg.audit_partitions)
+
+    def quarantine_count(self) -> int:
+        tps = [TopicPartition(self.layout.names.quarantine, p)
+               for p in range(self.cfg.partitions)]
+        return sum(len(records) for records in read_all(self.reader, tps).values())
+
+
+def _stored_event(record: Any, position: int) -> StoredEvent:
+    return StoredEvent(position, header(record, "event_type") or "",
+                       header(record, "source") or "",
+                       record.key.decode() if record.key else "", bytes(record.value),
+                       header(record, "trace_id") or "",
+                       int(header(record, "ingested_ms") or 0), header(record, "traceparent"))

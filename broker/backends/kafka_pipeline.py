@@ -1,0 +1,254 @@
+"""One partition index of the pipeline: validate, store, decide, release, audit, commit.
+
+A worker owns partition index p of every ingress topic (kafka_group.py), and is the only
+writer of store partition p (of every event type), quarantine partition p and audit
+partition p, through the transactional id ``<prefix>-<p>``. One batch is one Kafka
+transaction holding:
+
+1. the accepted events, on ``store`` partition p, keyed by event_id (their store position,
+   offset * N + p, is the event_offset that audit entries and egress records carry);
+2. the bad input, on ``quarantine`` partition p;
+3. events that arrived on the wrong ingress partition, re-sent keyed by their event_id
+   (so a duplicate always meets its original on the same partition);
+4. the egress records the covenant releases, on ``egress.<recipient>.<purpose>``;
+5. one audit entry per quarantine and per (event, recipient, purpose) decision, chained
+   on audit partition p;
+6. the consumed ingress offsets (send_offsets_to_transaction, with the consumer's group
+   metadata, so a member that lost the partition in a rebalance cannot commit them).
+
+Either all of it commits or none of it is visible to read_committed readers, and the
+offsets move only with it: after a crash the batch is redone from the committed offsets,
+and a zombie of the crashed process is fenced by the new owner's init_transactions().
+
+Keys and partitions: ingress records are keyed by event_id (`ingest` does so; a record that
+arrives elsewhere is forwarded to ``murmur2(event_id) % N``, the partition Kafka's default
+partitioner picks for that key). Store partition = ingress partition = audit partition =
+p, so duplicates of one event id are always judged by the same worker, against the store
+partition it alone writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
+from kafka.structs import OffsetAndMetadata
+
+from broker.audit.entries import Draft, new_trace_id
+from broker.backends.kafka_chain import AuditChain, Transaction, run_transaction
+from broker.backends.kafka_config import store_position
+from broker.backends.kafka_egress import egress_headers, egress_key
+from broker.backends.kafka_errors import kafka_errors
+from broker.backends.kafka_io import Clients, close_quietly, header, headers, read_all
+from broker.backends.kafka_topics import Layout
+from broker.backends.port import Quarantined, StoredEvent
+from broker.errors import InvalidEvent
+from broker.pipeline.decide import DecideCounts
+from broker.pipeline.ingest import source_of, validate
+from broker.policy.decision import DecisionContext
+from broker.runtime import Broker
+
+CONSUMER = "serve"
+
+
+def home_partition(event_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key `event_id`."""
+    return int(murmur2(event_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class BatchCounts:
+    consumed: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    forwarded: int = 0
+    decided: DecideCounts = field(default_factory=DecideCounts)
+
+
+@dataclass
+class _Event:
+    event_type: str
+    source: str
+    event_id: str
+    payload: bytes
+    position: str
+    foreign_trace: str | None
+
+
+@dataclass
+class _Triage:
+    events: list[_Event] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    forwards: list[tuple[str, str, Any]] = field(default_factory=list)  # topic, id, record
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per tp
+
+
+class PartitionWorker:
+    def __init__(self, index: int, broker: Broker, layout: Layout, clients: Clients) -> None:
+        self.index = index
+        self.broker = broker
+        self.layout = layout
+        self.clients = clients
+        self.chain = AuditChain(broker.registry.get("records.audit_entry"),
+                                layout.names.audit, index)
+        self.quarantine_schema = broker.registry.get("records.quarantine_entry")
+        self.producer: KafkaProducer | None = None
+        self.seen: dict[str, set[str]] = {}  # event ids stored on partition p, per type
+        self.written: dict[TopicPartition, int] = {}  # last offsets committed, per partition
+
+    @property
+    def is_open(self) -> bool:
+        return self.producer is not None
+
+    def open(self) -> None:
+        """Take partition p: fence earlier writers, then read the chain head and the ids."""
+        producer = self.clients.transactional_producer(
+            self.layout.cfg.partition_txn_id(self.index), self.layout.all_topics())
+        try:
+            with kafka_errors(f"initialising the writer of partition {self.index}"):
+                producer.init_transactions()
+            reader = self.clients.reader(f"recover-{self.index}")
+            try:
+                self.chain.recover(reader)
+                self.seen = self._stored_ids(reader)
+            finally:
+                reader.close()
+        except BaseException:
+            close_quietly(producer)
+            raise
+        self.producer = producer
+
+    def close(self) -> None:
+        if self.producer is not None:
+            close_quietly(self.producer)
+        self.producer = None
+        self.chain.head = None
+
+    def _stored_ids(self, reader: Any) -> dict[str, set[str]]:
+        tp = TopicPartition(self.layout.names.store, self.index)
+        out: dict[str, set[str]] = {}
+        for record in read_all(reader, [tp])[tp]:
+            if record.key:
+                out.setdefault(header(record, "event_type") or "", set()).add(
+                    record.key.decode())
+        return out
+
+    # -- one batch -------------------------------------------------------------------------
+    def process(self, batch: dict[TopicPartition, list[Any]], ctx: DecisionContext,
+                group_metadata: Any) -> BatchCounts:
+        if self.producer is None:
+            raise RuntimeError(f"partition {self.index}: process() before open()")
+        triage = self._triage(batch, ctx)
+        counts = BatchCounts(consumed=sum(len(r) for r in batch.values()))
+
+        def body(tx: Transaction) -> None:
+            self._write(tx, triage, ctx, counts)
+            tx.send_offsets({tp: OffsetAndMetadata(offset, "", -1)
+                             for tp, offset in triage.offsets.items()}, group_metadata)
+
+        run_transaction(self.producer, self.chain, f"partition {self.index} batch", body,
+                        self.written)
+        for event in triage.events:
+            self.seen.setdefault(event.event_type, set()).add(event.event_id)
+        return counts
+
+    def _triage(self, batch: dict[TopicPartition, list[Any]], ctx: DecisionContext) -> _Triage:
+        broker, out, now_ms = self.broker, _Triage(), ctx.now_ms
+        batch_ids: set[tuple[str, str]] = set()
+        for tp in sorted(batch, key=lambda t: t.topic):
+            records = batch[tp]
+            event_type = self.layout.names.event_type_of_ingress(tp.topic)
+            for record in records:
+                # Only the owner may write an ingress topic (ACLs); a producer that names
+                # another source in the header is refused as the embedded ingest does.
+                source = header(record, "source") or source_of(event_type)
+                raw = bytes(record.value or b"")
+                position = f"{tp.topic}:{tp.partition}:{record.offset}"
+                try:
+                    ok = validate(raw, source, event_type, broker.registry, broker.limits)
+                except InvalidEvent as bad:
+                    out.quarantined.append(Quarantined(source, event_type, position, bad.code,
+                                                       bad.reason, raw, now_ms))
+                    continue
+                if home_partition(ok.event_id, self.layout.cfg.partitions) != self.index:
+                    out.forwards.append((tp.topic, ok.event_id, record))
+                    continue
+                if (ok.event_id in self.seen.get(event_type, ())
+                        or (event_type, ok.event_id) in batch_ids):
+                    out.quarantined.append(Quarantined(
+                        source, event_type, position, "duplicate_event",
+                        "an event with this event_id is already stored or earlier in this "
+                        "input", raw, now_ms))
+                    continue
+                batch_ids.add((event_type, ok.event_id))
+                # Stored as the embedded backend stores it: personal fields sealed under
+                # their subject's data key (crypto-shreddable), since the store is forever.
+                sealed = broker.sealer.seal(ok.schema, ok.record, ok.event_id,
+                                            broker.sealer.retention_until(event_type, ctx.now))
+                out.events.append(_Event(event_type, source, ok.event_id, sealed, position,
+                                         header(record, "traceparent")))
+            if records:
+                out.offsets[tp] = records[-1].offset + 1
+        return out
+
+    def _write(self, tx: Transaction, triage: _Triage, ctx: DecisionContext,
+               counts: BatchCounts) -> None:
+        names, p = self.layout.names, self.index
+        trace_ids = [new_trace_id() for _ in triage.events]
+        futures = [tx.send(names.store, e.payload, key=e.event_id.encode(), partition=p,
+                           headers=headers(event_type=e.event_type, source=e.source,
+                                           trace_id=trace, ingress=e.position,
+                                           ingested_ms=ctx.now_ms, traceparent=e.foreign_trace))
+                   for e, trace in zip(triage.events, trace_ids, strict=True)]
+        for q in triage.quarantined:
+            raw = self.broker._seal_quarantined(q, ctx.now).raw  # bad input may be personal
+            tx.send(names.quarantine, self.quarantine_schema.encode({
+                "received_at": q.received_ms, "source": q.source,
+                "declared_type": q.declared_type, "position": q.position,
+                "reason_code": q.reason_code, "reason": q.reason, "raw": raw}),
+                partition=p, headers=headers(reason_code=q.reason_code))
+        for topic, event_id, record in triage.forwards:
+            forwarded = [(k, v) for k, v in record.headers or () if k != "forwarded-from"]
+            tx.send(topic, bytes(record.value), key=event_id.encode(), headers=[
+                *forwarded, ("forwarded-from", f"{record.partition}:{record.offset}".encode())])
+        n = self.layout.cfg.partitions
+        stored = [StoredEvent(store_position(offset, p, n), e.event_type, e.source,
+                              e.event_id, e.payload, trace, ctx.now_ms, e.foreign_trace)
+                  for e, trace, offset in zip(triage.events, trace_ids, tx.offsets(futures),
+                                              strict=True)]
+        # The covenant version and pseudonym key versions in force at the decision time.
+        decisions = self.broker.decider_at(ctx).decide(stored, ctx, CONSUMER, counts.decided)
+        # Egress topics keep records forever, so they hold the sealed form, as the embedded
+        # egress table does; consume opens it (and shows erased fields as erased).
+        released = [tx.send(names.egress(eg.recipient, eg.purpose),
+                            eg.sealed_payload or eg.payload, key=egress_key(eg), partition=0,
+                            headers=egress_headers(eg))
+                    for eg in decisions.egress]
+        for eg, offset in zip(decisions.egress, tx.offsets(released), strict=True):
+            eg.audit["egress_offset"] = offset
+        drafts: list[Draft] = [self._quarantine_audit(q) for q in triage.quarantined]
+        drafts += [eg.audit for eg in decisions.egress]
+        drafts += decisions.audits
+        # Data keys are buffered by the key store: they must be durable before anything
+        # sealed under them commits, or a crash leaves stored events nobody can open.
+        self.broker.sealer.flush()
+        tx.audit(drafts)
+        counts.stored = len(stored)
+        counts.quarantined = len(triage.quarantined)
+        counts.forwarded = len(triage.forwards)
+
+    def _quarantine_audit(self, q: Quarantined) -> Draft:
+        # The same entry the embedded ingest writes, so both backends audit bad input alike.
+        return self.broker._quarantine_audit(q)
+
+
+def group_by_index(records: dict[TopicPartition, list[Any]]
+                   ) -> Iterable[tuple[int, dict[TopicPartition, list[Any]]]]:
+    by_index: dict[int, dict[TopicPartition, list[Any]]] = {}
+    for tp, batch in records.items():
+        if batch:
+            by_index.setdefault(tp.partition, {})[tp] = batch
+    return sorted(by_index.items())

@@ -1,0 +1,157 @@
+"""The topics of the Kafka backend: derived from the covenant and config, created and checked.
+
+Every command that talks to Kafka first runs `ensure_topics`: missing topics are created,
+and existing ones must have the partition count and the configs the design relies on
+(an immutable store and audit log, a compacted expiry index). A mismatch stops the
+command with a ConfigError naming the topic, the setting and both values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from broker.backends.kafka_config import KafkaConfig, TopicNames, topic_problem
+from broker.backends.kafka_errors import kafka_errors
+from broker.errors import ConfigError
+from broker.policy.plan import PlanSet
+
+UNKNOWN_TOPIC = 3
+TOPIC_EXISTS = 36
+KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    role: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)  # created with these
+    checked: tuple[str, ...] = ()  # config keys that must hold the created value
+    setting: str = "kafka.partitions"  # the setting that decides the partition count
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every topic of one deployment, and how to find each kind."""
+
+    cfg: KafkaConfig
+    names: TopicNames
+    event_types: tuple[str, ...]
+    streams: tuple[tuple[str, str], ...]  # (recipient, purpose) of every plan
+    expiring_streams: tuple[tuple[str, str], ...]  # streams whose records can expire
+
+    @classmethod
+    def build(cls, cfg: KafkaConfig, event_types: list[str], plans: PlanSet) -> Layout:
+        streams = sorted({(p.recipient, p.purpose) for p in plans.all})
+        expiring = sorted({(p.recipient, p.purpose) for p in plans.all if p.expires_after})
+        return cls(cfg, TopicNames(cfg.topic_prefix), tuple(sorted(event_types)),
+                   tuple(streams), tuple(expiring))
+
+    def ingress_topics(self) -> list[str]:
+        return [self.names.ingress(t) for t in self.event_types]
+
+    def stream_of(self, topic: str) -> tuple[str, str] | None:
+        return self._streams_by_topic().get(topic)
+
+    def _streams_by_topic(self) -> dict[str, tuple[str, str]]:
+        return {self.names.egress(r, p): (r, p) for r, p in self.streams}
+
+    def all_topics(self) -> list[str]:
+        return [s.name for s in self.specs()]
+
+    def specs(self) -> list[TopicSpec]:
+        cfg, names = self.cfg, self.names
+        keep = tuple(KEEP_FOREVER)
+        out: list[TopicSpec] = []
+        for event_type in self.event_types:
+            out.append(TopicSpec(names.ingress(event_type), "ingress", cfg.partitions,
+                                 {"retention.ms": str(cfg.ingress_retention_ms)}))
+        out.append(TopicSpec(names.store, "store", cfg.partitions, KEEP_FOREVER, keep))
+        for recipient, purpose in self.streams:
+            out.append(TopicSpec(names.egress(recipient, purpose), "egress", 1, KEEP_FOREVER,
+                                 keep, setting="(fixed: one partition per stream)"))
+        out.append(TopicSpec(names.quarantine, "quarantine", cfg.partitions, KEEP_FOREVER,
+                             keep))
+        out.append(TopicSpec(names.audit, "audit", cfg.audit_partitions, KEEP_FOREVER, keep,
+                             setting="kafka.partitions (+1 for the commands chain)"))
+        out.append(TopicSpec(names.control, "control", 1, KEEP_FOREVER, keep,
+                             setting="(fixed: one partition)"))
+        out.append(TopicSpec(names.expiry, "expiry", 1, COMPACTED, tuple(COMPACTED),
+                             setting="(fixed: one partition)"))
+        return out
+
+
+def ensure_topics(admin: KafkaAdminClient, layout: Layout) -> list[str]:
+    """Create missing topics, check existing ones; return the names created."""
+    specs = layout.specs()
+    bad_names = [f"topic {s.name}: {problem}" for s in specs
+                 if (problem := topic_problem(s.name)) is not None]
+    if bad_names:
+        raise ConfigError("kafka.topic_prefix / covenant names:\n" + "\n".join(bad_names))
+    by_name = {s.name: s for s in specs}
+    with kafka_errors("describing topics"):
+        described = admin.describe_topics(list(by_name))
+    missing = [t["name"] for t in described if t["error_code"] == UNKNOWN_TOPIC]
+    created: list[str] = []
+    if missing:
+        created = _create(admin, [by_name[n] for n in missing], layout.cfg.replication_factor)
+        with kafka_errors("describing topics"):
+            described = admin.describe_topics(list(by_name))
+    problems = [f"topic {t['name']}: cannot be described (error code {t['error_code']})"
+                for t in described if t["error_code"] not in (0,)]
+    for topic in described:
+        spec = by_name.get(topic["name"])
+        if spec is None or topic["error_code"] != 0:
+            continue
+        found = len(topic["partitions"])
+        if found != spec.partitions:
+            problems.append(f"topic {spec.name} ({spec.role}) has {found} partitions, the "
+                            f"config needs {spec.partitions} ({spec.setting}); the partition "
+                            "count cannot change once the topic holds data")
+    problems += _check_configs(admin, [s for s in specs if s.checked])
+    if problems:
+        raise ConfigError("Kafka topics do not match the configuration:\n"
+                          + "\n".join(problems))
+    return created
+
+
+def _create(admin: KafkaAdminClient, specs: list[TopicSpec], replication: int) -> list[str]:
+    request = {s.name: {"num_partitions": s.partitions, "replication_factor": replication,
+                        "configs": dict(s.configs)} for s in specs}
+    with kafka_errors("creating topics"):
+        result = admin.create_topics(request, raise_errors=False)
+    created, problems = [], []
+    for topic in result["topics"]:
+        if topic["error_code"] == 0:
+            created.append(topic["name"])
+        elif topic["error_code"] != TOPIC_EXISTS:  # another process won the race: fine
+            problems.append(f"topic {topic['name']}: cannot be created: "
+                            f"{topic.get('error_message') or topic['error_code']}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if created:
+        with kafka_errors("waiting for new topics"):
+            admin.wait_for_topics(created, timeout_ms=30_000)
+    return created
+
+
+def _check_configs(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+    if not specs:
+        return []
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name, dict.fromkeys(s.checked))
+                 for s in specs]
+    with kafka_errors("describing topic configs"):
+        found = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    problems = []
+    for spec in specs:
+        values = found.get(spec.name, {})
+        for key in spec.checked:
+            have = values.get(key, {}).get("value")
+            if have != spec.configs[key]:
+                problems.append(f"topic {spec.name} ({spec.role}): {key} is {have}, the design "
+                                f"needs {spec.configs[key]}")
+    return problems

@@ -1,0 +1,315 @@
+"""`covenant-broker serve`: the Kafka pipeline as one member of the consumer group.
+
+The member subscribes to every ingress topic in the group ``kafka.group_id`` (default
+``covenant-broker``, read_committed). The group assigns partition indices
+(broker/backends/kafka_group.py); for each index it holds, the member runs a
+PartitionWorker, the only writer of that index's store, quarantine and audit partitions
+(broker/backends/kafka_pipeline.py). One loop, one thread:
+
+    poll -> open/close workers for the current assignment -> one transaction per index
+         -> expiry sweep (the member holding index 0) -> until stopped or idle
+
+Rebalances: the listener only records the new assignment; workers change in the loop
+between batches, so no transaction is ever open while partitions move. A new worker runs
+init_transactions() (fencing any zombie of the previous owner and completing its open
+transaction), then recovers its chain head and stored ids. The consumer reads its start
+offsets with require_stable (read_committed), so it never starts behind a transaction that
+is still committing.
+
+Failures: a retriable failure in a batch (fenced, rebalanced, timed out) aborts the
+transaction, closes the worker and pauses its partitions; after a backoff the worker
+re-opens (init_transactions completes any in-doubt commit) and the partitions resume from
+the group's committed offsets. Fatal errors stop serve with exit code 2.
+
+SIGTERM/SIGINT: the current batch finishes and commits, then serve exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from broker.backends.kafka_errors import kafka_errors, retrying
+from broker.backends.kafka_group import CoPartitionedAssignor
+from broker.backends.kafka_io import end_offsets, wait_visible
+from broker.backends.kafka_log import KafkaEventLog
+from broker.backends.kafka_pipeline import BatchCounts, PartitionWorker, group_by_index
+from broker.clock import now_utc
+from broker.errors import StorageError, TransientBackendError
+from broker.runtime import Broker
+
+JOIN_TIMEOUT_S = 120.0
+IDLE_SWEEP_INTERVAL_S = 5.0
+
+
+@dataclass
+class ServeReport:
+    batches: int = 0
+    consumed: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    forwarded: int = 0
+    released: int = 0
+    withheld: int = 0
+    tombstones: int = 0
+    retries: int = 0
+    partitions: list[int] = field(default_factory=list)
+
+    def add(self, counts: BatchCounts) -> None:
+        self.batches += 1
+        self.consumed += counts.consumed
+        self.stored += counts.stored
+        self.quarantined += counts.quarantined
+        self.forwarded += counts.forwarded
+        self.released += counts.decided.released
+        self.withheld += counts.decided.withheld
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
+    def __init__(self) -> None:
+        self.assigned: set[TopicPartition] | None = None  # None until the first assignment
+        self.changed = False
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.assigned = set()
+        self.changed = True
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.assigned = set(assigned)
+        self.changed = True
+
+
+class Server:
+    def __init__(self, broker: Broker, *, now: datetime | None = None,
+                 until_idle: bool = False) -> None:
+        if not isinstance(broker.log, KafkaEventLog):
+            raise StorageError("serve runs the Kafka pipeline: pass --backend kafka and "
+                               "--bootstrap-servers HOST:PORT (or set backend: kafka)")
+        self.broker = broker
+        self.log: KafkaEventLog = broker.log
+        self.layout = self.log.layout
+        self.cfg = self.layout.cfg
+        self.now = now
+        self.until_idle = until_idle
+        self.logger = broker.logger.bind(component="serve", group=self.cfg.group_id)
+        self.consumer = self.log.clients.group_consumer(CoPartitionedAssignor)
+        self.listener = _Listener()
+        self.workers: dict[int, PartitionWorker] = {}
+        self.reopen_at: dict[int, float] = {}
+        self.report = ServeReport()
+        self.stopping = False
+        self._last_sweep = 0.0
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> ServeReport:
+        previous = ({sig: signal.signal(sig, self._on_signal)
+                     for sig in (signal.SIGTERM, signal.SIGINT)}
+                    if threading.current_thread() is threading.main_thread() else {})
+        started = time.monotonic()
+        try:
+            with kafka_errors("subscribing to the ingress topics"):
+                self.consumer.subscribe(self.layout.ingress_topics(), listener=self.listener)
+            self.logger.info("serve started", topics=len(self.layout.ingress_topics()))
+            failures = 0
+            while not self.stopping:
+                try:
+                    if self._cycle():
+                        break
+                    failures = 0
+                except TransientBackendError as exc:
+                    # A service rides out broker restarts and leader moves; --until-idle
+                    # (tests, the demo) gives up after kafka.retries failures in a row.
+                    failures += 1
+                    self._on_retry(exc)
+                    if self.until_idle and failures >= self.cfg.retries:
+                        raise
+                    self.logger.warning("retrying after a transient failure", error=str(exc))
+                    time.sleep(min(10.0, self.cfg.retry_backoff_ms / 1000 * 2 ** failures))
+                if self.listener.assigned is None and time.monotonic() - started > \
+                        JOIN_TIMEOUT_S:
+                    raise TransientBackendError(f"no partitions assigned by group "
+                                                f"{self.cfg.group_id} in {JOIN_TIMEOUT_S:.0f}s")
+            if self.until_idle:
+                self._maybe_sweep(after_batch=True)
+                self._await_visible()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._shutdown()
+        self.report.partitions = sorted(self.workers)
+        self.logger.info("serve stopped", batches=self.report.batches,
+                         released=self.report.released)
+        return self.report
+
+    def _cycle(self) -> bool:
+        """One poll and what follows from it; True when --until-idle has nothing left."""
+        with kafka_errors("polling the ingress topics"):
+            records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms)
+        opened = self._follow_assignment()
+        records = {tp: r for tp, r in records.items() if tp.partition not in opened}
+        if records:
+            self._process(records)
+        self._maybe_sweep(after_batch=bool(records))
+        return self.until_idle and not records and self._idle()
+
+    def _await_visible(self) -> None:
+        """Before --until-idle returns: what it committed is visible to readers (a commit
+        returns before Kafka has written its markers; the next command reads at once)."""
+        written: dict[TopicPartition, int] = {}
+        for worker in self.workers.values():
+            written.update(worker.written)
+        if written and not wait_visible(self.log.reader, written):
+            self.logger.warning("committed batches not yet visible", partitions=len(written))
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True  # the loop finishes and commits the batch in hand, then exits
+
+    def _shutdown(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        with kafka_errors("leaving the consumer group"):
+            self.consumer.close()
+
+    # -- assignment ------------------------------------------------------------------------
+    def _follow_assignment(self) -> set[int]:
+        """Open and close workers for the current assignment; return the indices opened.
+
+        An index opened now was re-positioned to its committed offsets, so the records
+        polled for it before are dropped (they come again from those offsets).
+        """
+        opened: set[int] = set()
+        if self.listener.changed:
+            self.listener.changed = False
+            wanted = {tp.partition for tp in self.listener.assigned or ()}
+            for index in sorted(set(self.workers) - wanted):
+                self.workers.pop(index).close()
+                self.reopen_at.pop(index, None)
+            for index in sorted(wanted - set(self.workers)):
+                self.workers[index] = PartitionWorker(index, self.broker, self.layout,
+                                                      self.log.clients)
+                self.reopen_at[index] = 0.0
+            self.logger.info("assigned", partitions=sorted(wanted))
+        due = [i for i, when in sorted(self.reopen_at.items()) if time.monotonic() >= when]
+        if due:
+            self._open(due)
+            opened.update(due)
+        return opened
+
+    def _open(self, indices: list[int]) -> None:
+        """Open the writers of `indices` side by side (each fences, then recovers its
+        chain head and stored ids), then move their partitions to the committed offsets.
+        The consumer is used from this thread only."""
+        def open_one(index: int) -> TransientBackendError | None:
+            try:
+                retrying(self.workers[index].open, attempts=self.cfg.retries,
+                         backoff_ms=self.cfg.retry_backoff_ms, on_retry=self._on_retry)
+            except TransientBackendError as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(indices),
+                                thread_name_prefix="open-writer") as pool:
+            results = dict(zip(indices, pool.map(open_one, indices), strict=True))
+        for index, failed in results.items():
+            tps = self._tps(index)
+            try:
+                if failed is not None:
+                    raise failed
+                with kafka_errors(f"resuming partition {index}"):
+                    for tp in tps:  # committed offsets are authoritative once the writer is open
+                        committed = self.consumer.committed(tp)
+                        if committed is None:
+                            self.consumer.seek_to_beginning(tp)
+                        else:
+                            self.consumer.seek(tp, committed)
+                    self.consumer.resume(*tps)
+            except TransientBackendError as exc:
+                self.logger.warning("partition writer not ready", partition=index,
+                                    error=str(exc))
+                self._suspend(index, tps)
+                continue
+            self.reopen_at.pop(index, None)
+            head = self.workers[index].chain.head
+            self.logger.info("partition writer open", partition=index,
+                             audit_seq=head.next_seq if head else None)
+
+    def _suspend(self, index: int, tps: list[TopicPartition]) -> None:
+        self.workers[index].close()
+        with kafka_errors(f"pausing partition {index}"):
+            self.consumer.pause(*tps)
+        self.reopen_at[index] = time.monotonic() + self.cfg.retry_backoff_ms / 1000 * 5
+
+    def _tps(self, index: int) -> list[TopicPartition]:
+        return sorted((tp for tp in self.listener.assigned or () if tp.partition == index),
+                      key=lambda tp: tp.topic)
+
+    # -- batches ---------------------------------------------------------------------------
+    def _now(self) -> datetime:
+        return self.now or now_utc()
+
+    def _process(self, records: dict[TopicPartition, list[Any]]) -> None:
+        ctx = self.broker.context(self._now())
+        for index, batch in group_by_index(records):
+            worker = self.workers.get(index)
+            if worker is None or not worker.is_open or index in self.reopen_at:
+                continue  # paused or moving; the committed offsets bring these back
+            try:
+                counts = worker.process(batch, ctx, self.consumer.group_metadata())
+            except TransientBackendError as exc:
+                self._on_retry(exc)
+                self.logger.warning("batch aborted", partition=index, error=str(exc))
+                self._suspend(index, self._tps(index))
+                continue
+            self.report.add(counts)
+            self.logger.info("batch committed", partition=index, consumed=counts.consumed,
+                             stored=counts.stored, quarantined=counts.quarantined,
+                             released=counts.decided.released,
+                             withheld=counts.decided.withheld)
+
+    def _on_retry(self, exc: Exception) -> None:
+        self.report.retries += 1
+
+    # -- expiry and idleness ---------------------------------------------------------------
+    def _maybe_sweep(self, *, after_batch: bool) -> None:
+        """The member holding index 0 sweeps expiries (and destroys data keys past their
+        retention): after batches, and every few seconds when idle."""
+        worker = self.workers.get(0)
+        if worker is None or not worker.is_open:
+            return
+        if not after_batch and time.monotonic() - self._last_sweep < IDLE_SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            now = self._now()
+            tombstones = self.broker.sweep_expiries(now)
+            self.broker.destroy_expired_keys(now)  # as the embedded ingest does
+        except TransientBackendError as exc:
+            self._on_retry(exc)
+            self.logger.warning("expiry sweep failed; retrying later", error=str(exc))
+            return
+        if tombstones:
+            self.report.tombstones += tombstones
+            self.logger.info("expiry tombstones committed", tombstones=tombstones)
+
+    def _idle(self) -> bool:
+        """Every assigned partition is open and read up to its last stable offset."""
+        assigned = self.listener.assigned
+        if assigned is None or self.listener.changed or self.reopen_at:
+            return False
+        if not assigned:
+            return True
+        ends = end_offsets(self.consumer, sorted(assigned, key=str))
+        with kafka_errors("checking for more input"):
+            return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+
+
+def serve(broker: Broker, *, now: datetime | None, until_idle: bool) -> ServeReport:
+    return Server(broker, now=now, until_idle=until_idle).run()

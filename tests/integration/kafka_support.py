@@ -1,0 +1,282 @@
+"""Helpers for the Kafka integration tests: an isolated deployment per test, the CLI in and
+out of process, and an exactly-once checker that reads every topic read_committed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from broker.audit.chain import verify_chain
+from broker.backends.kafka_egress import tombstone_for
+from broker.backends.kafka_io import Clients, header, read_all
+from broker.backends.kafka_log import KafkaEventLog
+from broker.backends.port import StoredEvent
+from broker.cli import main
+from broker.clock import parse_instant
+from broker.config import load_settings
+from broker.errors import StorageError
+from broker.runtime import Broker
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class KafkaEnv:
+    """One isolated deployment: its own topic prefix, group, transactional ids, data dir."""
+
+    bootstrap: str
+    root: Path
+    partitions: int = 2
+    max_batch: int = 500
+    instance_id: str | None = None
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.root / "data"
+        self.config = self.root / "config.yaml"
+        kafka: dict[str, Any] = {"bootstrap_servers": self.bootstrap,
+                                 "topic_prefix": f"{self.name}.", "group_id": self.name,
+                                 "partitions": self.partitions, "max_batch": self.max_batch,
+                                 "poll_timeout_ms": 200, "session_timeout_ms": 6000,
+                                 "heartbeat_interval_ms": 1000}
+        if self.instance_id:
+            kafka["instance_id"] = self.instance_id
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(yaml.safe_dump({"kafka": kafka, "log_level": "info",
+                                               "log_format": "console"}))
+
+    def args(self) -> list[str]:
+        return ["--backend", "kafka", "--config", str(self.config), "--data-dir",
+                str(self.data_dir)]
+
+    def settings(self) -> Any:
+        return load_settings(self.config, {"backend": "kafka", "data_dir": self.data_dir},
+                             environ={})
+
+    def broker(self) -> Broker:
+        return Broker(self.settings())
+
+    def cleanup(self) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            topics = [t for t in admin.list_topics() if t.startswith(f"{self.name}.")]
+            if topics:
+                admin.delete_topics(topics, raise_errors=False)
+        finally:
+            admin.close()
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """The CLI in this process; (exit code, standard output)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def serve_process(env: KafkaEnv, now: str, *, until_idle: bool = False,
+                  instance_id: str | None = None) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "broker.cli", *env.args(), "--now", now, "serve"]
+    if until_idle:
+        argv.append("--until-idle")
+    if instance_id:
+        argv += ["--instance-id", instance_id]
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+# -- reading everything back --------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    egress: dict[tuple[str, str], list[Any]]  # (recipient, purpose) -> records
+    audit: dict[int, list[dict[str, Any]]]  # audit partition -> decoded entries
+    chains: dict[int, Any]  # audit partition -> ChainReport
+    quarantine: int
+    aborted: int  # store, egress and audit records of aborted transactions (read_uncommitted)
+    unreadable: list[int]  # store offsets whose sealed event does not open
+
+    def entries(self, name: str) -> list[dict[str, Any]]:
+        return [e for entries in self.audit.values() for e in entries if e["name"] == name]
+
+
+def snapshot(env: KafkaEnv) -> Snapshot:
+    broker = env.broker()
+    try:
+        log = broker.log
+        assert isinstance(log, KafkaEventLog)
+        layout, schema = log.layout, log.audit_schema
+        reader = Clients(log.cfg).reader("test")
+        try:
+            egress_tps = {TopicPartition(layout.names.egress(r, p), 0): (r, p)
+                          for r, p in layout.streams}
+            egress = {egress_tps[tp]: records for tp, records in
+                      read_all(reader, egress_tps).items()}
+            audit_tps = [TopicPartition(layout.names.audit, p)
+                         for p in range(log.cfg.audit_partitions)]
+            raw = read_all(reader, audit_tps)
+            audit = {tp.partition: [schema.decode(r.value) for r in records]
+                     for tp, records in raw.items()}
+            chains = {tp.partition: verify_chain(schema, ((i, bytes(r.value))
+                                                          for i, r in enumerate(records)))
+                      for tp, records in raw.items()}
+            written = [TopicPartition(layout.names.store, p) for p in range(log.cfg.partitions)]
+            stored = read_all(reader, written)
+            unreadable = [r.offset for records in stored.values() for r in records
+                          if not _opens(broker, r)]
+            written += [*egress_tps, *audit_tps]
+            committed = sum(len(r) for r in read_all(reader, written).values())
+        finally:
+            reader.close()
+        everything = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=None,
+                                   enable_auto_commit=False, auto_offset_reset="earliest",
+                                   isolation_level="read_uncommitted")
+        try:
+            total = sum(len(r) for r in read_all(everything, written).values())
+        finally:
+            everything.close()
+        return Snapshot(egress, audit, chains, log.quarantine_count(), total - committed,
+                        unreadable)
+    finally:
+        broker.close()
+
+
+def _opens(broker: Broker, record: Any) -> bool:
+    event = StoredEvent(record.offset, header(record, "event_type") or "", "",
+                        record.key.decode(), bytes(record.value), "", 0)
+    try:
+        broker.decider.open(event)
+    except StorageError:
+        return False
+    return True
+
+
+@dataclass
+class ExactlyOnce:
+    releases: set[tuple[str, str, str]]  # (event_id, recipient, purpose)
+    decisions: int
+    tombstones: int
+    quarantined: int
+    aborted: int
+
+
+def check_exactly_once(snap: Snapshot) -> ExactlyOnce:
+    """Every release once, with exactly one audit entry; every chain intact."""
+    problems = [f"audit partition {p}: {r.problem}" for p, r in snap.chains.items() if not r.ok]
+    assert not problems, problems
+    assert not snap.unreadable, f"stored events that do not open: {snap.unreadable[:5]}"
+
+    decisions = snap.entries("decide")
+    keys = Counter((e["event_id"], e["recipient"], e["purpose"]) for e in decisions)
+    twice = [k for k, n in keys.items() if n > 1]
+    assert not twice, f"decided more than once: {twice[:5]}"
+
+    released = {(e["recipient"], e["purpose"], e["egress_offset"]): e for e in decisions
+                if e["decision"] == "release"}
+    tombstones = {(e["recipient"], e["purpose"], e["egress_offset"]): e
+                  for e in snap.entries("tombstone")}
+    records = 0
+    tombstoned: Counter[tuple[str, str, int]] = Counter()
+    for (recipient, purpose), items in snap.egress.items():
+        for record in items:
+            key = (recipient, purpose, record.offset)
+            if header(record, "kind") == "tombstone":
+                assert key in tombstones, f"tombstone without audit entry: {key}"
+                target = tombstone_for(record)
+                assert target is not None
+                tombstoned[(recipient, purpose, target)] += 1
+            else:
+                records += 1
+                assert key in released, f"release without audit entry: {key}"
+    assert records == len(released), (
+        f"{len(released)} release entries for {records} egress records")
+    assert len(tombstones) == sum(tombstoned.values())
+    twice_t = [k for k, n in tombstoned.items() if n > 1]
+    assert not twice_t, f"tombstoned more than once: {twice_t}"
+    for key in tombstoned:
+        assert key in released, f"tombstone for a record that was never released: {key}"
+
+    positions = Counter(e["detail"]["position"] for e in snap.entries("quarantine"))
+    assert all(n == 1 for n in positions.values()), "an input was quarantined twice"
+    assert len(positions) == snap.quarantine, (
+        f"{len(positions)} quarantine audit entries, {snap.quarantine} quarantined records")
+    return ExactlyOnce({(e["event_id"], r, p) for (r, p, _), e in released.items()},
+                       len(decisions), len(tombstones), len(positions), snap.aborted)
+
+
+def lines_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def jsonl(events: list[dict[str, Any]]) -> list[str]:
+    return [json.dumps(e) for e in events]
+
+
+@contextlib.contextmanager
+def kafka_env(bootstrap: str, root: Path, **kwargs: Any) -> Iterator[KafkaEnv]:
+    env = KafkaEnv(bootstrap, root, **kwargs)
+    try:
+        yield env
+    finally:
+        env.cleanup()
+
+
+class ProcessLog:
+    """A child's stderr, collected by a thread, so a test can wait for a log line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def tail(self, n: int = 30) -> str:
+        return "".join(self.lines[-n:])
+
+
+def embedded_releases(data_dir: Path, now: str,
+                      inputs: list[tuple[str, str, list[str]]]) -> set[tuple[str, str, str]]:
+    """(event_id, recipient, purpose) released by the embedded backend for the same input."""
+    broker = Broker(load_settings(overrides={"data_dir": data_dir}, environ={}))
+    try:
+        for source, event_type, lines in inputs:
+            numbered = [(f"line {i}", line.encode()) for i, line in enumerate(lines, 1)]
+            broker.ingest(source, event_type, numbered, parse_instant(now))
+        schema = broker.registry.get("records.audit_entry")
+        entries = [schema.decode(data) for _, data in broker.log.audit_rows()]
+    finally:
+        broker.close()
+    return {(e["event_id"], e["recipient"], e["purpose"]) for e in entries
+            if e["name"] == "decide" and e["decision"] == "release"}
+
+
+def committed_tombstones(env: KafkaEnv) -> int:
+    """Entries of the compacted expiry index (one per released record with a tombstone)."""
+    reader = Clients(env.settings().kafka).reader("test-expiry")
+    try:
+        tp = TopicPartition(f"{env.name}.expiry", 0)
+        return len(read_all(reader, [tp])[tp])
+    finally:
+        reader.close()
