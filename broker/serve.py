@@ -73,6 +73,9 @@ class ServeReport:
         self.withheld += counts.decided.withheld
 
 
+EMPTY_ASSIGNMENT_GRACE_S = 10.0
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
     def __init__(self) -> None:
         self.assigned: set[TopicPartition] | None = None  # None until the first assignment
@@ -107,6 +110,7 @@ class Server:
         self.report = ServeReport()
         self.stopping = False
         self._last_sweep = 0.0
+        self._empty_since: float | None = None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -305,7 +309,14 @@ class Server:
         if assigned is None or self.listener.changed or self.reopen_at:
             return False
         if not assigned:
-            return True
+            # An empty assignment is idle only when it lasts: on a fresh cluster the first
+            # join can come back empty before the consumer's metadata knows the topics, and
+            # the group rebalances once it does. Treating that as idle ended --until-idle
+            # with nothing processed.
+            if self._empty_since is None:
+                self._empty_since = time.monotonic()
+            return time.monotonic() - self._empty_since > EMPTY_ASSIGNMENT_GRACE_S
+        self._empty_since = None
         ends = end_offsets(self.consumer, sorted(assigned, key=str))
         with kafka_errors("checking for more input"):
             return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)

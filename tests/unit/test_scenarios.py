@@ -213,7 +213,12 @@ def test_area_ban_expiry_sends_one_tombstone_per_recipient(broker: Broker) -> No
         assert len(got) == 2
     tombstone = got[1]
     assert tombstone["tombstone"] is True
-    assert tombstone["offset"] == 1
+    if broker.settings.backend == "kafka":
+        # A Kafka offset is a position in the topic and the release's transaction commit
+        # marker takes one too, so the tombstone is later in the stream, not the next offset.
+        assert tombstone["offset"] > released["offset"]
+    else:
+        assert tombstone["offset"] == 1
     assert tombstone["record"]["ref"] == released["record"]["ref"]
     assert tombstone["record"]["released_offset"] == released["offset"]
     assert len(records(broker, "interventieteam", now=after)) == 2
