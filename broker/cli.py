@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker import cli_audit, cli_config, cli_lifecycle, cli_web, logs
+from broker import cli_acl, cli_audit, cli_config, cli_lifecycle, cli_web, logs
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, CovenantError, InputError
@@ -40,6 +40,14 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="event log backend (default embedded)")
     parser.add_argument("--bootstrap-servers", default=default,
                         help="Kafka HOST:PORT[,HOST:PORT] (with --backend kafka)")
+
+
+def _serve_options(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--until-idle", action="store_true",
+                       help="process everything available, then exit 0")
+    serve.add_argument("--instance-id", help="static group membership id (kafka.instance_id)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve /metrics, /healthz and /readyz (e.g. 127.0.0.1:9464)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--purpose")
     consume.add_argument("--from-offset", type=int, default=0)
 
-    serve = command("serve", "run the Kafka pipeline (--backend kafka) until SIGTERM/SIGINT")
-    serve.add_argument("--until-idle", action="store_true",
-                       help="process everything available, then exit 0")
-    serve.add_argument("--instance-id", help="static group membership id (kafka.instance_id)")
+    _serve_options(command("serve", "run the Kafka pipeline (--backend kafka) until "
+                           "SIGTERM/SIGINT"))
 
     policy = command("policy", "covenant tools")
     policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_audit.add_commands(audit_cmds, _global_options)  # prove, query, subject-report, ...
     cli_config.add_commands(command, _global_options)  # config check
     cli_web.add_commands(command, _global_options)  # web, web token, web fg-user
+    cli_acl.add_commands(command, _global_options)  # acl plan
     return parser
 
 
@@ -288,7 +295,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "demo": cmd_demo, "ingest": cmd_ingest, "consume": cmd_consume, "policy": cmd_policy,
     "control": cmd_control, "audit": cmd_audit, "subject": cmd_subject,
     "replay": cli_lifecycle.cmd_replay, "keys": cli_lifecycle.cmd_keys, "serve": cmd_serve,
-    "web": cli_web.cmd_web,
+    "web": cli_web.cmd_web, "acl": cli_acl.cmd_acl,
 }
 
 

@@ -15,6 +15,7 @@ from broker.backends.kafka_log import KafkaEventLog
 from broker.clock import parse_instant
 from broker.config import Settings
 from broker.errors import ConfigError
+from broker.metrics import parse_listen
 from broker.pipeline.ingest import split_lines
 from broker.runtime import Broker
 from broker.serve import serve
@@ -41,10 +42,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.instance_id:
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"instance_id": args.instance_id})})
+    if getattr(args, "metrics_listen", None):
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as exc:
+            raise ConfigError(f"--metrics-listen: {exc}") from None
     broker = Broker(settings)
     try:
         report = serve(broker, now=parse_instant(args.now) if args.now else None,
-                       until_idle=args.until_idle)
+                       until_idle=args.until_idle,
+                       metrics_listen=getattr(args, "metrics_listen", None))
     finally:
         broker.close()
     payload = {"batches": report.batches, "consumed": report.consumed,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from broker.crypto.sealing import Sealer
 from broker.errors import InvalidEvent, StorageError, UnknownSourceError
 from broker.keys import KeyStore, commitment
 from broker.logs import add_personal_keys, get_logger, scrub
+from broker.metrics import BrokerMetrics
 from broker.model import codec
 from broker.model.json_input import Limits
 from broker.model.render import to_json
@@ -116,6 +118,7 @@ class Broker:
         self._versions: dict[tuple[str, tuple[tuple[str, int], ...]], Decider] = {}
         self.logger = get_logger(covenant=self.covenant.covenant.id,
                                  covenant_version=self.covenant.covenant.version)
+        self.metrics = BrokerMetrics()  # its own registry: see broker/metrics.py
 
     def close(self) -> None:
         self.log.close()
@@ -236,6 +239,9 @@ class Broker:
         quarantined = [self._seal_quarantined(q, now) for q in quarantined]
         self.sealer.flush()  # the keys are durable before anything sealed under them
         self.log.append_ingest(events, quarantined, audits, now_ms)
+        self.metrics.observe_input(event_type, len(events) + len(quarantined))
+        self.metrics.observe_quarantine(q.reason_code for q in quarantined)
+        self.metrics.observe_audit(len(audits))
         report.accepted = len(events)
         report.quarantined = [QuarantineNote(q.position, q.reason_code, q.reason)
                               for q in quarantined]
@@ -244,7 +250,14 @@ class Broker:
         report.decided = self.decide_pending(now)
         report.tombstones = self.sweep_expiries(now)
         self.destroy_expired_keys(now)
+        self.observe_checkpoint()
         return report
+
+    def observe_checkpoint(self) -> None:
+        """Refresh the checkpoint-age gauge (embedded: one indexed read)."""
+        if self.audit is not None:
+            latest = self.audit.store.latest_checkpoint()
+            self.metrics.observe_checkpoint(latest.signed_ms if latest else None)
 
     def _quarantine_audit(self, q: Quarantined) -> Draft:
         return draft("quarantine", trace_id=None, start_ms=q.received_ms, source=q.source,
@@ -271,9 +284,12 @@ class Broker:
                                          self.settings.decide_batch_size)
             if not events:
                 return counts
+            started = time.perf_counter()
             batch = self.decider_at(ctx).decide(events, ctx, DECIDER, counts)
+            seconds = time.perf_counter() - started
             self.sealer.flush()
             self.log.commit_decisions(batch, ctx.now_ms)
+            self.metrics.observe_decisions(batch, len(events), seconds)
 
     def sweep_expiries(self, now: datetime) -> int:
         ctx = self.context(now)
@@ -286,6 +302,7 @@ class Broker:
         for eg in batch.egress:  # LDV: a tombstone names the persons its release named
             eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
         self.log.commit_decisions(batch, ctx.now_ms)
+        self.metrics.observe_decisions(batch, 0, 0.0)  # tombstones: released, kind=tombstone
         return len(batch.egress)
 
     def _data_subjects_at(self, offsets: Iterable[int]) -> list[dict[str, str]]:
@@ -351,6 +368,7 @@ class Broker:
                     r.event_offset for r in records if r.purpose == name),
                 delivered_commitment=commitment(ck, lines), detail=detail))
         self.log.append_audit(audits, now_ms)
+        self.metrics.observe_audit(len(audits))
         return delivered
 
     def _past_retention(self, record: EgressRecord, now_ms: int) -> bool:

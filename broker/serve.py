@@ -22,6 +22,9 @@ re-opens (init_transactions completes any in-doubt commit) and the partitions re
 the group's committed offsets. Fatal errors stop serve with exit code 2.
 
 SIGTERM/SIGINT: the current batch finishes and commits, then serve exits 0.
+
+Metrics (broker/metrics.py) are counted per committed batch; with --metrics-listen the
+member serves /metrics, /healthz and /readyz (ready: an assignment and a working poll).
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ from broker.backends.kafka_log import KafkaEventLog
 from broker.backends.kafka_pipeline import BatchCounts, PartitionWorker, group_by_index
 from broker.clock import now_utc
 from broker.errors import StorageError, TransientBackendError
+from broker.metrics import Health, MetricsServer
 from broker.runtime import Broker
 
 JOIN_TIMEOUT_S = 120.0
 IDLE_SWEEP_INTERVAL_S = 5.0
+LAG_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -92,7 +97,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
 
 class Server:
     def __init__(self, broker: Broker, *, now: datetime | None = None,
-                 until_idle: bool = False) -> None:
+                 until_idle: bool = False, metrics_listen: str | None = None) -> None:
         if not isinstance(broker.log, KafkaEventLog):
             raise StorageError("serve runs the Kafka pipeline: pass --backend kafka and "
                                "--bootstrap-servers HOST:PORT (or set backend: kafka)")
@@ -111,6 +116,11 @@ class Server:
         self.stopping = False
         self._last_sweep = 0.0
         self._empty_since: float | None = None
+        self.metrics = broker.metrics
+        self.health = Health()
+        self.metrics_listen = metrics_listen
+        self.metrics_server: MetricsServer | None = None
+        self._last_lag = 0.0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -118,6 +128,9 @@ class Server:
                      for sig in (signal.SIGTERM, signal.SIGINT)}
                     if threading.current_thread() is threading.main_thread() else {})
         started = time.monotonic()
+        if self.metrics_listen:
+            self.metrics_server = MetricsServer(self.metrics_listen, self.metrics, self.health)
+            self.logger.info("metrics endpoint", port=self.metrics_server.port)
         try:
             with kafka_errors("subscribing to the ingress topics"):
                 self.consumer.subscribe(self.layout.ingress_topics(), listener=self.listener)
@@ -155,12 +168,16 @@ class Server:
 
     def _cycle(self) -> bool:
         """One poll and what follows from it; True when --until-idle has nothing left."""
+        self.health.last_poll_ok = False  # until this poll returns
         with kafka_errors("polling the ingress topics"):
             records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms)
+        self.health.last_poll_ok = True
         opened = self._follow_assignment()
+        self.health.assigned = bool(self.listener.assigned)
         records = {tp: r for tp, r in records.items() if tp.partition not in opened}
         if records:
             self._process(records)
+        self._observe_lag()
         self._maybe_sweep(after_batch=bool(records))
         return self.until_idle and not records and self._idle()
 
@@ -181,6 +198,8 @@ class Server:
             worker.close()
         with kafka_errors("leaving the consumer group"):
             self.consumer.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
 
     # -- assignment ------------------------------------------------------------------------
     def _follow_assignment(self) -> set[int]:
@@ -273,6 +292,7 @@ class Server:
                 self._suspend(index, self._tps(index))
                 continue
             self.report.add(counts)
+            self._observe_batch(batch, counts)
             self.logger.info("batch committed", partition=index, consumed=counts.consumed,
                              stored=counts.stored, quarantined=counts.quarantined,
                              released=counts.decided.released,
@@ -280,6 +300,39 @@ class Server:
 
     def _on_retry(self, exc: Exception) -> None:
         self.report.retries += 1
+
+    # -- metrics ---------------------------------------------------------------------------
+    def _observe_batch(self, batch: dict[TopicPartition, list[Any]],
+                       counts: BatchCounts) -> None:
+        """A committed batch. A record forwarded to its home partition is counted in once,
+        where it arrives first (the forwarded copy carries a forwarded-from header)."""
+        names = self.layout.names
+        for tp, records in batch.items():
+            fresh = sum(1 for r in records
+                        if not any(k == "forwarded-from" for k, _ in r.headers or ()))
+            self.metrics.observe_input(names.event_type_of_ingress(tp.topic), fresh)
+        self.metrics.observe_quarantine(counts.quarantine_codes)
+        self.metrics.observe_audit(len(counts.quarantine_codes))
+        if counts.decisions is not None:
+            self.metrics.observe_decisions(counts.decisions, counts.decided.events,
+                                           counts.decide_seconds)
+
+    def _observe_lag(self) -> None:
+        """Consumer lag from the high watermarks the fetches brought (no extra request)
+        and the positions of open partitions, every few seconds."""
+        if time.monotonic() - self._last_lag < LAG_INTERVAL_S:
+            return
+        self._last_lag = time.monotonic()
+        lags: dict[tuple[str, int], int] = {}
+        for tp in self.listener.assigned or ():
+            if tp.partition in self.reopen_at or tp.partition not in self.workers:
+                continue  # paused or moving: its position is not known here
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            with kafka_errors("reading the consumer position"):
+                lags[(tp.topic, tp.partition)] = max(0, high - self.consumer.position(tp))
+        self.metrics.observe_lag(lags)
 
     # -- expiry and idleness ---------------------------------------------------------------
     def _maybe_sweep(self, *, after_batch: bool) -> None:
@@ -322,5 +375,6 @@ class Server:
             return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
 
 
-def serve(broker: Broker, *, now: datetime | None, until_idle: bool) -> ServeReport:
-    return Server(broker, now=now, until_idle=until_idle).run()
+def serve(broker: Broker, *, now: datetime | None, until_idle: bool,
+          metrics_listen: str | None = None) -> ServeReport:
+    return Server(broker, now=now, until_idle=until_idle, metrics_listen=metrics_listen).run()

@@ -29,6 +29,7 @@ partition it alone writes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from broker.backends.kafka_egress import egress_headers, egress_key
 from broker.backends.kafka_errors import kafka_errors
 from broker.backends.kafka_io import Clients, close_quietly, header, headers, read_all
 from broker.backends.kafka_topics import Layout
-from broker.backends.port import Quarantined, StoredEvent
+from broker.backends.port import DecisionBatch, Quarantined, StoredEvent
 from broker.errors import InvalidEvent
 from broker.pipeline.decide import DecideCounts
 from broker.pipeline.ingest import source_of, validate
@@ -66,6 +67,10 @@ class BatchCounts:
     quarantined: int = 0
     forwarded: int = 0
     decided: DecideCounts = field(default_factory=DecideCounts)
+    # for the metrics, counted by serve once the batch has committed
+    decisions: DecisionBatch | None = None
+    decide_seconds: float = 0.0
+    quarantine_codes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -220,7 +225,9 @@ class PartitionWorker:
                   for e, trace, offset in zip(triage.events, trace_ids, tx.offsets(futures),
                                               strict=True)]
         # The covenant version and pseudonym key versions in force at the decision time.
+        started = time.perf_counter()
         decisions = self.broker.decider_at(ctx).decide(stored, ctx, CONSUMER, counts.decided)
+        counts.decide_seconds, counts.decisions = time.perf_counter() - started, decisions
         # Egress topics keep records forever, so they hold the sealed form, as the embedded
         # egress table does; consume opens it (and shows erased fields as erased).
         released = [tx.send(names.egress(eg.recipient, eg.purpose),
@@ -238,6 +245,7 @@ class PartitionWorker:
         tx.audit(drafts)
         counts.stored = len(stored)
         counts.quarantined = len(triage.quarantined)
+        counts.quarantine_codes = [q.reason_code for q in triage.quarantined]
         counts.forwarded = len(triage.forwards)
 
     def _quarantine_audit(self, q: Quarantined) -> Draft:

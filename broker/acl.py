@@ -1,0 +1,192 @@
+"""The Kafka ACLs a covenant implies: who may write, read and administer which topic.
+
+A pure function of the covenant, the topic layout and a principal map:
+
+- a source principal (default ``User:<source>``) may WRITE and DESCRIBE the ingress topics
+  of the event types it owns (``<prefix>ingress.<source>.<type>``), nothing else;
+- a recipient principal (default ``User:<recipient>``) may READ and DESCRIBE the egress
+  topic ``<prefix>egress.<recipient>.<purpose>`` of each purpose that names it, and READ
+  its consumer group (default: the recipient's name);
+- the broker principal (default ``User:covenant-broker``) reads the ingress topics (and
+  writes them: a record that arrives on the wrong partition is forwarded to its home
+  partition), reads and writes the store, egress, quarantine, audit, control and expiry
+  topics, creates and checks the topics under the prefix, and uses its consumer group and
+  its transactional ids.
+
+Kafka denies what no ACL allows (with ``allow.everyone.if.no.acl.found=false``), so a
+recipient cannot read another recipient's stream, nor a source the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from broker.backends.kafka_config import KafkaConfig, TopicNames
+from broker.backends.kafka_topics import Layout
+from broker.errors import ConfigError
+from broker.pipeline.ingest import source_of
+from broker.policy.covenant import Covenant
+
+TOPIC, GROUP, TXN, CLUSTER = "TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER"
+LITERAL, PREFIXED = "LITERAL", "PREFIXED"
+READ, WRITE, DESCRIBE, CREATE = "READ", "WRITE", "DESCRIBE", "CREATE"
+DESCRIBE_CONFIGS, IDEMPOTENT_WRITE = "DESCRIBE_CONFIGS", "IDEMPOTENT_WRITE"
+CLUSTER_NAME = "kafka-cluster"
+# kafka-acls.sh spells operations in CamelCase
+_CLI_OPERATION = {READ: "Read", WRITE: "Write", DESCRIBE: "Describe", CREATE: "Create",
+                  DESCRIBE_CONFIGS: "DescribeConfigs", IDEMPOTENT_WRITE: "IdempotentWrite"}
+_CLI_RESOURCE = {TOPIC: "--topic", GROUP: "--group", TXN: "--transactional-id"}
+
+
+@dataclass(frozen=True, order=True)
+class AclBinding:
+    """One ALLOW rule, as Kafka's AclBinding: principal, resource pattern, operation."""
+
+    principal: str
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    operation: str
+    role: str  # "source", "recipient" or "broker": who this rule is for
+    host: str = "*"
+    permission: str = "ALLOW"
+
+    def as_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+class PrincipalMap(BaseModel):
+    """``--principal-map FILE``: Kafka principals of the broker, sources and recipients,
+    and the recipients' consumer groups. Anything left out takes its default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker: str = "User:covenant-broker"
+    sources: dict[str, str] = {}
+    recipients: dict[str, str] = {}
+    groups: dict[str, str] = {}
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, f"User:{name}")
+
+    def recipient(self, name: str) -> str:
+        return self.recipients.get(name, f"User:{name}")
+
+    def group(self, recipient: str) -> str:
+        return self.groups.get(recipient, recipient)
+
+    def check(self, covenant: Covenant, where: str) -> None:
+        """Names must be the covenant's: a typo would leave a party without access."""
+        problems = [f"{where}:sources.{s}: not a source of the covenant"
+                    for s in self.sources if s not in covenant.sources]
+        problems += [f"{where}:{key}.{r}: not a recipient of the covenant"
+                     for key, names in (("recipients", self.recipients),
+                                        ("groups", self.groups))
+                     for r in names if r not in covenant.recipients]
+        principals = [self.broker, *self.sources.values(), *self.recipients.values()]
+        problems += [f"{where}: principal {p!r} is not TYPE:NAME (e.g. User:politie)"
+                     for p in principals if ":" not in p.strip(":")]
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+def load_principal_map(path: Path | None, covenant: Covenant) -> PrincipalMap:
+    if path is None:
+        return PrincipalMap()
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        mapping = PrincipalMap.model_validate(data)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the principal map: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not YAML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError("\n".join(
+            f"{path}:{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors())) from None
+    mapping.check(covenant, str(path))
+    return mapping
+
+
+def covenant_layout(cfg: KafkaConfig, covenant: Covenant, event_types: Iterable[str]) -> Layout:
+    """The topic layout from the covenant alone (no plans compiled, no keys touched): the
+    streams are the (recipient, purpose) pairs its purposes name."""
+    streams = sorted({(r, name) for name, p in covenant.purposes.items()
+                      for rule in p.recipients for r in rule.to})
+    expiring = sorted({(r, name) for name, p in covenant.purposes.items() if p.expires_after
+                       for rule in p.recipients for r in rule.to})
+    return Layout(cfg, TopicNames(cfg.topic_prefix), tuple(sorted(event_types)),
+                  tuple(streams), tuple(expiring))
+
+
+def plan_acls(covenant: Covenant, layout: Layout,
+              principals: PrincipalMap | None = None) -> list[AclBinding]:
+    """Every ALLOW binding the covenant implies, sorted and without duplicates."""
+    who = principals or PrincipalMap()
+    names, cfg = layout.names, layout.cfg
+    out: set[AclBinding] = set()
+
+    def allow(principal: str, role: str, rtype: str, name: str, ops: Iterable[str],
+              pattern: str = LITERAL) -> None:
+        out.update(AclBinding(principal, rtype, name, pattern, op, role) for op in ops)
+
+    for event_type in layout.event_types:
+        owner = source_of(event_type)
+        if owner in covenant.sources:  # a type of no covenant source: only the broker
+            allow(who.source(owner), "source", TOPIC, names.ingress(event_type),
+                  (WRITE, DESCRIBE))
+    for recipient, purpose in layout.streams:
+        allow(who.recipient(recipient), "recipient", TOPIC, names.egress(recipient, purpose),
+              (READ, DESCRIBE))
+    for recipient in sorted({r for r, _ in layout.streams}):
+        allow(who.recipient(recipient), "recipient", GROUP, who.group(recipient),
+              (READ, DESCRIBE))
+
+    broker = who.broker
+    for topic in layout.ingress_topics():
+        allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE))
+    for topic in (names.store, names.quarantine, names.audit, names.control, names.expiry,
+                  *(names.egress(r, p) for r, p in layout.streams)):
+        allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE))
+    if cfg.topic_prefix:  # ensure_topics creates missing topics and checks their configs
+        allow(broker, "broker", TOPIC, cfg.topic_prefix, (CREATE, DESCRIBE, DESCRIBE_CONFIGS),
+              PREFIXED)
+    else:
+        allow(broker, "broker", CLUSTER, CLUSTER_NAME, (CREATE, DESCRIBE_CONFIGS))
+    allow(broker, "broker", GROUP, cfg.group_id, (READ, DESCRIBE))
+    # partition p writes as <txn_prefix>-<p>, commands as <txn_prefix>-commands
+    allow(broker, "broker", TXN, f"{cfg.txn_prefix}-", (WRITE, DESCRIBE), PREFIXED)
+    allow(broker, "broker", CLUSTER, CLUSTER_NAME, (IDEMPOTENT_WRITE,))  # brokers < 3.0
+    return sorted(out)
+
+
+def kafka_acls_lines(bindings: list[AclBinding]) -> list[str]:
+    """``kafka-acls.sh`` arguments, one line per principal and resource (all operations)."""
+    grouped: dict[tuple[str, str, str, str], list[str]] = {}
+    for b in bindings:
+        grouped.setdefault((b.principal, b.resource_type, b.resource_name, b.pattern_type),
+                           []).append(b.operation)
+    lines = []
+    for (principal, rtype, name, pattern), ops in grouped.items():
+        parts = ["--add", "--allow-principal", principal]
+        parts += [f"--operation {_CLI_OPERATION[op]}" for op in ops]
+        parts.append("--cluster" if rtype == CLUSTER else f"{_CLI_RESOURCE[rtype]} {name}")
+        if pattern == PREFIXED:
+            parts.append("--resource-pattern-type prefixed")
+        lines.append(" ".join(parts))
+    return lines
+
+
+def table_lines(bindings: list[AclBinding]) -> list[str]:
+    rows = [("PRINCIPAL", "OPERATION", "RESOURCE", "PATTERN", "NAME")]
+    rows += [(b.principal, b.operation, b.resource_type, b.pattern_type, b.resource_name)
+             for b in bindings]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]])
+            for r in rows]
