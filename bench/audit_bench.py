@@ -7,7 +7,10 @@ records drawn from the sample covenant's compiled plans, with keyed subject pseu
 of a pool of synthetic BSNs. Then it measures, each in a fresh process where it matters:
 
   verify       `audit verify`'s core (chain + tree re-derivation + node cache + every
-               checkpoint + consistency), entries/s and peak RSS
+               checkpoint + consistency), entries/s and peak RSS, three ways in one run:
+               the exact walk pinned to one core (`verify_log(bulk=False)`, the path that
+               names problems), the bulk path pinned to one core, and the bulk path on
+               every core (worker processes, one chunk of 65536 entries each)
   report       subject report (index lookup, decode, inclusion proof per item), latency
   prove        one inclusion bundle, latency and size; a consistency bundle's size
   query        `audit query` by recipient (first 100) and by a one-day window
@@ -162,34 +165,61 @@ def build(data_dir: Path, entries: int, seed: int) -> dict[str, Any]:
 
 _VERIFY = """
 import json, resource, sys, time
+
+
+def peak_rss_mib():
+    # VmHWM of this process image: ru_maxrss would include the parent's at fork time
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+from broker.audit.checkpoint import parse_verifier_key
+from broker.audit.verify import verify_log
 from broker.config import load_settings
 from broker.runtime import Broker
 broker = Broker(load_settings(overrides={"data_dir": sys.argv[1]}, environ={}))
+audit = broker.audit
 started = time.perf_counter()
-report = broker.audit.verify()
+report = verify_log(audit.store, audit.schema, parse_verifier_key(audit.verifier_key()),
+                    audit.origin, bulk=sys.argv[2] == "bulk")
 seconds = time.perf_counter() - started
 broker.close()
 print(json.dumps({"ok": report.ok, "problem": report.problem, "entries": report.entries,
-                  "checkpoints": report.checkpoints, "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "checkpoints": report.checkpoints, "root": report.root, "seconds": seconds,
+                  "peak_rss_mb": peak_rss_mib(),
+                  "workers_peak_rss_mb":
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
+VERIFY_MODES = {"exact_1core": ("exact", "0"), "bulk_1core": ("bulk", "0"),
+                "bulk_all_cores": ("bulk", None)}
 
 
 def measure_verify(data_dir: Path, runs: int) -> dict[str, Any]:
-    results = []
-    for _ in range(runs):
-        done = subprocess.run([sys.executable, "-c", _VERIFY, str(data_dir)], check=True,
-                              capture_output=True, text=True, cwd=REPO)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    assert all(r["ok"] for r in results), results[0]["problem"]
-    best = min(r["seconds"] for r in results)
-    median = statistics.median(r["seconds"] for r in results)
-    entries = results[0]["entries"]
-    return {"entries": entries, "checkpoints": results[0]["checkpoints"],
-            "seconds_best": round(best, 2), "seconds_median": round(median, 2),
-            "entries_per_s_best": round(entries / best),
-            "entries_per_s_median": round(entries / median),
-            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in results), 1)}
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in VERIFY_MODES}
+    for _ in range(runs):  # interleaved, so that load from elsewhere hits every mode alike
+        for mode, (path, core) in VERIFY_MODES.items():
+            pin = ["taskset", "-c", core] if core is not None else []
+            done = subprocess.run([*pin, sys.executable, "-c", _VERIFY, str(data_dir), path],
+                                  check=True, capture_output=True, text=True, cwd=REPO)
+            results[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    out: dict[str, Any] = {}
+    for mode, got in results.items():
+        assert all(r["ok"] for r in got), got[0]["problem"]
+        assert len({r["root"] for rs in results.values() for r in rs}) == 1
+        best = min(r["seconds"] for r in got)
+        median = statistics.median(r["seconds"] for r in got)
+        entries = got[0]["entries"]
+        out[mode] = {"entries": entries, "checkpoints": got[0]["checkpoints"],
+                     "seconds_best": round(best, 2), "seconds_median": round(median, 2),
+                     "entries_per_s_best": round(entries / best),
+                     "entries_per_s_median": round(entries / median),
+                     "peak_rss_mb": round(max(r["peak_rss_mb"] for r in got), 1),
+                     "workers_peak_rss_mb": round(max(r["workers_peak_rss_mb"] for r in got),
+                                                  1)}
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -3,38 +3,71 @@
 The pipeline: Avro single-object input -> validate -> seal personal fields -> store ->
 decide every plan -> encode and seal views -> audit append (SQLite, one transaction per
 batch). The floor, on the same inputs: fastavro-decode each input once and encode each
-released view once, nothing else. Pinned to one core; the median of several runs.
+released view once, nothing else. Pinned to one core; the median of several runs, with
+floor and pipeline runs interleaved so that noise hits both alike.
 
-    python bench/pipeline_bench.py [--events 4000] [--runs 5]
+Then, in the same process:
+  stages    one instrumented run per --runs: exclusive µs/event per stage (decode, every
+            plan, view encode, sealing, audit seal and append, SQLite commits ...); the
+            instrumentation adds overhead, so the table shows its own total beside the
+            uninstrumented one
+  variants  (--variants) bench-only switches that turn one design choice off, to show what
+            it costs; the broker itself is untouched and semantics never change:
+              no_sealing          personal fields stored and held in clear
+              audit_per_event     one audit entry per event instead of one per decision
+              no_tree_nodes       Merkle nodes not stored (frontier kept in memory)
+              no_audit            no audit entries at all (an upper bound)
+              synchronous_normal  SQLite WAL with synchronous=NORMAL instead of FULL
+              gc_relaxed          the cyclic GC with gen0 threshold 50000 and the start-up
+                                  objects frozen (a process setting `serve` could make)
+
+    python bench/pipeline_bench.py [--events 4000] [--runs 5] [--variants]
+
+Writes bench/results/pipeline.json (gitignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import random
 import resource
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import broker.runtime
+from broker.audit.sequencer import AuditSequencer
+from broker.backends.sqlite import SqliteEventLog
+from broker.backends.sqlite_audit import SqliteAudit
 from broker.config import load_settings
+from broker.crypto.sealing import Sealer
 from broker.demo import DAY, DaySynth
+from broker.logs import configure
 from broker.model import codec
 from broker.model.json_input import Limits, convert
+from broker.model.schemas import Schema, SchemaRegistry
+from broker.pipeline.decide import Decider
 from broker.policy.decision import Release
 from broker.runtime import Broker
 
 RESULTS = Path(__file__).resolve().parent / "results"
+Inputs = list[tuple[str, str, bytes]]
+Setup = Callable[[Broker], None]
 
 
-def make_inputs(broker: Broker, count: int, seed: int) -> list[tuple[str, str, bytes]]:
+def make_inputs(broker: Broker, count: int, seed: int) -> Inputs:
     """The sample covenant's event mix as Avro single-object messages."""
-    synth = DaySynth(random.Random(seed))  # noqa: S311 - synthetic data
+    synth = DaySynth(random.Random(seed))
     day = DAY.date()
     makers = [
         (0.55, "politie", "politie.woninginbraak",
@@ -46,21 +79,23 @@ def make_inputs(broker: Broker, count: int, seed: int) -> list[tuple[str, str, b
          lambda: synth.waarneming(DAY + timedelta(hours=12))),
     ]
     out = []
-    rng = random.Random(seed)  # noqa: S311 - synthetic data
+    rng = random.Random(seed)
     for _ in range(count):
         pick = rng.random()
-        for share, source, event_type, make in makers:
-            if pick < share:
+        chosen = makers[-1]
+        for maker in makers:
+            if pick < maker[0]:
+                chosen = maker
                 break
-            pick -= share
+            pick -= maker[0]
+        _, source, event_type, make = chosen
         schema = broker.registry.get(event_type)
         record = convert(schema.raw, make(), Limits()).record
         out.append((source, event_type, schema.encode(record)))
     return out
 
 
-def released_views(broker: Broker, inputs: list[tuple[str, str, bytes]]
-                   ) -> list[tuple[Any, dict[str, Any]]]:
+def released_views(broker: Broker, inputs: Inputs) -> list[tuple[Any, dict[str, Any]]]:
     """(view schema, view) of every release, to encode in the floor."""
     ctx = broker.context(DAY + timedelta(hours=18))
     views = []
@@ -73,26 +108,34 @@ def released_views(broker: Broker, inputs: list[tuple[str, str, bytes]]
     return views
 
 
-def floor_run(broker: Broker, inputs: list[tuple[str, str, bytes]],
-              views: list[tuple[Any, dict[str, Any]]]) -> float:
+def floor_run(broker: Broker, inputs: Inputs, views: list[tuple[Any, dict[str, Any]]]
+              ) -> tuple[float, float, float]:
+    """(decode seconds, encode seconds, CPU seconds): fastavro straight, nothing else."""
+    cpu = time.process_time()
     started = time.perf_counter()
     for _, _, data in inputs:
         header = codec.split_header(data)
         assert header is not None
         schema = broker.registry.by_fingerprint[header[0]]
         codec.decode_payload(header[1], schema.parsed)
+    decoded = time.perf_counter()
     for schema, view in views:
-        schema.encode(view)
-    return time.perf_counter() - started
+        codec.encode(schema.parsed, schema.fingerprint, view)  # fastavro's own writer
+    return decoded - started, time.perf_counter() - decoded, time.process_time() - cpu
 
 
-def pipeline_run(inputs: list[tuple[str, str, bytes]], batch: int) -> tuple[float, int]:
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+def pipeline_run(inputs: Inputs, batch: int, setup: Setup | None = None
+                 ) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, views released) of one run on a fresh data directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         broker = Broker(load_settings(overrides={"data_dir": tmp}, environ={}))
+        if setup is not None:
+            setup(broker)
         now = DAY + timedelta(hours=18)
         by_type: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
         for i, (source, event_type, data) in enumerate(inputs):
             by_type.setdefault((source, event_type), []).append((f"m{i}", data))
+        cpu = time.process_time()
         started = time.perf_counter()
         released = 0
         for (source, event_type), items in by_type.items():
@@ -100,42 +143,266 @@ def pipeline_run(inputs: list[tuple[str, str, bytes]], batch: int) -> tuple[floa
                 report = broker.ingest(source, event_type, items[i:i + batch], now)
                 released += report.decided.released
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         broker.close()
-    return elapsed, released
+    return elapsed, cpu, released
+
+
+# -- per-stage instrumentation ------------------------------------------------------------
+
+Label = str | Callable[[str | None], str | None]
+
+
+class Stages:
+    """Exclusive wall time per stage: a wrapped call's time, minus its wrapped callees'.
+
+    A label may depend on the caller's stage (the same `Sealer.seal` is "seal store" at
+    ingest and "seal egress" in a release); None keeps the time in the caller's stage.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.stack: list[list[Any]] = []  # [label, started, child seconds]
+        self.patches: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, name: str, label: Label) -> None:
+        original = getattr(owner, name)
+        stages = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            parent = stages.stack[-1][0] if stages.stack else None
+            stage = label(parent) if callable(label) else label
+            if stage is None:
+                return original(*args, **kwargs)
+            frame = [stage, time.perf_counter(), 0.0]
+            stages.stack.append(frame)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - frame[1]
+                stages.stack.pop()
+                stages.totals[stage] = stages.totals.get(stage, 0.0) + elapsed - frame[2]
+                if stages.stack:
+                    stages.stack[-1][2] += elapsed
+
+        raw = vars(owner).get(name)
+        self.patches.append((owner, name, raw))
+        setattr(owner, name, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+
+    def restore(self) -> None:
+        for owner, name, raw in reversed(self.patches):
+            if raw is None:  # an instance attribute over a class method
+                delattr(owner, name)
+            else:
+                setattr(owner, name, raw)
+        self.patches.clear()
+
+
+def _under(mapping: dict[str | None, str | None], default: str | None = None) -> Label:
+    return lambda parent: mapping.get(parent, default)
+
+
+def instrument(stages: Stages, b: Broker) -> None:
+    """Wrap the hot path of broker `b` (classes and this instance's plans)."""
+    w = stages.wrap
+    w(Broker, "ingest", "ingest: other")
+    w(broker.runtime, "validate", "validate: checks + re-encode")
+    w(SchemaRegistry, "decode_single_object", _under({"validate: checks + re-encode":
+                                                     "decode input"}))
+    w(Sealer, "seal", _under({"ingest: other": "seal store (AES-GCM)",
+                              "release: commitment, record": "seal egress (AES-GCM)"}))
+    w(Sealer, "flush", "key store flush (SQLite)")
+    w(SqliteEventLog, "append_ingest", "store append (SQLite)")
+    w(SqliteEventLog, "duplicate_ids", "duplicate check (SQLite)")
+    w(SqliteEventLog, "read_store", "store read (SQLite)")
+    w(Broker, "decide_pending", "decide: other")
+    w(Decider, "open", "open stored event (unseal)")
+    w(Decider, "_precheck", "plan prechecks (retention, erased)")
+    w(Decider, "_release", "release: commitment, record")
+    w(Decider, "_audit", "audit draft")
+    w(Schema, "encode", _under({"release: commitment, record": "encode view",
+                                "audit seal: chain + leaf + tree": "audit encode"}))
+    w(AuditSequencer, "seal", "audit seal: chain + leaf + tree")
+    w(SqliteAudit, "_insert", "audit rows insert (SQLite)")
+    w(SqliteAudit, "_frontier", "audit frontier + checkpoint")
+    w(SqliteAudit, "_maybe_checkpoint", "audit frontier + checkpoint")
+    w(SqliteEventLog, "commit_decisions", "commit: egress rows, position, fsync")
+    w(Broker, "sweep_expiries", "maintenance: expiry, key retention")
+    w(Broker, "destroy_expired_keys", "maintenance: expiry, key retention")
+    for plan in b.plans.all:
+        w(plan, "evaluate", f"plan {plan.purpose} -> {plan.recipient}")
+
+
+def staged_run(inputs: Inputs, batch: int) -> tuple[float, dict[str, float]]:
+    stages = Stages()
+    try:
+        elapsed, _, _ = pipeline_run(inputs, batch, lambda b: instrument(stages, b))
+    finally:
+        stages.restore()
+    return elapsed, stages.totals
+
+
+# -- bench-only variants: one design choice switched off ----------------------------------
+
+@contextmanager
+def patched(*patches: tuple[Any, str, Any]) -> Iterator[None]:
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def _plain_seal(self: Sealer, schema: Schema, record: dict[str, Any], *args: Any,
+                **kwargs: Any) -> bytes:
+    return schema.encode(record)
+
+
+_original_append = SqliteAudit.append
+
+
+def _one_per_event(self: SqliteAudit, db: Any, drafts: list[Any]) -> Any:
+    seen: set[Any] = set()
+    kept = []
+    for d in drafts:
+        key = d.get("event_offset") if d["name"] == "decide" else None
+        if key is None or key not in seen:
+            kept.append(d)
+            seen.add(key)
+    return _original_append(self, db, kept)
+
+
+_original_insert = SqliteAudit._insert
+_frontiers: dict[int, Any] = {}
+
+
+def _insert_no_nodes(self: SqliteAudit, db: Any, sealed: list[Any]) -> None:
+    for s in sealed:
+        object.__setattr__(s, "nodes", [])
+    _original_insert(self, db, sealed)
+
+
+def _frontier_in_memory(self: SqliteAudit, db: Any, size: int) -> Any:
+    from broker.audit.tree import Frontier  # noqa: PLC0415
+
+    frontier = _frontiers.get(id(self))
+    if frontier is None or frontier.size != size:
+        frontier = _frontiers[id(self)] = Frontier(0, [])
+        assert size == 0, "the no_tree_nodes variant needs a fresh log"
+    return frontier
+
+
+def _synchronous_normal(b: Broker) -> None:
+    assert isinstance(b.log, SqliteEventLog)
+    b.log.db.execute("PRAGMA synchronous=NORMAL")
+    b.data_keys.db.execute("PRAGMA synchronous=NORMAL")
+
+
+@contextmanager
+def gc_relaxed() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+Variant = tuple[tuple[tuple[Any, str, Any], ...], Setup | None, Callable[[], Any] | None]
+VARIANTS: dict[str, Variant] = {
+    "no_sealing": (((Sealer, "seal", _plain_seal),), None, None),
+    "audit_per_event": (((SqliteAudit, "append", _one_per_event),), None, None),
+    "no_tree_nodes": (((SqliteAudit, "_insert", _insert_no_nodes),
+                       (SqliteAudit, "_frontier", _frontier_in_memory)), None, None),
+    "no_audit": (((SqliteAudit, "append", lambda self, db, drafts: []),), None, None),
+    "synchronous_normal": ((), _synchronous_normal, None),
+    "gc_relaxed": ((), None, gc_relaxed),
+}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--core", type=int, default=0)
+    parser.add_argument("--variants", action="store_true", help="measure the design caps")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
     args = parser.parse_args()
+    configure("warning")  # the per-batch "ingested" lines would time stderr, not the broker
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.core})
-    with tempfile.TemporaryDirectory(prefix="bench-setup-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-setup-") as tmp:
         setup = Broker(load_settings(overrides={"data_dir": tmp}, environ={}))
         inputs = make_inputs(setup, args.events, seed=7)
         views = released_views(setup, inputs)
-        floors = [floor_run(setup, inputs, views) for _ in range(args.runs)]
+        floors, runs = [], []
+        variant_runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        staged: list[tuple[float, dict[str, float]]] = []
+        pipeline_run(inputs[:200], args.batch)  # warm up imports and caches
+        for _ in range(args.runs):  # interleaved: noise hits floor and pipeline alike
+            floors.append(floor_run(setup, inputs, views))
+            runs.append(pipeline_run(inputs, args.batch)[:2])
+            if args.variants:
+                for name, (patches, hook, context) in VARIANTS.items():
+                    with patched(*patches), (context or contextlib.nullcontext)():
+                        variant_runs[name].append(pipeline_run(inputs, args.batch, hook)[0])
+            staged.append(staged_run(inputs, args.batch))
         setup.close()
-    runs = [pipeline_run(inputs, args.batch) for _ in range(args.runs)]
-    floor = statistics.median(floors)
-    pipe = statistics.median(r[0] for r in runs)
     n = len(inputs)
-    result = {
-        "events": n, "released_views": len(views), "runs": args.runs,
-        "floor_events_per_s": round(n / floor), "floor_us_per_event": round(floor / n * 1e6, 1),
-        "pipeline_events_per_s": round(n / pipe),
-        "pipeline_us_per_event": round(pipe / n * 1e6, 1),
+    floor = statistics.median(d + e for d, e, _ in floors)
+    pipe = statistics.median(wall for wall, _ in runs)
+    floor_cpu = statistics.median(c for _, _, c in floors)
+    pipe_cpu = statistics.median(cpu for _, cpu in runs)
+
+    def us(seconds: float) -> float:
+        return round(seconds / n * 1e6, 1)
+
+    labels = sorted({label for _, totals in staged for label in totals})
+    stage_us = {label: us(statistics.median(t.get(label, 0.0) for _, t in staged))
+                for label in labels}
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "pinned_core": args.core},
+        "events": n, "released_views": len(views), "runs": args.runs, "batch": args.batch,
+        "floor_events_per_s": round(n / floor), "floor_us_per_event": us(floor),
+        "floor_decode_us_per_event": us(statistics.median(d for d, _, _ in floors)),
+        "floor_encode_us_per_event": us(statistics.median(e for _, e, _ in floors)),
+        "pipeline_events_per_s": round(n / pipe), "pipeline_us_per_event": us(pipe),
         "ratio_pipeline_to_floor": round(floor / pipe, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # CPU time is steadier on a shared machine; fsync waits are not in it
+        "floor_cpu_us_per_event": us(floor_cpu), "pipeline_cpu_us_per_event": us(pipe_cpu),
+        "ratio_cpu": round(floor_cpu / pipe_cpu, 3),
+        "instrumented_us_per_event": us(statistics.median(e for e, _ in staged)),
+        "stages_us_per_event": dict(sorted(stage_us.items(), key=lambda kv: -kv[1])),
     }
-    print(f"{'measure':32} {'value':>12}")
+    if args.variants:
+        result["variants"] = {
+            name: {"us_per_event": us(statistics.median(times)),
+                   "ratio_to_floor": round(floor / statistics.median(times), 3),
+                   "saves_us_per_event": round(us(pipe) - us(statistics.median(times)), 1)}
+            for name, times in variant_runs.items()}
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(f"{'measure':40} {'value':>12}")
     for key, value in result.items():
-        print(f"{key:32} {value:>12}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+        if not isinstance(value, dict):
+            print(f"{key:40} {value:>12}")
+    print(f"\n{'stage (exclusive, instrumented run)':60} {'µs/event':>9}")
+    for label, value in result["stages_us_per_event"].items():
+        print(f"{label:60} {value:>9}")
+    print(f"{'sum (instrumented total)':60} {sum(stage_us.values()):>9.1f}")
+    if args.variants:
+        print(f"\n{'variant (bench-only)':24} {'µs/event':>9} {'ratio':>7} {'saves':>7}")
+        for name, v in result["variants"].items():
+            print(f"{name:24} {v['us_per_event']:>9} {v['ratio_to_floor']:>7} "
+                  f"{v['saves_us_per_event']:>7}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from broker import lifecycle
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings
 from broker.errors import InputError
-from broker.runtime import Broker
+from broker.runtime import Broker, Delivered
 
 AddOptions = Callable[[argparse.ArgumentParser, bool], None]
 
@@ -87,14 +87,17 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
+
+    def write(record: Delivered, view: bytes) -> None:  # streamed: memory stays flat
+        sys.stdout.write(json.dumps(record.as_json(), ensure_ascii=False) + "\n")
+
     try:
-        result = lifecycle.replay(broker, args.recipient, args.purpose, args.covenant_version,
-                                  parse_instant(args.now) if args.now else None)
+        result = lifecycle.replay_into(broker, args.recipient, args.purpose,
+                                       args.covenant_version,
+                                       parse_instant(args.now) if args.now else None, write)
     finally:
         broker.close()
-    for record in result.records:
-        sys.stdout.write(json.dumps(record.as_json(), ensure_ascii=False) + "\n")
-    print(f"replayed {len(result.records)} records, sha256 of the view bytes "
+    print(f"replayed {result.count} records, sha256 of the view bytes "
           f"{result.digest}", file=sys.stderr)
     return 0
 

@@ -8,8 +8,9 @@ Replay and diff read the store and publish nothing.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,6 @@ from broker.audit.entries import draft
 from broker.backends.port import StoredEvent
 from broker.clock import from_millis, now_utc, to_millis
 from broker.errors import CovenantError, PolicyError
-from broker.keys import commitment
 from broker.model.render import to_json
 from broker.pipeline.decide import Decider
 from broker.policy.control import ControlEvent
@@ -112,20 +112,47 @@ class Replayed:
         return hashlib.sha256(b"".join(self.view_bytes)).hexdigest()
 
 
+@dataclass(frozen=True)
+class ReplaySummary:
+    count: int
+    digest: str  # sha256 of the concatenated view bytes, as `Replayed.digest`
+
+
 def replay(broker: Broker, recipient: str, purpose: str | None, version: int,
            now: datetime | None) -> Replayed:
     """Rebuild a recipient's stream from the store under one covenant version.
 
     Each event is decided at its own ingest time (or at `now` when given), under the
-    control state of that time. Same store, version and keys: the same bytes.
+    control state of that time. Same store, version and keys: the same bytes. Holds the
+    whole stream in memory; `replay_into` streams it instead.
     """
+    out = Replayed()
+
+    def keep(record: Delivered, view: bytes) -> None:
+        out.records.append(record)
+        out.view_bytes.append(view)
+
+    replay_into(broker, recipient, purpose, version, now, keep)
+    return out
+
+
+def replay_into(broker: Broker, recipient: str, purpose: str | None, version: int,
+                now: datetime | None, emit: Callable[[Delivered, bytes], None]
+                ) -> ReplaySummary:
+    """`replay`, handing each record and its view bytes to `emit` as it is rebuilt, so
+    memory stays flat however long the store is. Audited as `replay` is, once, at the end."""
     broker.check_recipient(recipient, purpose)
     control = broker.control_state()
-    out = Replayed()
     offsets: dict[str, int] = {}
+    digest = hashlib.sha256()
+    committed = hmac.new(broker.keys.commitment_key(), digestmod=hashlib.sha256)
+    count = 0
+    decider: Decider | None = None
+    decided_at: int | None = None
     for stored in _stored_events(broker):
         ctx = broker.context(now or from_millis(stored.ingested_ms), control)
-        decider = broker.decider_at(ctx, version)
+        if decider is None or ctx.now_ms != decided_at:  # one look-up per ingest batch
+            decider, decided_at = broker.decider_at(ctx, version), ctx.now_ms
         plans = [p for p in decider.plans.plans_for(stored.event_type)
                  if p.recipient == recipient and (purpose is None or p.purpose == purpose)]
         if not plans:
@@ -137,17 +164,20 @@ def replay(broker: Broker, recipient: str, purpose: str | None, version: int,
                 continue
             offset = offsets.get(plan.purpose, 0)
             offsets[plan.purpose] = offset + 1
-            out.view_bytes.append(plan.view_schema.encode(decision.view))
-            out.records.append(Delivered(offset, stored.event_type, plan.purpose, recipient,
-                                         "record", to_json(decision.view)))
+            view = plan.view_schema.encode(decision.view)
+            digest.update(view)
+            committed.update(view)
+            count += 1
+            emit(Delivered(offset, stored.event_type, plan.purpose, recipient, "record",
+                           to_json(decision.view)), view)
+    summary = ReplaySummary(count, digest.hexdigest())
     now_ms = to_millis(now or now_utc())
     broker.log.append_audit([draft(
         "replay", trace_id=None, start_ms=now_ms, recipient=recipient, purpose=purpose,
         covenant_id=broker.covenant.covenant.id, covenant_version=version,
-        delivered_commitment=commitment(broker.keys.commitment_key(),
-                                        b"".join(out.view_bytes)),
-        detail={"count": str(len(out.records)), "digest": out.digest})], now_ms)
-    return out
+        delivered_commitment=committed.hexdigest(),
+        detail={"count": str(count), "digest": summary.digest})], now_ms)
+    return summary
 
 
 # -- policy impact --------------------------------------------------------------------------

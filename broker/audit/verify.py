@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from broker.audit import verify_bulk
 from broker.audit.checkpoint import (
     Checkpoint,
     VerifierKey,
@@ -30,7 +31,7 @@ from broker.audit.checkpoint import (
 from broker.audit.entries import GENESIS
 from broker.audit.merkle import EMPTY_ROOT, VerificationError
 from broker.audit.store import AuditStore, StoredCheckpoint
-from broker.audit.tree import MissingNodeError, consistency_proof_at, level_index_of
+from broker.audit.tree import MissingNodeError, consistency_proof_at, level_index_of, node_count
 from broker.model.codec import MARKER
 from broker.model.schemas import Schema
 
@@ -145,8 +146,10 @@ class _Verifier:
             root = hashlib.sha256(b"\x01" + left + root).digest()
         return root
 
-    def check_checkpoint(self, stored: StoredCheckpoint | None) -> None:
-        size, root = self.count, self.root()
+    def check_checkpoint(self, stored: StoredCheckpoint | None,
+                         root: bytes | None = None) -> None:
+        size = self.count
+        root = self.root() if root is None else root
         if stored is not None:
             try:
                 opened = open_checkpoint(stored.note, self.verifier, self.origin)
@@ -253,8 +256,16 @@ class _Verifier:
 
 
 def verify_log(store: AuditStore, schema: Schema, verifier: VerifierKey, origin: str,
-               trusted: Sequence[Checkpoint] = ()) -> AuditReport:
-    """Verify the whole stored log; `trusted` are checkpoints an auditor kept from before."""
+               trusted: Sequence[Checkpoint] = (), *, bulk: bool = True) -> AuditReport:
+    """Verify the whole stored log; `trusted` are checkpoints an auditor kept from before.
+
+    In bulk on every core when the store can be read in chunks (`verify_bulk`); where
+    that finds anything at all, or `bulk` is off, the exact walk names the first problem.
+    """
+    if bulk:
+        report = _verify_in_bulk(store, schema, verifier, origin, trusted)
+        if report is not None:
+            return report
     checker = _Verifier(store, schema, verifier, origin, trusted)
     problem = None
     try:
@@ -265,3 +276,41 @@ def verify_log(store: AuditStore, schema: Schema, verifier: VerifierKey, origin:
     signed = checker.verified[-1].size if checker.verified else 0
     return AuditReport(checker.count, checker.head.decode(), checker.root().hex(),
                        len(checker.verified), signed, problem)
+
+
+def _verify_in_bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, origin: str,
+                    trusted: Sequence[Checkpoint]) -> AuditReport | None:
+    """The report of an intact log, from `bulk_walk`; None when anything differs."""
+    chunk_reader = getattr(store, "chunk_reader", None)
+    open_reader = chunk_reader() if chunk_reader is not None else None
+    size = store.audit_size()
+    if open_reader is None or size == 0:
+        return None
+    checker = _Verifier(store, schema, verifier, origin, trusted)
+    by_size = {cp.size: cp for cp in store.checkpoints()}
+    due = sorted(set(by_size) | set(checker.trusted))
+    try:
+        outcome = verify_bulk.bulk_walk(open_reader, MARKER + schema.fingerprint, size, due,
+                                        chunk_level=verify_bulk.CHUNK_LEVEL)
+    except Exception:  # noqa: BLE001 - no workers, no second connection: the exact walk decides
+        return None
+    if outcome is None or outcome.root is None:
+        return None
+    extra = store.tree_nodes(node_count(size))
+    try:
+        if next(extra, None) is not None:  # nodes for entries the log does not hold
+            return None
+    finally:
+        close = getattr(extra, "close", None)
+        if close is not None:
+            close()
+    try:
+        for checked in due:
+            checker.count = checked
+            checker.check_checkpoint(by_size.get(checked), outcome.roots[checked])
+        checker.check_consistency()
+    except _Problem:
+        return None
+    signed = checker.verified[-1].size if checker.verified else 0
+    return AuditReport(size, outcome.head.decode(), outcome.root.hex(),
+                       len(checker.verified), signed, None)

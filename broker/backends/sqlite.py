@@ -201,13 +201,13 @@ class SqliteEventLog:
             offset = -1 if row[0] is None else int(row[0])
             for ev in events:
                 offset += 1
-                db.execute(
-                    "INSERT INTO store (store_offset, event_type, source, event_id, payload, "
-                    "trace_id, foreign_trace, ingested_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (offset, ev.event_type, ev.source, ev.event_id, ev.payload, ev.trace_id,
-                     ev.foreign_trace, now_ms))
                 stored.append(StoredEvent(offset, ev.event_type, ev.source, ev.event_id,
                                           ev.payload, ev.trace_id, now_ms, ev.foreign_trace))
+            db.executemany(
+                "INSERT INTO store (store_offset, event_type, source, event_id, payload, "
+                "trace_id, foreign_trace, ingested_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s.offset, s.event_type, s.source, s.event_id, s.payload, s.trace_id,
+                  s.foreign_trace, now_ms) for s in stored])
             db.executemany(
                 "INSERT INTO quarantine (source, declared_type, position, reason_code, reason, "
                 "raw, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -243,6 +243,7 @@ class SqliteEventLog:
                                    f"{batch.position} twice")
             next_offsets: dict[tuple[str, str], int] = {}
             drafts: list[Draft] = []
+            rows = []
             for eg in batch.egress:
                 key = (eg.recipient, eg.purpose)
                 if key not in next_offsets:
@@ -251,17 +252,17 @@ class SqliteEventLog:
                     next_offsets[key] = 0 if row[0] is None else int(row[0]) + 1
                 offset = next_offsets[key]
                 next_offsets[key] = offset + 1
-                db.execute(
-                    "INSERT INTO egress (recipient, purpose, egress_offset, event_type, kind, "
-                    "payload, event_offset, ref, expires_on, released_ms, tombstone_for) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (eg.recipient, eg.purpose, offset, eg.event_type, eg.kind,
-                     eg.sealed_payload or eg.payload, eg.event_offset, eg.ref,
-                     eg.expires_on.isoformat() if eg.expires_on else None, eg.released_ms,
-                     eg.tombstone_for))
+                rows.append((eg.recipient, eg.purpose, offset, eg.event_type, eg.kind,
+                             eg.sealed_payload or eg.payload, eg.event_offset, eg.ref,
+                             eg.expires_on.isoformat() if eg.expires_on else None,
+                             eg.released_ms, eg.tombstone_for))
                 eg.audit["egress_offset"] = offset
                 drafts.append(eg.audit)
                 written.append(_egress_record(eg, offset))
+            db.executemany(
+                "INSERT INTO egress (recipient, purpose, egress_offset, event_type, kind, "
+                "payload, event_offset, ref, expires_on, released_ms, tombstone_for) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             drafts.extend(batch.audits)
             self._append_audit(db, drafts)
             if batch.position >= 0:

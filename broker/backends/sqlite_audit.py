@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 from broker.audit.entries import GENESIS, Draft
@@ -287,6 +288,38 @@ class SqliteAudit:
             args.append(limit)
         return self._stream(self.db, sql, tuple(args))
 
+    def chunk_reader(self) -> Callable[[], SqliteChunkReader] | None:
+        """Opens read-only connections of their own (for `audit verify`'s workers); None
+        for a database without a file."""
+        row = self.db.execute("PRAGMA database_list").fetchone()
+        return partial(SqliteChunkReader, str(row[2])) if row and row[2] else None
+
     def subject_seqs(self, pseudonym: bytes) -> list[int]:
         return [int(r[0]) for r in self._read(
             "SELECT seq FROM audit_subject WHERE pseudonym = ? ORDER BY seq", (pseudonym,))]
+
+
+class SqliteChunkReader:
+    """Stored audit entries and tree nodes by range, on a read-only connection of its own."""
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+
+    def _range(self, sql: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        cursor = self.db.execute(sql, (start, end))
+        while True:
+            rows = cursor.fetchmany(_STREAM_CHUNK)
+            if not rows:
+                return
+            yield from rows
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        return self._range("SELECT seq, entry FROM audit WHERE seq >= ? AND seq < ? "
+                           "ORDER BY seq", start, end)
+
+    def nodes(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        return self._range("SELECT pos, hash FROM audit_node WHERE pos >= ? AND pos < ? "
+                           "ORDER BY pos", start, end)
+
+    def close(self) -> None:
+        self.db.close()

@@ -32,6 +32,9 @@ CREATE INDEX IF NOT EXISTS data_keys_retention ON data_keys (retention_until);
 """
 
 
+_CACHE_LIMIT = 20_000  # unwrapped keys kept in memory (about 3 MB), besides unflushed ones
+
+
 @dataclass(frozen=True)
 class DestroyedKey:
     key_id: str
@@ -86,15 +89,20 @@ class SqliteKeyStore:
         if not self._new and not self._counts:
             return
         now_ms = int(time.time() * 1000)
+        # A new key is inserted with its count (one row write, not an insert and an
+        # update); a key that exists already (another writer's) only gains the count.
+        counts = dict(self._counts)
         try:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
-                "INSERT OR IGNORE INTO data_keys (key_id, subject, retention_until, wrapped, "
-                "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, 0)",
-                [(k, s, r.isoformat(), w, now_ms) for k, (s, r, w) in self._new.items()])
+                "INSERT INTO data_keys (key_id, subject, retention_until, wrapped, "
+                "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) "
+                "DO UPDATE SET fields_sealed = fields_sealed + excluded.fields_sealed",
+                [(k, s, r.isoformat(), w, now_ms, counts.pop(k, 0))
+                 for k, (s, r, w) in self._new.items()])
             self.db.executemany(
                 "UPDATE data_keys SET fields_sealed = fields_sealed + ? WHERE key_id = ?",
-                [(n, k) for k, n in self._counts.items()])
+                [(n, k) for k, n in counts.items()])
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
@@ -110,6 +118,8 @@ class SqliteKeyStore:
         if row is None:
             return None
         key = self.kek.unwrap(bytes(row[0]), key_id)
+        if len(self._cache) >= _CACHE_LIMIT:  # a long replay touches every key once: bound it
+            self._cache = {k: v for k, v in self._cache.items() if k in self._new}
         self._cache[key_id] = key
         return key
 
@@ -135,4 +145,13 @@ class SqliteKeyStore:
 
     def destroy_expired(self, today: date) -> list[DestroyedKey]:
         """Keys whose retention date has passed (retention_until < today)."""
+        # Asked on every ingest: when nothing is due, no write transaction and no WAL
+        # truncation (an indexed look-up instead of two syncs).
+        try:
+            due = self.db.execute("SELECT 1 FROM data_keys WHERE retention_until < ? LIMIT 1",
+                                  (today.isoformat(),)).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        if due is None and not any(r < today for _, r, _ in self._new.values()):
+            return []
         return self._destroy("retention_until < ?", today.isoformat())

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.errors import StorageError
 from broker.keys import keyed_pseudonym
+from broker.model.avro_writer import compile_writer
 from broker.model.schemas import FieldInfo, Schema, SchemaRegistry
 
 _EPOCH_DATE = date(1970, 1, 1)
@@ -93,20 +94,69 @@ def _set(record: dict[str, Any], path: str, value: Any) -> None:
 
 
 class _ValueCodec:
-    """One field's value to bytes and back, with the field's own Avro type."""
+    """One field's value to bytes and back, with the field's own Avro type.
+
+    The bytes are fastavro's encoding of {"v": value} under ["null", type]; strings (most
+    personal fields) take a fast path both ways, anything unusual goes through fastavro.
+    """
 
     def __init__(self, info: FieldInfo) -> None:
         wrapper = {"type": "record", "name": "v", "fields": [
             {"name": "v", "type": ["null", info.avro_type]}]}
         self.schema = fastavro.parse_schema(wrapper)
+        self._write = compile_writer(self.schema)
+        self._string = info.avro_type == "string"
 
     def dump(self, value: Any) -> bytes:
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self.schema, {"v": value})
-        return buf.getvalue()
+        out: list[bytes] = []
+        try:
+            self._write({"v": value}, out)
+        except Exception:  # noqa: BLE001 - outside the fast path fastavro decides, errors too
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, self.schema, {"v": value})
+            return buf.getvalue()
+        return b"".join(out)
 
     def load(self, data: bytes) -> Any:
+        if self._string and len(data) >= 2 and data[0] == 2 and data[1] < 0x80:
+            # union branch 1, a string shorter than 64 bytes (one-byte length), exactly
+            length = data[1] >> 1
+            if not data[1] & 1 and len(data) == 2 + length:
+                try:
+                    return data[2:].decode()
+                except UnicodeDecodeError:
+                    pass
         return fastavro.schemaless_reader(io.BytesIO(data), self.schema, None)["v"]  # type: ignore[index,call-overload]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What sealing needs to know about one schema, worked out once."""
+
+    schema: Schema  # held, so the id() this layout is cached under stays this schema's
+    subject_paths: tuple[tuple[str, str, str], ...]  # (path, kind, parent prefix)
+    candidates: dict[str, tuple[str, ...]]  # personal path -> subject parents, nearest first
+    personal: dict[str, str]  # the schema's own personal paths, each standing for itself
+    blanks: dict[str, Any]  # path -> the placeholder left in the skeleton
+
+
+class _Cipher:
+    """AES-GCM and the synthetic-nonce HMAC of one data key, set up once per key."""
+
+    __slots__ = ("aead", "key", "mac")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.aead = AESGCM(key)
+        self.mac = hmac.new(key, digestmod="sha256")
+
+    def nonce(self, message: bytes) -> bytes:
+        mac = self.mac.copy()
+        mac.update(message)
+        return mac.digest()[:12]
+
+
+_CIPHER_CACHE = 1024
 
 
 class Sealer:
@@ -121,35 +171,86 @@ class Sealer:
         self.zone = zone
         self.envelope = registry.get("records.sealed_record")
         self._codecs: dict[tuple[str, str], _ValueCodec] = {}
+        self._layouts: dict[int, _Layout] = {}
+        # Keys in use, set up for AES-GCM: emptied at every flush (each committed batch), so
+        # a destroyed key's material does not outlive the batch that last used it.
+        self._ciphers: dict[str, _Cipher] = {}
+        self._retention: dict[tuple[str, datetime], date] = {}
+        self._subject_mac = hmac.new(subject_key, digestmod="sha256")
+
+    def _layout(self, schema: Schema) -> _Layout:
+        layout = self._layouts.get(id(schema))
+        if layout is None:
+            subjects = tuple((path, kind, path.rpartition(".")[0])
+                             for path, kind in schema.subject_paths.items())
+            candidates = {}
+            for path in schema.personal_paths:
+                parents = [parent for _, _, parent in subjects
+                           if parent == "" or path.startswith(parent + ".")]
+                # nearest (longest) first; among equals the first identified, as before
+                candidates[path] = tuple(sorted(dict.fromkeys(parents), key=len, reverse=True))
+            blanks = {p: _blank(f.avro_type) for p, f in schema.fields.items()}
+            layout = _Layout(schema, subjects, candidates,
+                             {p: p for p in schema.personal_paths}, blanks)
+            self._layouts[id(schema)] = layout
+        return layout
+
+    def _cipher(self, key_id: str, key: bytes) -> _Cipher:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None or cipher.key is not key:
+            if len(self._ciphers) >= _CIPHER_CACHE:
+                self._ciphers.clear()
+            cipher = self._ciphers[key_id] = _Cipher(key)
+        return cipher
 
     # -- subjects ---------------------------------------------------------------------------
     def subject_pseudonym(self, kind: str, value: str) -> str:
-        """The pseudonym the audit log and the key store share for one identifier."""
-        return keyed_pseudonym(self.subject_key, f"{kind}:{value}")
+        """The pseudonym the audit log and the key store share for one identifier:
+        `keyed_pseudonym(subject_key, "kind:value")`, from a keyed HMAC set up once."""
+        mac = self._subject_mac.copy()
+        mac.update(f"{kind}:{value}".encode())
+        return mac.hexdigest()[:32]
 
     def subjects(self, schema: Schema, record: dict[str, Any], record_id: str
                  ) -> dict[str, str]:
-        """Personal path -> subject ('bsn:<pseudonym>' or 'record:<pseudonym>')."""
-        identified: list[tuple[str, str]] = []  # (parent prefix, subject)
-        for path, kind in schema.subject_paths.items():
+        """Personal path -> subject ('bsn:<pseudonym>' or 'record:<pseudonym>').
+
+        A personal field belongs to the identified subject nearest to it (the longest
+        parent prefix; the first identified among equals), else to the record's first
+        identified subject, else to the record itself.
+        """
+        layout = self._layout(schema)
+        identified: dict[str, str] = {}  # parent prefix -> its first identified subject
+        first: str | None = None
+        for path, kind, parent in layout.subject_paths:
             value = _get(record, path)
             if value:
-                parent = path.rpartition(".")[0]
-                identified.append((parent, f"{kind}:{self.subject_pseudonym(kind, value)}"))
-        fallback = (identified[0][1] if identified else
-                    f"record:{keyed_pseudonym(self.subject_key, f'{schema.name}:{record_id}')}")
+                subject = f"{kind}:{self.subject_pseudonym(kind, value)}"
+                identified.setdefault(parent, subject)
+                if first is None:
+                    first = subject
+        if first is None:
+            first = f"record:{keyed_pseudonym(self.subject_key, f'{schema.name}:{record_id}')}"
         out = {}
-        for path in schema.personal_paths:
-            best, best_len = fallback, -1
-            for parent, subject in identified:
-                if (parent == "" or path.startswith(parent + ".")) and len(parent) > best_len:
-                    best, best_len = subject, len(parent)
+        for path, parents in layout.candidates.items():
+            best = first
+            for parent in parents:
+                found = identified.get(parent)
+                if found is not None:
+                    best = found
+                    break
             out[path] = best
         return out
 
     def retention_until(self, event_type: str, ingested: datetime) -> date:
-        days = self.retention_days.get(event_type, self.default_retention_days)
-        return ingested.astimezone(self.zone).date() + timedelta(days=days)
+        found = self._retention.get((event_type, ingested))
+        if found is None:
+            days = self.retention_days.get(event_type, self.default_retention_days)
+            found = ingested.astimezone(self.zone).date() + timedelta(days=days)
+            if len(self._retention) >= 1024:
+                self._retention.clear()
+            self._retention[(event_type, ingested)] = found
+        return found
 
     # -- seal and open ----------------------------------------------------------------------
     def _codec(self, schema: Schema, path: str) -> _ValueCodec:
@@ -160,36 +261,46 @@ class Sealer:
 
     def seal(self, schema: Schema, record: dict[str, Any], record_id: str,
              retention_until: date, subjects: Mapping[str, str] | None = None,
-             personal: Mapping[str, str] | None = None) -> bytes:
+             personal: Mapping[str, str] | None = None, encoded: bytes | None = None) -> bytes:
         """Seal the personal fields of `record` (of `schema`) into an envelope.
 
         `personal` maps the record's personal paths to the paths they stand for in the
         event (views: output name -> source path); by default the schema's own annotations.
+        `encoded`, when the caller has it, is `schema.encode(record)`: the skeleton as is
+        when no field needs sealing.
         """
-        personal = personal if personal is not None else {p: p for p in schema.personal_paths}
-        subjects = subjects if subjects is not None else self.subjects(schema, record,
-                                                                      record_id)
-        skeleton = _deep_copy(record)
-        sealed = []
-        per_key: dict[str, int] = {}
-        plan = []
+        layout = self._layout(schema)
+        personal = personal if personal is not None else layout.personal
+        found = []
         for path, source_path in personal.items():
             value = _get(record, path)
-            if value is None:
-                continue
+            if value is not None:
+                found.append((path, source_path, value))
+        if not found:
+            as_is = encoded if encoded is not None else schema.encode(record)
+            return self.envelope.encode({"skeleton": as_is, "sealed": []})
+        subjects = subjects if subjects is not None else self.subjects(schema, record,
+                                                                      record_id)
+        # Copy on write: only the records on the way to a sealed field are copied.
+        skeleton = dict(record)
+        copied: dict[str, dict[str, Any]] = {"": skeleton}
+        per_key: dict[str, int] = {}
+        plan = []
+        for path, source_path, value in found:
             subject = subjects[source_path]
             per_key[subject] = per_key.get(subject, 0) + 1
             plan.append((path, subject, value))
-            _set(skeleton, path, _blank(schema.fields[path].avro_type if path in schema.fields
-                                        else "string"))
+            _set_copied(skeleton, copied, path, layout.blanks.get(path, ""))
         keys = {s: self.keys.data_key(s, retention_until, n) for s, n in per_key.items()}
+        sealed = []
         for path, subject, value in plan:
             key_id, key = keys[subject]
+            cipher = self._cipher(key_id, key)
             aad = f"{key_id}|{schema.name}|{path}|{record_id}".encode()
             plaintext = self._codec(schema, path).dump(value)
-            nonce = hmac.new(key, aad + b"\0" + plaintext, hashlib.sha256).digest()[:12]
+            nonce = cipher.nonce(aad + b"\0" + plaintext)
             sealed.append({"path": path, "key_id": key_id, "nonce": nonce,
-                           "ciphertext": AESGCM(key).encrypt(nonce, plaintext, aad)})
+                           "ciphertext": cipher.aead.encrypt(nonce, plaintext, aad)})
         return self.envelope.encode({"skeleton": schema.encode(skeleton), "sealed": sealed})
 
     def open(self, payload: bytes, record_id_path: str | None = "event_id",
@@ -211,7 +322,8 @@ class Sealer:
                 continue
             aad = f"{key_id}|{schema.name}|{path}|{record_id}".encode()
             try:
-                plaintext = AESGCM(key).decrypt(item["nonce"], item["ciphertext"], aad)
+                plaintext = self._cipher(key_id, key).aead.decrypt(item["nonce"],
+                                                                    item["ciphertext"], aad)
             except InvalidTag:
                 raise StorageError(f"sealed field {path} of {schema.name} {record_id} does "
                                    "not authenticate: it was altered or moved") from None
@@ -238,14 +350,27 @@ class Sealer:
     def flush(self) -> None:
         """Make every key used so far durable; call before committing what they sealed."""
         self.keys.flush()
+        self._ciphers.clear()
 
     def is_envelope(self, payload: bytes) -> bool:
         return payload[2:10] == self.envelope.fingerprint and payload[:2] == b"\xc3\x01"
 
 
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
+def _set_copied(skeleton: dict[str, Any], copied: dict[str, dict[str, Any]], path: str,
+                value: Any) -> None:
+    """`_set` on a shallow copy of a record: each record on the path is copied once (and
+    again if a placeholder replaced it since), so the caller's record is never changed."""
+    node = skeleton
+    prefix = ""
+    parts = path.split(".")
+    for part in parts[:-1]:
+        prefix = f"{prefix}.{part}" if prefix else part
+        current = node.get(part)
+        if not isinstance(current, dict):
+            return
+        child = copied.get(prefix)
+        if child is not current:
+            child = copied[prefix] = dict(current)
+            node[part] = child
+        node = child
+    node[parts[-1]] = value

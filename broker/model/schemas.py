@@ -19,6 +19,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from broker.errors import InvalidEvent, SchemaError
 from broker.model import codec
+from broker.model.avro_writer import FieldWriter, compile_writer
 from broker.model.evolution import incompatibilities
 
 KINDS = ("events", "views", "records")
@@ -44,6 +45,7 @@ class Schema:
     fingerprint: bytes
     path: Path
     fields: dict[str, FieldInfo] = field(default_factory=dict)  # every path, records included
+    _writer: FieldWriter | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def leaf_paths(self) -> list[str]:
@@ -58,7 +60,19 @@ class Schema:
         return {p: f.subject for p, f in self.fields.items() if f.subject}
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        return codec.encode(self.parsed, self.fingerprint, record)
+        """Single-object encoding: the compiled fast path, else fastavro (same bytes)."""
+        write = self._writer
+        if write is None:
+            # The broker's own records hold nothing personal in clear: their few recurring
+            # strings (purposes, recipients, field lists) may stay cached, encoded.
+            write = self._writer = compile_writer(self.parsed,
+                                                  cache_strings=self.kind == "records")
+        out = [codec.MARKER, self.fingerprint]
+        try:
+            write(record, out)
+        except Exception:  # noqa: BLE001 - outside the fast path fastavro decides, errors too
+            return codec.encode(self.parsed, self.fingerprint, record)
+        return b"".join(out)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         header = codec.split_header(data)

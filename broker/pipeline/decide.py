@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from broker.audit.entries import Draft, draft
+from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
 from broker.backends.port import DecisionBatch, NewEgress, StoredEvent
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
@@ -46,6 +46,7 @@ class Decider:
         header = plans.covenant.covenant
         self.covenant_id, self.covenant_version = header.id, header.version
         self._personal_cache: dict[tuple[str, str], dict[str, str]] = {}
+        self._audit_base: dict[int, tuple[Plan, Draft]] = {}  # keyed by id(plan), plan held
 
     def open(self, stored: StoredEvent) -> Opened:
         """The event as stored: sealed fields opened, erased ones None and named."""
@@ -164,7 +165,7 @@ class Decider:
             egress_record_id(plan.recipient, plan.purpose, stored.offset),
             self.sealer.retention_until(stored.event_type, from_millis(stored.ingested_ms)),
             subjects={src: opened.subjects[src] for src in personal.values()},
-            personal=personal)
+            personal=personal, encoded=payload)
         expires: date | None = plan.expires_after(opened.record) if plan.expires_after \
             else None
         ref: Any = decision.view.get("ref")
@@ -174,11 +175,22 @@ class Decider:
 
     def _audit(self, plan: Plan, stored: StoredEvent, subjects: list[dict[str, str]],
                ctx: DecisionContext) -> Draft:
-        return draft(
-            "decide", trace_id=stored.trace_id, start_ms=ctx.now_ms,
-            foreign_trace_id=stored.foreign_trace,
-            covenant_id=self.covenant_id, covenant_version=self.covenant_version,
-            purpose=plan.purpose, legal_basis=plan.legal_basis, recipient=plan.recipient,
-            data_subjects=subjects, policy_hash=plan.policy_hash, source=stored.source,
-            event_type=stored.event_type, event_id=stored.event_id,
-            event_offset=stored.offset)
+        """The decision's draft: the plan's part made once (by `draft`), the rest per event."""
+        found = self._audit_base.get(id(plan))
+        if found is None:
+            found = self._audit_base[id(plan)] = (plan, draft(
+                "decide", trace_id="-", start_ms=0, covenant_id=self.covenant_id,
+                covenant_version=self.covenant_version, purpose=plan.purpose,
+                legal_basis=plan.legal_basis, recipient=plan.recipient,
+                policy_hash=plan.policy_hash))
+        out = dict(found[1])
+        out["trace_id"] = stored.trace_id or new_trace_id()
+        out["span_id"] = new_span_id()
+        out["start_time"] = out["end_time"] = ctx.now_ms
+        out["foreign_trace_id"] = stored.foreign_trace
+        out["data_subjects"] = subjects
+        out["source"] = stored.source
+        out["event_type"] = stored.event_type
+        out["event_id"] = stored.event_id
+        out["event_offset"] = stored.offset
+        return out
