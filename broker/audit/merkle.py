@@ -41,6 +41,7 @@ __all__ = [
     "TreeBuilder",
     "VerificationError",
     "consistency_proof",
+    "fold_frontier",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
@@ -152,14 +153,21 @@ class TreeBuilder:
 
     def root(self) -> bytes:
         """MTH of all leaves appended so far (`EMPTY_ROOT` for none)."""
-        if not self._stack:
-            return EMPTY_ROOT
-        # Fold the perfect subtrees from the smallest (rightmost) up: for n leaves the
-        # left child is the largest power of two below n, exactly as in the RFC.
-        root = self._stack[-1]
-        for left in reversed(self._stack[:-1]):
-            root = node_hash(left, root)
-        return root
+        return fold_frontier(self._stack)
+
+
+def fold_frontier(stack: Sequence[bytes]) -> bytes:
+    """The root of a tree from its frontier: the perfect subtrees, largest (leftmost) first.
+
+    Folds from the smallest (rightmost) up: for n leaves the left child is the largest
+    power of two below n, exactly as in the RFC. An empty frontier is `EMPTY_ROOT`.
+    """
+    if not stack:
+        return EMPTY_ROOT
+    root = stack[-1]
+    for left in reversed(stack[:-1]):
+        root = node_hash(left, root)
+    return root
 
 
 def _range_root(leaf_hashes: Sequence[bytes], start: int, end: int) -> bytes:

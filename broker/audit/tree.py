@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.audit.merkle import EMPTY_ROOT, HASH_SIZE, node_hash
+from broker.audit.merkle import EMPTY_ROOT, HASH_SIZE, fold_frontier, node_hash
 
 NodeReader = Callable[[int], bytes]
 """Return the stored node hash at a position; raise `MissingNodeError` if it is not stored."""
@@ -196,9 +196,4 @@ class Frontier:
         return created
 
     def root(self) -> bytes:
-        if not self._stack:
-            return EMPTY_ROOT
-        root = self._stack[-1]
-        for left in reversed(self._stack[:-1]):
-            root = node_hash(left, root)
-        return root
+        return fold_frontier(self._stack)

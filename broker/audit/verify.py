@@ -32,6 +32,7 @@ from broker.audit.entries import GENESIS
 from broker.audit.merkle import EMPTY_ROOT, VerificationError
 from broker.audit.store import AuditStore, StoredCheckpoint
 from broker.audit.tree import MissingNodeError, consistency_proof_at, level_index_of, node_count
+from broker.model.avro_writer import zigzag
 from broker.model.codec import MARKER
 from broker.model.schemas import Schema
 
@@ -61,17 +62,6 @@ class AuditReport:
         return {"ok": self.ok, "entries": self.entries, "head": self.head, "root": self.root,
                 "checkpoints": self.checkpoints, "signed_size": self.signed_size,
                 "unsigned_entries": self.unsigned, "problem": self.problem}
-
-
-def _long(value: int) -> bytes:
-    """Avro long encoding (zigzag varint) of a non-negative int."""
-    z = value << 1
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def _read_long(data: bytes, at: int) -> tuple[int, int]:
@@ -208,7 +198,7 @@ class _Verifier:
             elif z < 0x200000:
                 seq = bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
             else:
-                seq = _long(count)
+                seq = zigzag(count)
             if not data.startswith(header + seq + _HASH_HEX_LEN + head):
                 raise _Problem(_entry_problem(self.schema, data, count, head))
             h = leaf0.copy()

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from broker.audit.entries import GENESIS
 from broker.audit.tree import node_count
+from broker.model.avro_writer import zigzag
 
 CHUNK_LEVEL = 16
 _HASH_HEX_LEN = b"\x80\x01"  # Avro zigzag varint of the string length 64
@@ -51,16 +52,6 @@ class ChunkResult:
     stack: list[bytes] = field(default_factory=list)  # its frontier (subtrees inside it)
     high_nodes: list[bytes] = field(default_factory=list)  # stored nodes of level >= 16
     stacks_at: dict[int, list[bytes]] = field(default_factory=dict)  # frontier at due sizes
-
-
-def _varint(value: int) -> bytes:
-    z = value << 1
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def scan_chunk(open_reader: Callable[[], ChunkReader], header: bytes, start: int, end: int,
@@ -103,7 +94,7 @@ def _scan(reader: ChunkReader, header: bytes, start: int, end: int, due: Sequenc
         elif z < 0x200000:
             seq = bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
         else:
-            seq = _varint(count)
+            seq = zigzag(count)
         prefix = header + seq + _HASH_HEX_LEN
         if count == start:
             if not data.startswith(prefix):
