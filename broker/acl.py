@@ -15,6 +15,18 @@ A pure function of the covenant, the topic layout and a principal map:
 
 Kafka denies what no ACL allows (with ``allow.everyone.if.no.acl.found=false``), so a
 recipient cannot read another recipient's stream, nor a source the store.
+
+The ingress topic is the authenticated source. Kafka does not tell a consumer which
+principal produced a record, so the broker cannot check the producer per event. Instead
+the check happens at the write: only the owning source's principal (and the broker) may
+WRITE ``<prefix>ingress.<source>.<type>``, so a record on that topic was produced by that
+source, and the pipeline takes the source from the topic (kafka_pipeline.py), never from
+the payload. A wrong principal's write is refused by Kafka with
+TopicAuthorizationFailed, and Kafka's authorizer log (``kafka.authorizer.logger``) records
+the denial (tests/integration/test_kafka_acl.py proves the refusal on a real broker).
+
+`apply_acls` creates the bindings through kafka-python's admin client; the caller
+authenticates as a principal allowed to alter ACLs (a super user such as ``User:admin``).
 """
 
 from __future__ import annotations
@@ -28,8 +40,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from broker.backends.kafka_config import KafkaConfig, TopicNames
+from broker.backends.kafka_errors import kafka_errors
 from broker.backends.kafka_topics import Layout
-from broker.errors import ConfigError
+from broker.errors import ConfigError, StorageError
 from broker.pipeline.ingest import source_of
 from broker.policy.covenant import Covenant
 
@@ -164,6 +177,41 @@ def plan_acls(covenant: Covenant, layout: Layout,
     allow(broker, "broker", TXN, f"{cfg.txn_prefix}-", (WRITE, DESCRIBE), PREFIXED)
     allow(broker, "broker", CLUSTER, CLUSTER_NAME, (IDEMPOTENT_WRITE,))  # brokers < 3.0
     return sorted(out)
+
+
+def to_kafka_acl(binding: AclBinding) -> Any:
+    """The kafka-python ``ACL`` object of one binding."""
+    from kafka.admin import (  # noqa: PLC0415 - kafka-python only when applying
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    return ACL(principal=binding.principal, host=binding.host,
+               operation=ACLOperation[binding.operation],
+               permission_type=ACLPermissionType[binding.permission],
+               resource_pattern=ResourcePattern(ResourceType[binding.resource_type],
+                                                binding.resource_name,
+                                                ACLResourcePatternType[binding.pattern_type]))
+
+
+def apply_acls(admin: Any, bindings: list[AclBinding]) -> int:
+    """Create every binding with ``admin`` (a kafka-python KafkaAdminClient authenticated as
+    a principal that may alter ACLs); return how many were sent. Creating an ACL that
+    exists already is a no-op in Kafka, so applying a plan twice is safe. Any refusal raises
+    StorageError naming the binding and Kafka's error."""
+    if not bindings:
+        return 0
+    with kafka_errors("creating ACLs"):
+        result = admin.create_acls([to_kafka_acl(b) for b in bindings])
+    failed = result.get("failed") or []
+    if failed:
+        raise StorageError("Kafka refused ACLs:\n" + "\n".join(
+            f"  {acl}: {error}" for acl, error in failed))
+    return len(bindings)
 
 
 def kafka_acls_lines(bindings: list[AclBinding]) -> list[str]:

@@ -29,8 +29,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_TOPIC_LENGTH = 249
@@ -66,6 +75,36 @@ class KafkaConfig(BaseModel):
     poll_timeout_ms: PositiveInt = 500
     retries: PositiveInt = Field(default=6, description="attempts for a retriable failure")
     retry_backoff_ms: PositiveInt = 200
+    # Authentication (the broker's own principal). The password is a SecretStr: it prints
+    # as '**********' (config check, logs) and is revealed only to kafka-python.
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = Field(
+        default=None, description="environment: COVENANT_BROKER_KAFKA__SASL_PLAIN_PASSWORD")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaConfig:
+        sasl = self.security_protocol.startswith("SASL_")
+        given = [name for name in ("sasl_mechanism", "sasl_plain_username",
+                                   "sasl_plain_password") if getattr(self, name) is not None]
+        if sasl and len(given) < 3:
+            raise ValueError(f"security_protocol {self.security_protocol} needs "
+                             "sasl_mechanism, sasl_plain_username and sasl_plain_password")
+        if not sasl and given:
+            raise ValueError(f"{', '.join(given)} need security_protocol SASL_PLAINTEXT "
+                             "or SASL_SSL")
+        return self
+
+    def security_settings(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for authentication ({} for PLAINTEXT)."""
+        if not self.security_protocol.startswith("SASL_"):
+            return {}
+        assert self.sasl_plain_password is not None  # _sasl_complete
+        return {"security_protocol": self.security_protocol,
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_plain_username,
+                "sasl_plain_password": self.sasl_plain_password.get_secret_value()}
 
     @field_validator("topic_prefix")
     @classmethod

@@ -31,7 +31,8 @@ class Clients:
         return {"bootstrap_servers": self.cfg.bootstrap_servers.split(","),
                 "client_id": f"{self.cfg.client_id}-{role}",
                 "request_timeout_ms": self.cfg.request_timeout_ms,
-                "bootstrap_timeout_ms": min(self.cfg.request_timeout_ms, 10_000)}
+                "bootstrap_timeout_ms": min(self.cfg.request_timeout_ms, 10_000),
+                **self.cfg.security_settings()}
 
     def admin(self) -> KafkaAdminClient:
         with kafka_errors(f"connecting to Kafka at {self.cfg.bootstrap_servers}"):

@@ -10,6 +10,15 @@ Library use::
     with KafkaNode() as node:
         print(node.bootstrap_servers)  # "127.0.0.1:PORT"
 
+A secured node (``secure=True``) listens with SASL_PLAINTEXT/SCRAM-SHA-512 instead of
+PLAINTEXT, runs the StandardAuthorizer with ``allow.everyone.if.no.acl.found=false`` and has
+``User:admin`` as its super user (it creates the topics and the ACLs). The SCRAM users are
+written into the metadata log at format time (``StorageTool format --add-scram``)::
+
+    with KafkaNode(secure=True, users={"politie": "pw"}) as node:
+        node.client_config("politie")  # kafka-python security settings of one user
+        node.client_config()           # ... of the admin
+
 Command line::
 
     python deploy/kafka/launcher.py fetch   # resolve the jars, print the libs dir
@@ -212,16 +221,70 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+ADMIN_USER = "admin"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+_SCRAM_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+# A secured node replaces these keys of the template (the controller listener stays
+# PLAINTEXT on loopback: it is the in-process broker's way to its controller).
+SECURE_PROPERTIES = """\
+# Secured node (KafkaNode(secure=True)): SASL/SCRAM-SHA-512 clients, ACLs enforced.
+listeners=SASL_PLAINTEXT://127.0.0.1:${broker_port},CONTROLLER://127.0.0.1:${controller_port}
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:${broker_port},CONTROLLER://127.0.0.1:${controller_port}
+inter.broker.listener.name=SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\\
+  org.apache.kafka.common.security.scram.ScramLoginModule required \\
+  username="${admin_user}" password="${admin_password}";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=${super_users}
+allow.everyone.if.no.acl.found=false
+"""
+_SECURE_KEYS = ("listeners=", "advertised.listeners=", "inter.broker.listener.name=",
+                "listener.security.protocol.map=")
+
+
 def render_properties(
-    target: Path, *, broker_port: int, controller_port: int, log_dir: Path, node_id: int = 1
+    target: Path,
+    *,
+    broker_port: int,
+    controller_port: int,
+    log_dir: Path,
+    node_id: int = 1,
+    admin_password: str | None = None,
 ) -> None:
+    """Write server.properties; with ``admin_password`` the node is secured (SASL + ACLs)."""
     text = string.Template(TEMPLATE.read_text()).substitute(
         node_id=node_id,
         broker_port=broker_port,
         controller_port=controller_port,
         log_dir=str(log_dir),
     )
+    if admin_password is not None:
+        kept = [line for line in text.splitlines() if not line.startswith(_SECURE_KEYS)]
+        secure = string.Template(SECURE_PROPERTIES).substitute(
+            broker_port=broker_port,
+            controller_port=controller_port,
+            admin_user=ADMIN_USER,
+            admin_password=admin_password,
+            # The controller listener is PLAINTEXT, so the broker registers with its
+            # controller as User:ANONYMOUS; only loopback can reach that port.
+            super_users=f"User:{ADMIN_USER};User:ANONYMOUS",
+        )
+        text = "\n".join(kept) + "\n\n" + secure
     target.write_text(text)
+
+
+def scram_client_config(username: str, password: str) -> dict[str, str]:
+    """kafka-python settings for a SASL_PLAINTEXT/SCRAM-SHA-512 client."""
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": SCRAM_MECHANISM,
+        "sasl_plain_username": username,
+        "sasl_plain_password": password,
+    }
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -232,7 +295,9 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(content[-lines:])
 
 
-def _metadata_ok(bootstrap: str, timeout_s: float) -> bool:
+def _metadata_ok(
+    bootstrap: str, timeout_s: float, security: dict[str, str] | None = None
+) -> bool:
     """True when a client metadata request succeeds (kafka-python if present, else TCP)."""
     try:
         from kafka import KafkaAdminClient  # noqa: PLC0415  (optional dependency)
@@ -252,14 +317,15 @@ def _metadata_ok(bootstrap: str, timeout_s: float) -> bool:
             client_id="covenant-launcher-readiness",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
+            **(security or {}),
         )
     except KafkaConfigurationError:
         raise  # a bug here, not "not ready yet"
-    except Exception:  # NoBrokersAvailable and friends: not ready yet
+    except Exception:  # noqa: BLE001 - NoBrokersAvailable and friends: not ready yet
         return False
     try:
         admin.list_topics()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure of the probe means: not ready yet
         return False
     finally:
         admin.close()
@@ -282,7 +348,22 @@ class KafkaNode:
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         keep_workdir: bool = False,
         extra_jvm_args: tuple[str, ...] = (),
+        secure: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
+        if users and not secure:
+            raise KafkaLauncherError("SCRAM users need KafkaNode(secure=True)")
+        self.secure = secure
+        self.users: dict[str, str] = dict(users or {})
+        if secure:
+            # the super user; a random password unless the caller chose one
+            self.users.setdefault(ADMIN_USER, uuid.uuid4().hex)
+        for name, password in self.users.items():
+            if not _SCRAM_NAME.match(name) or not password or any(c in password for c in ',]"'):
+                raise KafkaLauncherError(
+                    f"SCRAM user {name!r}: names are [A-Za-z0-9._-]+, passwords non-empty "
+                    "without ',', ']' or '\"'"
+                )
         self._libs_override = libs
         self.heap = heap
         self.startup_timeout_s = startup_timeout_s
@@ -310,6 +391,14 @@ class KafkaNode:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def client_config(self, user: str = ADMIN_USER) -> dict[str, str]:
+        """kafka-python security settings for ``user`` ({} on a PLAINTEXT node)."""
+        if not self.secure:
+            return {}
+        if user not in self.users:
+            raise KafkaLauncherError(f"no SCRAM user {user!r} on this node")
+        return scram_client_config(user, self.users[user])
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -376,7 +465,11 @@ class KafkaNode:
             broker_port=self.broker_port,
             controller_port=self.controller_port,
             log_dir=data_dir,
+            admin_password=self.users[ADMIN_USER] if self.secure else None,
         )
+        scram_args: list[str] = []
+        for name, password in sorted(self.users.items()):
+            scram_args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
 
         fmt = subprocess.run(
             [
@@ -390,6 +483,7 @@ class KafkaNode:
                 self.cluster_id,
                 "-c",
                 str(props),
+                *scram_args,
             ],
             capture_output=True,
             text=True,
@@ -443,7 +537,7 @@ class KafkaNode:
                 seen_line = READY_LINE in self.log_path.read_text(errors="replace")
             if seen_line:
                 remaining = max(1.0, min(10.0, deadline - time.monotonic()))
-                if _metadata_ok(self.bootstrap_servers, remaining):
+                if _metadata_ok(self.bootstrap_servers, remaining, self.client_config()):
                     return
             time.sleep(0.2)
         raise KafkaLauncherError(
