@@ -190,15 +190,7 @@ class _Verifier:
             if stored_seq != count:
                 raise _Problem(f"entry {count}: missing; the next stored entry is at position "
                                f"{stored_seq} (entries were deleted)")
-            z = count << 1  # the Avro long (zigzag varint) of seq, for the usual sizes inline
-            if z < 0x80:
-                seq = bytes((z,))
-            elif z < 0x4000:
-                seq = bytes(((z & 0x7F) | 0x80, z >> 7))
-            elif z < 0x200000:
-                seq = bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
-            else:
-                seq = zigzag(count)
+            seq = zigzag(count)  # the Avro long of seq, as it opens the entry
             if not data.startswith(header + seq + _HASH_HEX_LEN + head):
                 raise _Problem(_entry_problem(self.schema, data, count, head))
             h = leaf0.copy()

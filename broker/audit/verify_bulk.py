@@ -64,7 +64,7 @@ def scan_chunk(open_reader: Callable[[], ChunkReader], header: bytes, start: int
         reader.close()
 
 
-def _scan(reader: ChunkReader, header: bytes, start: int, end: int, due: Sequence[int],  # noqa: PLR0915 - one hot loop: a call per entry would cost
+def _scan(reader: ChunkReader, header: bytes, start: int, end: int, due: Sequence[int],
           chunk_level: int) -> ChunkResult:
     full = end - start == 1 << chunk_level
     # The last append of a full chunk also closes subtrees above it: one per trailing one
@@ -86,15 +86,7 @@ def _scan(reader: ChunkReader, header: bytes, start: int, end: int, due: Sequenc
     for stored_seq, data in reader.entries(start, end):
         if stored_seq != count:
             return result
-        z = count << 1  # the Avro long of seq; the usual sizes inline
-        if z < 0x80:
-            seq = bytes((z,))
-        elif z < 0x4000:
-            seq = bytes(((z & 0x7F) | 0x80, z >> 7))
-        elif z < 0x200000:
-            seq = bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
-        else:
-            seq = zigzag(count)
+        seq = zigzag(count)  # the Avro long of seq, as it opens the entry
         prefix = header + seq + _HASH_HEX_LEN
         if count == start:
             if not data.startswith(prefix):

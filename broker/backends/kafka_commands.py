@@ -29,12 +29,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from broker.audit.entries import Draft
 from broker.backends.kafka_chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka_egress import egress_headers, egress_key, to_egress_record
-from broker.backends.kafka_errors import kafka_errors, retrying
+from broker.backends.kafka_errors import retrying
 from broker.backends.kafka_io import (
     Clients,
     close_quietly,
     read_range,
     read_with_ends,
+    take_writer,
     wait_visible,
 )
 from broker.backends.kafka_topics import Layout
@@ -63,21 +64,13 @@ class CommandWriter:
         """Take the commands chain (fencing earlier holders) and read its state."""
         if self.producer is not None:
             return
-        producer = self.clients.transactional_producer(self.layout.cfg.commands_txn_id,
-                                                       self.layout.all_topics())
-        try:
-            with kafka_errors("initialising the commands writer"):
-                producer.init_transactions()
-            reader = self.clients.reader("commands-state")
-            try:
-                self.chain.recover(reader)
-                self.tombstoned = _read_tombstoned(reader, self.layout.names.expiry)
-            finally:
-                reader.close()
-        except BaseException:
-            close_quietly(producer)
-            raise
-        self.producer = producer
+        def recover(reader: KafkaConsumer) -> None:
+            self.chain.recover(reader)
+            self.tombstoned = _read_tombstoned(reader, self.layout.names.expiry)
+
+        self.producer = take_writer(self.clients, self.layout.cfg.commands_txn_id,
+                                    self.layout.all_topics(), "the commands writer",
+                                    "commands-state", recover)
 
     def reset(self) -> None:
         if self.producer is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -87,6 +87,29 @@ class Clients:
                                  heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                                  max_poll_interval_ms=cfg.max_poll_interval_ms,
                                  max_poll_records=cfg.max_batch, **extra)
+
+
+def take_writer(clients: Clients, transactional_id: str, topics: list[str], what: str,
+                reader_role: str, recover: Callable[[KafkaConsumer], None]) -> KafkaProducer:
+    """Take a transactional id, then read back the state its writer owns.
+
+    `init_transactions` fences every earlier holder of the id and completes or aborts its
+    open transaction, so what `recover` reads afterwards is final. On any failure the new
+    producer is closed before the error goes up.
+    """
+    producer = clients.transactional_producer(transactional_id, topics)
+    try:
+        with kafka_errors(f"initialising {what}"):
+            producer.init_transactions()
+        reader = clients.reader(reader_role)
+        try:
+            recover(reader)
+        finally:
+            reader.close()
+    except BaseException:
+        close_quietly(producer)
+        raise
+    return producer
 
 
 def close_quietly(producer: KafkaProducer) -> None:

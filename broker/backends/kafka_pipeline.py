@@ -42,8 +42,14 @@ from broker.audit.entries import Draft, new_trace_id
 from broker.backends.kafka_chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka_config import store_position
 from broker.backends.kafka_egress import egress_headers, egress_key
-from broker.backends.kafka_errors import kafka_errors
-from broker.backends.kafka_io import Clients, close_quietly, header, headers, read_all
+from broker.backends.kafka_io import (
+    Clients,
+    close_quietly,
+    header,
+    headers,
+    read_all,
+    take_writer,
+)
 from broker.backends.kafka_topics import Layout
 from broker.backends.port import DecisionBatch, Quarantined, StoredEvent
 from broker.errors import InvalidEvent
@@ -110,21 +116,14 @@ class PartitionWorker:
 
     def open(self) -> None:
         """Take partition p: fence earlier writers, then read the chain head and the ids."""
-        producer = self.clients.transactional_producer(
-            self.layout.cfg.partition_txn_id(self.index), self.layout.all_topics())
-        try:
-            with kafka_errors(f"initialising the writer of partition {self.index}"):
-                producer.init_transactions()
-            reader = self.clients.reader(f"recover-{self.index}")
-            try:
-                self.chain.recover(reader)
-                self.seen = self._stored_ids(reader)
-            finally:
-                reader.close()
-        except BaseException:
-            close_quietly(producer)
-            raise
-        self.producer = producer
+        def recover(reader: Any) -> None:
+            self.chain.recover(reader)
+            self.seen = self._stored_ids(reader)
+
+        self.producer = take_writer(self.clients, self.layout.cfg.partition_txn_id(self.index),
+                                    self.layout.all_topics(),
+                                    f"the writer of partition {self.index}",
+                                    f"recover-{self.index}", recover)
 
     def close(self) -> None:
         if self.producer is not None:
