@@ -210,8 +210,16 @@ def ensure_libs(libs: Path | None = None) -> Path:
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url, without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """A Kafka cluster id: 16 random bytes, base64url, without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, an id that starts with ``-`` is drawn again:
+    base64url uses ``-``, and the storage tool's argument parser would read such an id as
+    an option (``argument --cluster-id/-t: expected one argument``), one format in 64.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def free_port() -> int:
@@ -479,8 +487,7 @@ class KafkaNode:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                self.cluster_id,
+                f"--cluster-id={self.cluster_id}",
                 "-c",
                 str(props),
                 *scram_args,

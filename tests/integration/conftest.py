@@ -8,31 +8,23 @@ fails the session loudly: integration tests are never skipped silently.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.kafka_launcher import load_launcher
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-LAUNCHER_PATH = REPO / "deploy" / "kafka" / "launcher.py"
 
 
 def _load_launcher() -> ModuleType:
-    name = "covenant_kafka_launcher"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, LAUNCHER_PATH)
-    if spec is None or spec.loader is None:
-        pytest.fail(f"cannot load the Kafka launcher from {LAUNCHER_PATH}", pytrace=False)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    try:
+        return load_launcher()
+    except ImportError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
