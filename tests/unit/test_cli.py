@@ -212,3 +212,22 @@ def test_key_files_are_created_owner_only(tmp_path: Path, data: Path) -> None:
     assert keys
     assert all(k.stat().st_mode & 0o777 == 0o600 for k in keys)
     assert (data / "broker.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `covenant-broker --json audit query | head -1`: the pipe breaks after the first line.
+    # The command stops without a traceback (a logged "uncaught exception" before).
+    assert run("demo", data=tmp_path / "demo", now=None).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVENANT_BROKER_")}
+    proc = subprocess.Popen(  # output of ~340 KB: far more than a pipe buffer
+        [sys.executable, "-m", "broker.cli", "--data-dir", str(tmp_path / "demo"), "--json",
+         "audit", "query"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert first.startswith(b"{")
+    assert "Traceback" not in stderr
+    assert "uncaught exception" not in stderr
