@@ -10,7 +10,7 @@ of a pool of synthetic BSNs. Then it measures, each in a fresh process where it 
                checkpoint + consistency), entries/s and peak RSS, three ways in one run:
                the exact walk pinned to one core (`verify_log(bulk=False)`, the path that
                names problems), the bulk path pinned to one core, and the bulk path on
-               every core (worker processes, one chunk of 65536 entries each)
+               every core (worker processes, one chunk of 32768 entries each)
   report       subject report (index lookup, decode, inclusion proof per item), latency
   prove        one inclusion bundle, latency and size; a consistency bundle's size
   query        `audit query` by recipient (first 100) and by a one-day window

@@ -1,19 +1,21 @@
-"""Verify the hash chain of an audit log: decodable entries, contiguous seq, linked hashes."""
+"""Verify the hash chain of an audit log: decodable entries, contiguous seq, linked hashes.
+
+Each prev_hash is the previous entry's chain hash, its RFC 9162 leaf hash (`chain_hash`).
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.audit.entries import GENESIS
+from broker.audit.entries import GENESIS, chain_hash
 from broker.model.schemas import Schema
 
 
 @dataclass(frozen=True)
 class ChainReport:
     entries: int
-    head: str  # hex hash of the last entry, GENESIS for an empty log
+    head: str  # chain hash of the last entry, GENESIS for an empty log
     problem: str | None  # the first problem, naming the entry; None when intact
 
     @property
@@ -40,6 +42,6 @@ def verify_chain(schema: Schema, rows: Iterable[tuple[int, bytes]]) -> ChainRepo
         if record["prev_hash"] != prev:
             return ChainReport(count, prev, f"entry {count}: prev_hash does not match the "
                                f"hash of entry {count - 1}; the log was altered")
-        prev = hashlib.sha256(data).hexdigest()
+        prev = chain_hash(data)
         count += 1
     return ChainReport(count, prev, None)

@@ -2,17 +2,23 @@
 
 A draft is a plain dict of the audit_entry fields except seq, prev_hash and logged_at. The
 sequencer of a backend (one SQLite transaction, or one Kafka producer per partition) seals
-drafts in order: each entry names the SHA-256 of the previous entry's bytes, and its own
-bytes are the Avro single-object encoding of the audit_entry schema.
+drafts in order: each entry's bytes are the Avro single-object encoding of the audit_entry
+schema, and its prev_hash names the previous entry's chain hash.
+
+The chain hash of an entry is its RFC 9162 leaf hash, SHA-256(0x00 || entry bytes) in hex
+(`chain_hash`): the Merkle tree needs that hash of every entry anyway, so chain and tree
+share one SHA-256 per entry. Each entry's bytes hold its prev_hash, so the leaf hash of
+entry n covers the whole chain before it, as a plain SHA-256 of the bytes would. The 0x00
+prefix changes nothing for the chain: both are SHA-256 of an input fixed by the bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from broker.audit.merkle import leaf_hash
 from broker.model.schemas import Schema
 
 GENESIS = "0" * 64
@@ -69,11 +75,17 @@ def draft(name: str, *, trace_id: str | None, start_ms: int, end_ms: int | None 
     return out
 
 
+def chain_hash(data: bytes) -> str:
+    """The chain hash of stored entry bytes, the next entry's prev_hash: its leaf hash in hex."""
+    return leaf_hash(data).hex()
+
+
 @dataclass(frozen=True)
 class SealedEntry:
     seq: int
     data: bytes
-    entry_hash: str  # hex SHA-256 of data; the next entry's prev_hash
+    leaf: bytes  # RFC 9162 leaf hash of data, SHA-256(0x00 || data): the tree's leaf
+    entry_hash: str  # leaf in hex: the chain hash, the next entry's prev_hash
 
 
 def seal(schema: Schema, entry: Draft, seq: int, prev_hash: str, logged_ms: int) -> SealedEntry:
@@ -82,4 +94,5 @@ def seal(schema: Schema, entry: Draft, seq: int, prev_hash: str, logged_ms: int)
     record["prev_hash"] = prev_hash
     record["logged_at"] = logged_ms
     data = schema.encode(record)
-    return SealedEntry(seq, data, hashlib.sha256(data).hexdigest())
+    leaf = leaf_hash(data)
+    return SealedEntry(seq, data, leaf, leaf.hex())

@@ -3,11 +3,12 @@
 A backend calls `AuditSequencer.seal` inside the one transaction (SQLite) or producer
 transaction (Kafka) that also writes what the entries justify, with the chain head and the
 tree frontier it read in that same transaction. It gets back, per entry, everything it must
-store with it: the entry bytes, the chain hash, the new tree nodes, the query index row,
-the subject index keys, and the signed checkpoint when the entry completes a multiple of
-N entries. At the end of the transaction, when `checkpoint_due` says so (T seconds since
-the last one, or shutdown), it stores `sign(...)` of the tree as it stands. Either way a
-checkpoint is written with the entries it covers: it never covers an uncommitted entry.
+store with it: the entry bytes, the chain hash (its leaf hash), the new tree nodes, the
+query index row, the subject index keys, and the signed checkpoint when the entry
+completes a multiple of N entries. At the end of the transaction, when `checkpoint_due`
+says so (T seconds since the last one, or shutdown), it stores `sign(...)` of the tree as
+it stands. Either way a checkpoint is written with the entries it covers: it never covers
+an uncommitted entry.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 from broker.audit.checkpoint import Checkpoint, CheckpointSigner
 from broker.audit.entries import Draft, seal
-from broker.audit.merkle import leaf_hash
 from broker.audit.tree import Frontier, NewNode
 from broker.model.schemas import Schema
 
@@ -56,7 +56,7 @@ class SignedCheckpoint:
 class SealedAudit:
     seq: int
     data: bytes  # the stored entry bytes: the Merkle leaf
-    entry_hash: str  # hex SHA-256 of data; the next entry's prev_hash
+    entry_hash: str  # the chain hash (hex leaf hash of data); the next entry's prev_hash
     nodes: list[NewNode]  # the leaf hash and the complete subtrees this entry closes
     index: IndexRow
     subjects: list[bytes]  # distinct data subject pseudonyms (16 bytes each)
@@ -97,7 +97,7 @@ class AuditSequencer:
         out = []
         for entry in drafts:
             sealed = seal(self.schema, entry, size, prev_hash, logged_ms)
-            nodes = frontier.push(leaf_hash(sealed.data))
+            nodes = frontier.push(sealed.leaf)  # the chain hash is the leaf: one SHA-256
             index = IndexRow(size, entry["name"], entry.get("recipient"), entry.get("purpose"),
                              entry.get("decision"), entry.get("event_type"),
                              int(entry["start_time"]))

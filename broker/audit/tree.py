@@ -178,6 +178,9 @@ class Frontier:
     def size(self) -> int:
         return self._size
 
+    def copy(self) -> Frontier:
+        return Frontier(self._size, self._stack)
+
     def push(self, leaf: bytes) -> list[NewNode]:
         """Append a leaf hash; return the leaf node and each interior node it completes."""
         if len(leaf) != HASH_SIZE:

@@ -3,7 +3,7 @@
 One streaming pass over the entries (memory stays flat) checks, entry by entry:
   1. the stored positions are contiguous (nothing deleted);
   2. the entry is an audit entry whose seq is its position and whose prev_hash is the
-     SHA-256 of the entry before it (the hash chain of `broker.audit.chain`);
+     chain hash (the RFC 9162 leaf hash) of the entry before it (`broker.audit.chain`);
   3. its RFC 9162 leaf hash, and every complete subtree its append closes, equal the tree
      nodes stored when it was appended (the cache that proofs are served from);
   4. at each checkpoint's size: the note opens under the pinned key and origin, names the
@@ -32,12 +32,10 @@ from broker.audit.entries import GENESIS
 from broker.audit.merkle import EMPTY_ROOT, VerificationError
 from broker.audit.store import AuditStore, StoredCheckpoint
 from broker.audit.tree import MissingNodeError, consistency_proof_at, level_index_of, node_count
-from broker.model.avro_writer import zigzag
 from broker.model.codec import MARKER
 from broker.model.schemas import Schema
 
 _LEAF = hashlib.sha256(b"\x00")
-_HASH_HEX_LEN = b"\x80\x01"  # Avro zigzag varint of the string length 64
 
 
 @dataclass(frozen=True)
@@ -184,18 +182,21 @@ class _Verifier:
         sha256 = hashlib.sha256
         leaf0 = _LEAF
         stack = self.stack
-        position = count = 0
+        position = count = base = 0
         head = self.head
+        opening: list[bytes] = []  # what entries base.. open with, up to their prev_hash
         for stored_seq, data in self.store.audit_entries(0):
             if stored_seq != count:
                 raise _Problem(f"entry {count}: missing; the next stored entry is at position "
                                f"{stored_seq} (entries were deleted)")
-            seq = zigzag(count)  # the Avro long of seq, as it opens the entry
-            if not data.startswith(header + seq + _HASH_HEX_LEN + head):
+            if count - base == len(opening):
+                base, opening = count, verify_bulk.seq_prefixes(header, count, 4096)
+            if not data.startswith(opening[count - base] + head):
                 raise _Problem(_entry_problem(self.schema, data, count, head))
             h = leaf0.copy()
             h.update(data)
             node = h.digest()
+            head = node.hex().encode()  # the chain hash is the leaf hash
             if next(nodes, end)[1] != node:
                 raise _Problem(self._mismatch(position))
             position += 1
@@ -207,7 +208,6 @@ class _Verifier:
                 position += 1
                 carry >>= 1
             stack.append(node)
-            head = sha256(data).hexdigest().encode()
             count += 1
             if next_due == count:
                 self.count, self.head = count, head
@@ -269,12 +269,24 @@ def _verify_in_bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, or
     if open_reader is None or size == 0:
         return None
     checker = _Verifier(store, schema, verifier, origin, trusted)
-    by_size = {cp.size: cp for cp in store.checkpoints()}
-    due = sorted(set(by_size) | set(checker.trusted))
+    stored = store.checkpoints()
+    due = sorted({cp.size for cp in stored} | set(checker.trusted))
+
+    def check_notes() -> None:
+        """What needs no entry (signatures, sizes, consistency proofs from the tree cache),
+        while the workers scan; it counts only once the scan has proven the cache."""
+        for cp in stored:
+            opened = open_checkpoint(cp.note, verifier, origin)
+            if opened.size != cp.size:
+                raise _Problem(f"checkpoint at size {cp.size}: signed for {opened.size}")
+            checker.verified.append(opened)
+        checker.check_consistency()
+
     try:
         outcome = verify_bulk.bulk_walk(open_reader, MARKER + schema.fingerprint, size, due,
-                                        chunk_level=verify_bulk.CHUNK_LEVEL)
-    except Exception:  # noqa: BLE001 - no workers, no second connection: the exact walk decides
+                                        chunk_level=verify_bulk.CHUNK_LEVEL,
+                                        meanwhile=check_notes)
+    except Exception:  # noqa: BLE001 - a finding, no workers, ...: the exact walk decides
         return None
     if outcome is None or outcome.root is None:
         return None
@@ -286,12 +298,9 @@ def _verify_in_bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, or
         close = getattr(extra, "close", None)
         if close is not None:
             close()
-    try:
-        for checked in due:
-            checker.count = checked
-            checker.check_checkpoint(by_size.get(checked), outcome.roots[checked])
-        checker.check_consistency()
-    except _Problem:
+    pins = [(cp.size, cp.root) for cp in checker.verified] + [
+        (cp.size, cp.root) for cp in checker.trusted.values()]
+    if any(outcome.roots.get(at) != root for at, root in pins):
         return None
     signed = checker.verified[-1].size if checker.verified else 0
     return AuditReport(size, outcome.head.decode(), outcome.root.hex(),

@@ -10,7 +10,8 @@ committed record of the partition is the chain head, and nobody else can append 
 
 * entry.seq is the entry's position among the committed records of its partition
   (Kafka offsets are not used: transaction markers and aborted records occupy offsets);
-* entry.prev_hash is the SHA-256 of the previous committed entry's bytes in the partition.
+* entry.prev_hash is the chain hash of the previous committed entry in the partition: its
+  RFC 9162 leaf hash, SHA-256(0x00 || entry bytes), in hex (`entries.chain_hash`).
 
 A transaction that aborts leaves no entry behind for read_committed readers, so the chain
 continues from the head it started from.
@@ -19,7 +20,6 @@ continues from the head it started from.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import GENESIS, Draft, SealedEntry, seal
+from broker.audit.entries import GENESIS, Draft, SealedEntry, chain_hash, seal
 from broker.backends.kafka_errors import kafka_errors
 from broker.backends.kafka_io import Header, last_committed, read_all
 from broker.errors import AuditIntegrityError
@@ -65,7 +65,7 @@ class AuditChain:
                 f"audit partition {self.tp.partition}: the last entry (offset "
                 f"{record.offset}) does not decode ({type(exc).__name__}); refusing to "
                 "extend a damaged chain") from None
-        self.head = ChainHead(seq + 1, hashlib.sha256(record.value).hexdigest())
+        self.head = ChainHead(seq + 1, chain_hash(record.value))
         return self.head
 
     def seal(self, head: ChainHead, drafts: list[Draft]) -> tuple[list[SealedEntry], ChainHead]:

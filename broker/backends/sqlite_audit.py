@@ -18,10 +18,11 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from broker.audit.entries import GENESIS, Draft
-from broker.audit.merkle import leaf_hash
+from broker.audit.merkle import HASH_SIZE, leaf_hash
 from broker.audit.sequencer import AuditSequencer, SealedAudit, subject_keys
 from broker.audit.store import QueryFilter, StoredCheckpoint
 from broker.audit.tree import Frontier, MissingNodeError, node_count
@@ -65,6 +66,7 @@ Writer = Callable[[], AbstractContextManager[sqlite3.Connection]]
 Reader = Callable[[str, tuple[Any, ...]], list[Any]]
 
 _STREAM_CHUNK = 10_000
+_BLOCK = 4096  # entries per fetch in `audit verify`'s chunks: a few MB at most
 
 
 def audit_triggers() -> str:
@@ -84,6 +86,10 @@ class SqliteAudit:
         self._write = write
         self._read = read
         self._appended = False  # this process wrote entries since its last checkpoint
+        # The frontier after this process's last append, under the chain hash of the entry
+        # it ends with: that hash fixes every entry before it, so where the log still ends
+        # there, the frontier is the stored one, without its popcount(size) node lookups.
+        self._tip: tuple[str, Frontier] | None = None
         db.executescript(AUDIT_SCHEMA + audit_triggers())
         self._catch_up()
 
@@ -91,11 +97,10 @@ class SqliteAudit:
     def append(self, db: sqlite3.Connection, drafts: list[Draft]) -> list[SealedAudit]:
         if not drafts:
             return []
-        row = db.execute("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        size, prev = (int(row[0]) + 1, str(row[1])) if row else (0, GENESIS)
-        frontier = self._frontier(db, size)
+        size, prev, frontier = self._head(db)
         sealed = self.sequencer.seal(size, prev, frontier, drafts)
         self._insert(db, sealed)
+        self._tip = (sealed[-1].entry_hash, frontier.copy())
         self._appended = sealed[-1].checkpoint is None
         self._maybe_checkpoint(db, frontier, closing=False)
         return sealed
@@ -137,8 +142,16 @@ class SqliteAudit:
         if self.sequencer.signer is None or (only_if_appended and not self._appended):
             return False
         with self._write() as db:
-            frontier = self._frontier(db, self._size(db))
-            return self._maybe_checkpoint(db, frontier, closing=True)
+            return self._maybe_checkpoint(db, self._head(db)[2], closing=True)
+
+    def _head(self, db: sqlite3.Connection) -> tuple[int, str, Frontier]:
+        """The log's size, the chain hash of its last entry and its tree frontier."""
+        row = db.execute("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        size, prev = (int(row[0]) + 1, str(row[1])) if row else (0, GENESIS)
+        tip = self._tip
+        if tip is not None and tip[0] == prev and tip[1].size == size:
+            return size, prev, tip[1].copy()
+        return size, prev, self._frontier(db, size)
 
     def _frontier(self, db: sqlite3.Connection, size: int) -> Frontier:
         try:
@@ -305,21 +318,38 @@ class SqliteChunkReader:
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
 
-    def _range(self, sql: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        cursor = self.db.execute(sql, (start, end))
+    def entries(self, start: int, end: int) -> Iterator[list[bytes]]:
+        # Only the bytes: seq is the INTEGER PRIMARY KEY (distinct integers, visited in
+        # order), so end - start rows in [start, end) are exactly start..end-1.
+        cursor = self.db.execute("SELECT entry FROM audit WHERE seq >= ? AND seq < ? "
+                                 "ORDER BY seq", (start, end))
+        first = itemgetter(0)
+        while True:
+            rows = cursor.fetchmany(_BLOCK)
+            if not rows:
+                return
+            yield list(map(first, rows))
+
+    def node_hashes(self, start: int, end: int) -> bytes | None:
+        # One row for the whole range: the aggregate visits the rowid range in order.
+        count, kind, shortest, longest, joined = self.db.execute(
+            "SELECT count(*), max(typeof(hash)), min(length(hash)), max(length(hash)), "
+            "CAST(group_concat(hash, x'') AS BLOB) FROM audit_node WHERE pos >= ? AND pos < ?",
+            (start, end)).fetchone()
+        if count != end - start:
+            return None
+        if count and (kind != "blob" or shortest != HASH_SIZE or longest != HASH_SIZE):
+            return None
+        return bytes(joined) if count else b""
+
+    def nodes(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        cursor = self.db.execute("SELECT pos, hash FROM audit_node WHERE pos >= ? AND pos < ? "
+                                 "ORDER BY pos", (start, end))
         while True:
             rows = cursor.fetchmany(_STREAM_CHUNK)
             if not rows:
                 return
             yield from rows
-
-    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        return self._range("SELECT seq, entry FROM audit WHERE seq >= ? AND seq < ? "
-                           "ORDER BY seq", start, end)
-
-    def nodes(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        return self._range("SELECT pos, hash FROM audit_node WHERE pos >= ? AND pos < ? "
-                           "ORDER BY pos", start, end)
 
     def close(self) -> None:
         self.db.close()

@@ -99,6 +99,42 @@ def test_concurrent_appenders_never_fork_the_chain(tmp_path: Path) -> None:
     assert writers == {"w0", "w1", "w2", "w3"}
 
 
+def test_an_append_rolled_back_leaves_the_next_append_on_the_stored_tree(
+        tmp_path: Path) -> None:
+    # The sequencer keeps the frontier of its last append in memory (keyed by the chain
+    # hash it ends with); a transaction that aborts after the append must not leave it
+    # building on entries that were never committed.
+    path = tmp_path / "broker.db"
+    signer = other_signer(ORIGIN)
+    log = SqliteEventLog(path, SCHEMA, AuditSequencer(SCHEMA, origin=ORIGIN, signer=signer,
+                                                      every_entries=4))
+    try:
+        log.append_audit(drafts(3, "a"), 0)
+        aborted = []
+
+        def append_then_abort() -> None:
+            with log._write() as db:
+                aborted.extend(log.audit.append(db, drafts(5, "aborted")))
+                raise RuntimeError("abort after the append")
+
+        with pytest.raises(RuntimeError):
+            append_then_abort()
+        assert len(aborted) == 5  # appended, then rolled back
+        other = SqliteEventLog(path, SCHEMA, AuditSequencer(SCHEMA, origin=ORIGIN))
+        try:  # another writer takes the log to the size the aborted append had reached
+            other.append_audit(drafts(5, "other"), 0)
+        finally:
+            other.close()
+        log.append_audit(drafts(6, "b"), 0)
+        log.audit.checkpoint()
+        report = verify_log(log.audit, SCHEMA, parse_verifier_key(signer.verifier_key()), ORIGIN,
+                            bulk=False)
+    finally:
+        log.close()
+    assert report.ok, report.problem
+    assert (report.entries, report.signed_size) == (14, 14)
+
+
 def test_checkpoints_every_n_entries_every_t_seconds_and_at_shutdown(tmp_path: Path) -> None:
     clock = [1_000_000]
     signer = other_signer(ORIGIN)

@@ -10,7 +10,6 @@ every mutation of a proof bundle must make the offline check fail.
 from __future__ import annotations
 
 import base64
-import hashlib
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 
 from broker.audit.bundles import BundleError, inclusion_bundle, verify_inclusion_bundle
 from broker.audit.checkpoint import CheckpointSigner, parse_verifier_key
-from broker.audit.entries import Draft, draft, seal
+from broker.audit.entries import GENESIS, Draft, chain_hash, draft, seal
 from broker.audit.merkle import leaf_hash
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.tree import Frontier, node_count
@@ -97,7 +96,7 @@ def _rewrite_from(db: sqlite3.Connection, start: int, size: int) -> None:
     decoded[start]["reason"] = "rewritten"
     db.execute("DELETE FROM audit WHERE seq >= ?", (start,))
     db.execute("DELETE FROM audit_node")
-    prev = hashlib.sha256(rows[start - 1]).hexdigest() if start else "0" * 64
+    prev = chain_hash(rows[start - 1]) if start else GENESIS
     for entry in decoded[start:]:
         body = {k: v for k, v in entry.items() if k not in ("seq", "prev_hash", "logged_at")}
         sealed = seal(SCHEMA, body, entry["seq"], prev, 0)

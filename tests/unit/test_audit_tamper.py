@@ -9,7 +9,6 @@ The log (39 entries) has checkpoints at sizes 1 (its first write), every 8 entri
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import pytest
 
 from broker import cli
 from broker.audit.checkpoint import Checkpoint
-from broker.audit.entries import seal
+from broker.audit.entries import chain_hash, seal
 from broker.audit.merkle import leaf_hash
 from broker.audit.tree import Frontier
 from tests.unit.audit_support import (
@@ -176,7 +175,7 @@ def test_a_rewritten_history_is_caught_by_the_signed_checkpoint(log: Path) -> No
         decoded[25]["recipient"] = "boa-hor-zuid"
         db.execute("DELETE FROM audit WHERE seq >= 25")
         db.execute("DELETE FROM audit_node")
-        prev = hashlib.sha256(rows[24][1]).hexdigest()
+        prev = chain_hash(rows[24][1])
         frontier = Frontier()
         for _, data in rows[:25]:
             frontier.push(leaf_hash(data))
