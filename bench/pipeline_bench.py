@@ -6,6 +6,20 @@ batch). The floor, on the same inputs: fastavro-decode each input once and encod
 released view once, nothing else. Pinned to one core; the median of several runs, with
 floor and pipeline runs interleaved so that noise hits both alike.
 
+The hot path, on the same inputs and interleaved with the same floor: the CPU the broker
+adds on top of serialization, nothing durable. The broker's own `Decider` (decode each
+input with the registry's codec, the audit's subject pseudonyms, every plan's conditions
+and transforms incl. keyed pseudonymisation, default deny, each released view encoded by
+the compiled writer, the commitment to its bytes, one audit draft per decision; with
+`seal_egress=False`) and the broker's `AuditSequencer` (entry encoding, chain hash, Merkle
+leaf and frontier, a signed checkpoint every N entries) with the frontier in memory: no
+SQLite, no sealing at rest. Its variants (always measured, the same broker code):
+  audit_per_event      one audit entry per event instead of one per decision (the first
+                       decision's entry kept: a lower bound for a grouped entry)
+  no_audit             decide and encode only (an upper bound)
+  no_pseudonymisation  plans compiled with the pseudonymise transform as str()
+  gc_relaxed           the cyclic GC as in the pipeline's gc_relaxed variant
+
 Then, in the same process:
   stages    one instrumented run per --runs: exclusive µs/event per stage (decode, every
             plan, view encode, sealing, audit seal and append, SQLite commits ...); the
@@ -21,7 +35,7 @@ Then, in the same process:
               gc_relaxed          the cyclic GC with gen0 threshold 50000 and the start-up
                                   objects frozen (a process setting `serve` could make)
 
-    python bench/pipeline_bench.py [--events 4000] [--runs 5] [--variants]
+    python bench/pipeline_bench.py [--events 4000] [--runs 5] [--variants] [--hot-only]
 
 Writes bench/results/pipeline.json (gitignored).
 """
@@ -41,14 +55,22 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import broker.audit.entries
+import broker.audit.sequencer
+import broker.pipeline.decide
 import broker.runtime
+from broker.audit.entries import GENESIS, Draft, new_trace_id
 from broker.audit.sequencer import AuditSequencer
+from broker.audit.tree import Frontier
+from broker.backends.port import StoredEvent
 from broker.backends.sqlite import SqliteEventLog
 from broker.backends.sqlite_audit import SqliteAudit
+from broker.clock import to_millis
 from broker.config import load_settings
 from broker.crypto.sealing import Sealer
 from broker.demo import DAY, DaySynth
@@ -56,8 +78,11 @@ from broker.logs import configure
 from broker.model import codec
 from broker.model.json_input import Limits, convert
 from broker.model.schemas import Schema, SchemaRegistry
-from broker.pipeline.decide import Decider
-from broker.policy.decision import Release
+from broker.pipeline.decide import DecideCounts, Decider
+from broker.pipeline.ingest import validate
+from broker.policy import transforms
+from broker.policy.decision import DecisionContext, Release
+from broker.policy.plan import Plan, compile_plans
 from broker.runtime import Broker
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -325,47 +350,195 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def main() -> None:
+# -- the in-process hot path: decide, pseudonymise, encode, audit; nothing durable ---------
+#
+# The broker's own objects on the same inputs: `Decider.decide` (decode each stored input
+# with the registry's codec, the subject pseudonyms, every plan's conditions and transforms
+# incl. keyed pseudonymisation, default deny, each released view encoded by the compiled
+# writer, the commitment to its bytes, one audit draft per decision) with
+# `seal_egress=False`, then `AuditSequencer.seal` (entry encoding, chain hash, Merkle leaf,
+# frontier, a signed checkpoint every N entries) with the frontier in memory. What the
+# bench adds is what a backend's commit adds before sealing: the egress offsets per stream.
+# No SQLite, no sealing at rest.
+
+@dataclass
+class HotPath:
+    decider: Decider
+    sequencer: AuditSequencer
+    ctx: DecisionContext
+    events: list[StoredEvent]
+
+
+def hot_path(b: Broker, inputs: Inputs, decider: Decider | None = None) -> HotPath:
+    """The inputs as the decider reads them from the store (plain Avro, not sealed)."""
+    assert isinstance(b.log, SqliteEventLog)
+    now = DAY + timedelta(hours=18)
+    events = []
+    for i, (source, event_type, data) in enumerate(inputs):
+        ok = validate(data, source, event_type, b.registry, b.limits)
+        events.append(StoredEvent(i, event_type, source, ok.event_id, data, new_trace_id(),
+                                  to_millis(now)))
+    decider = decider or Decider(b.plans, b.registry, b.keys, b.sealer, seal_egress=False)
+    return HotPath(decider, b.log.audit.sequencer, b.context(now), events)
+
+
+def unpseudonymised(b: Broker) -> Decider:
+    """The same plans with the pseudonymise transform as str(): the no_pseudonymisation cap."""
+    def plain(key: bytes) -> Callable[[Any], Any]:
+        return lambda value: None if value is None else str(value)
+
+    with patched((transforms, "pseudonymise", plain)):
+        plans = compile_plans(b.covenant, b.registry, b.keys.pseudonym_key)
+    return Decider(plans, b.registry, b.keys, b.sealer, seal_egress=False)
+
+
+def hot_run(hot: HotPath, batch: int, audit: str = "per_decision"
+            ) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, views released); audit: per_decision (the broker),
+    per_event, none."""
+    decide, seal = hot.decider.decide, hot.sequencer.seal
+    size, prev, frontier = 0, GENESIS, Frontier()
+    offsets: dict[tuple[str, str], int] = {}
+    counts = DecideCounts()
+    events = hot.events
+    cpu = time.process_time()
+    started = time.perf_counter()
+    for i in range(0, len(events), batch):
+        decided = decide(events[i:i + batch], hot.ctx, "decide", counts)
+        drafts = []
+        for eg in decided.egress:  # what a backend's commit does before sealing
+            key = (eg.recipient, eg.purpose)
+            offset = eg.audit["egress_offset"] = offsets.get(key, 0)
+            offsets[key] = offset + 1
+            drafts.append(eg.audit)
+        drafts.extend(decided.audits)
+        if audit == "none":
+            continue
+        if audit == "per_event":  # one entry per event: a bound on a grouped entry's cost
+            first: dict[int, Draft] = {}
+            for d in drafts:
+                first.setdefault(d["event_offset"], d)
+            drafts = list(first.values())
+        sealed = seal(size, prev, frontier, drafts)
+        size, prev = size + len(sealed), sealed[-1].entry_hash
+    return time.perf_counter() - started, time.process_time() - cpu, counts.released
+
+
+def instrument_hot(stages: Stages, hot: HotPath) -> None:
+    """Wrap the hot path's classes and the module functions it calls by name."""
+    w = stages.wrap
+    w(Decider, "decide", "decide: other")
+    w(Decider, "open", "open: other")
+    w(SchemaRegistry, "decode_single_object", "decode input (fastavro)")
+    w(Sealer, "subjects", "subject pseudonyms (HMAC)")
+    w(Decider, "_precheck", "plan prechecks (retention, erased)")
+    w(Plan, "evaluate", "plans: conditions + transforms")
+    w(Decider, "_release", "release: other")
+    if "_commit" in vars(hot.decider):  # the decider's keyed commitment, set up once
+        w(hot.decider, "_commit", "release commitment (HMAC)")
+    elif hasattr(broker.pipeline.decide, "commitment"):  # a tree before it was
+        w(broker.pipeline.decide, "commitment", "release commitment (HMAC)")
+    w(Decider, "_audit", "audit draft")
+    w(Schema, "encode", _under({"release: other": "encode view",
+                                "audit entry: dict copy + SHA-256": "audit encode"}))
+    w(AuditSequencer, "seal", "audit seal: other (index row, loop)")
+    w(broker.audit.sequencer, "seal", "audit entry: dict copy + SHA-256")
+    for module in (broker.audit.sequencer, broker.audit.entries):  # wherever it is called
+        if hasattr(module, "leaf_hash"):
+            w(module, "leaf_hash", "audit leaf hash (SHA-256)")
+    w(Frontier, "push", "audit frontier push")
+    w(broker.audit.sequencer, "subject_keys", "audit subject keys")
+    w(AuditSequencer, "sign", "audit checkpoint sign")
+
+
+def hot_round(hot: HotPath, plain: HotPath, batch: int, views: int,
+              times: dict[str, list[float]]) -> None:
+    """One interleaved round of the hot path and its variants."""
+    seconds, cpu, released = hot_run(hot, batch)
+    assert released == views, "the hot path released other views than the floor"
+    times["hot_path"].append(seconds)
+    times["hot_path_cpu"].append(cpu)
+    times["audit_per_event"].append(hot_run(hot, batch, "per_event")[0])
+    times["no_audit"].append(hot_run(hot, batch, "none")[0])
+    times["no_pseudonymisation"].append(hot_run(plain, batch)[0])
+    with gc_relaxed():
+        times["gc_relaxed"].append(hot_run(hot, batch)[0])
+
+
+def hot_staged_run(hot: HotPath, batch: int) -> tuple[float, dict[str, float]]:
+    stages = Stages()
+    instrument_hot(stages, hot)
+    try:
+        elapsed, _, _ = hot_run(hot, batch)
+    finally:
+        stages.restore()
+    return elapsed, stages.totals
+
+
+HOT_VARIANTS = ("audit_per_event", "no_audit", "no_pseudonymisation", "gc_relaxed")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--core", type=int, default=0)
     parser.add_argument("--variants", action="store_true", help="measure the design caps")
+    parser.add_argument("--hot-only", action="store_true",
+                        help="the floor and the in-process hot path only (no durable runs)")
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     configure("warning")  # the per-batch "ingested" lines would time stderr, not the broker
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.core})
+    durable = not args.hot_only
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-setup-") as tmp:
         setup = Broker(load_settings(overrides={"data_dir": tmp}, environ={}))
         inputs = make_inputs(setup, args.events, seed=7)
         views = released_views(setup, inputs)
+        hot = hot_path(setup, inputs)
+        plain = hot_path(setup, inputs, unpseudonymised(setup))
         floors, runs = [], []
         variant_runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        hot_times: dict[str, list[float]] = {
+            name: [] for name in ("hot_path", "hot_path_cpu", *HOT_VARIANTS)}
         staged: list[tuple[float, dict[str, float]]] = []
-        pipeline_run(inputs[:200], args.batch)  # warm up imports and caches
+        hot_staged: list[tuple[float, dict[str, float]]] = []
+        if durable:
+            pipeline_run(inputs[:200], args.batch)  # warm up imports and caches
+        hot_run(hot, args.batch)
         for _ in range(args.runs):  # interleaved: noise hits floor and pipeline alike
             floors.append(floor_run(setup, inputs, views))
-            runs.append(pipeline_run(inputs, args.batch)[:2])
-            if args.variants:
+            hot_round(hot, plain, args.batch, len(views), hot_times)
+            if durable:
+                runs.append(pipeline_run(inputs, args.batch)[:2])
+                staged.append(staged_run(inputs, args.batch))
+            if durable and args.variants:
                 for name, (patches, hook, context) in VARIANTS.items():
                     with patched(*patches), (context or contextlib.nullcontext)():
                         variant_runs[name].append(pipeline_run(inputs, args.batch, hook)[0])
-            staged.append(staged_run(inputs, args.batch))
+            hot_staged.append(hot_staged_run(hot, args.batch))
         setup.close()
     n = len(inputs)
     floor = statistics.median(d + e for d, e, _ in floors)
-    pipe = statistics.median(wall for wall, _ in runs)
     floor_cpu = statistics.median(c for _, _, c in floors)
-    pipe_cpu = statistics.median(cpu for _, cpu in runs)
+    hot_s = statistics.median(hot_times.pop("hot_path"))
+    hot_cpu = statistics.median(hot_times.pop("hot_path_cpu"))
 
     def us(seconds: float) -> float:
         return round(seconds / n * 1e6, 1)
 
-    labels = sorted({label for _, totals in staged for label in totals})
-    stage_us = {label: us(statistics.median(t.get(label, 0.0) for _, t in staged))
-                for label in labels}
+    def per_stage(totals: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+        labels = {label for _, t in totals for label in t}
+        found = {label: us(statistics.median(t.get(label, 0.0) for _, t in totals))
+                 for label in labels}
+        return dict(sorted(found.items(), key=lambda kv: -kv[1]))
+
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "pinned_core": args.core},
@@ -373,36 +546,62 @@ def main() -> None:
         "floor_events_per_s": round(n / floor), "floor_us_per_event": us(floor),
         "floor_decode_us_per_event": us(statistics.median(d for d, _, _ in floors)),
         "floor_encode_us_per_event": us(statistics.median(e for _, e, _ in floors)),
-        "pipeline_events_per_s": round(n / pipe), "pipeline_us_per_event": us(pipe),
-        "ratio_pipeline_to_floor": round(floor / pipe, 3),
-        # CPU time is steadier on a shared machine; fsync waits are not in it
-        "floor_cpu_us_per_event": us(floor_cpu), "pipeline_cpu_us_per_event": us(pipe_cpu),
-        "ratio_cpu": round(floor_cpu / pipe_cpu, 3),
-        "instrumented_us_per_event": us(statistics.median(e for e, _ in staged)),
-        "stages_us_per_event": dict(sorted(stage_us.items(), key=lambda kv: -kv[1])),
-    }
-    if args.variants:
-        result["variants"] = {
+        "hot_path_events_per_s": round(n / hot_s), "hot_path_us_per_event": us(hot_s),
+        "ratio_hot_path_to_floor": round(floor / hot_s, 3),
+        "floor_cpu_us_per_event": us(floor_cpu), "hot_path_cpu_us_per_event": us(hot_cpu),
+        "ratio_hot_path_cpu": round(floor_cpu / hot_cpu, 3),
+        "hot_path_instrumented_us_per_event": us(statistics.median(e for e, _ in hot_staged)),
+        "hot_path_stages_us_per_event": per_stage(hot_staged),
+        "hot_path_variants": {
             name: {"us_per_event": us(statistics.median(times)),
                    "ratio_to_floor": round(floor / statistics.median(times), 3),
-                   "saves_us_per_event": round(us(pipe) - us(statistics.median(times)), 1)}
-            for name, times in variant_runs.items()}
+                   "saves_us_per_event": round(us(hot_s) - us(statistics.median(times)), 1)}
+            for name, times in hot_times.items()},
+    }
+    if durable:
+        pipe = statistics.median(wall for wall, _ in runs)
+        pipe_cpu = statistics.median(cpu for _, cpu in runs)
+        result |= {
+            "pipeline_events_per_s": round(n / pipe), "pipeline_us_per_event": us(pipe),
+            "ratio_pipeline_to_floor": round(floor / pipe, 3),
+            # CPU time is steadier on a shared machine; fsync waits are not in it
+            "pipeline_cpu_us_per_event": us(pipe_cpu),
+            "ratio_cpu": round(floor_cpu / pipe_cpu, 3),
+            "instrumented_us_per_event": us(statistics.median(e for e, _ in staged)),
+            "stages_us_per_event": per_stage(staged),
+        }
+        if args.variants:
+            result["variants"] = {
+                name: {"us_per_event": us(statistics.median(times)),
+                       "ratio_to_floor": round(floor / statistics.median(times), 3),
+                       "saves_us_per_event": round(us(pipe) - us(statistics.median(times)), 1)}
+                for name, times in variant_runs.items()}
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def report(result: dict[str, Any]) -> None:
     print(f"{'measure':40} {'value':>12}")
     for key, value in result.items():
         if not isinstance(value, dict):
             print(f"{key:40} {value:>12}")
-    print(f"\n{'stage (exclusive, instrumented run)':60} {'µs/event':>9}")
-    for label, value in result["stages_us_per_event"].items():
-        print(f"{label:60} {value:>9}")
-    print(f"{'sum (instrumented total)':60} {sum(stage_us.values()):>9.1f}")
-    if args.variants:
-        print(f"\n{'variant (bench-only)':24} {'µs/event':>9} {'ratio':>7} {'saves':>7}")
-        for name, v in result["variants"].items():
-            print(f"{name:24} {v['us_per_event']:>9} {v['ratio_to_floor']:>7} "
-                  f"{v['saves_us_per_event']:>7}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    tables = (("hot path stage (exclusive, instrumented)", "hot_path_stages_us_per_event"),
+              ("pipeline stage (exclusive, instrumented)", "stages_us_per_event"))
+    for title, key in tables:
+        if key in result:
+            print(f"\n{title:60} {'µs/event':>9}")
+            for label, value in result[key].items():
+                print(f"{label:60} {value:>9}")
+            print(f"{'sum (instrumented total)':60} {sum(result[key].values()):>9.1f}")
+    for title, key in (("hot path variant", "hot_path_variants"),
+                       ("pipeline variant (bench-only)", "variants")):
+        if key in result:
+            print(f"\n{title:30} {'µs/event':>9} {'ratio':>7} {'saves':>7}")
+            for name, v in result[key].items():
+                print(f"{name:30} {v['us_per_event']:>9} {v['ratio_to_floor']:>7} "
+                      f"{v['saves_us_per_event']:>7}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from broker.errors import ConfigError
@@ -81,3 +82,15 @@ def keyed_pseudonym(key: bytes, value: str) -> str:
 def commitment(key: bytes, data: bytes) -> str:
     """A keyed commitment to bytes: proves what was sent without storing it."""
     return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def committer(key: bytes) -> Callable[[bytes], str]:
+    """`commitment` under one key, the keyed HMAC set up once (each call copies it)."""
+    base = hmac.new(key, digestmod=hashlib.sha256)
+
+    def commit(data: bytes) -> str:
+        mac = base.copy()
+        mac.update(data)
+        return mac.hexdigest()
+
+    return commit

@@ -264,30 +264,75 @@ class _Compiler:
         return write_nullable
 
     def record(self, schema: dict[str, Any]) -> FieldWriter:
+        """One generated function per record: the commonest field types inline (no call
+        per field), the others through their compiled writers; the same bytes either way."""
         name = schema.get("name")
         if name:
             self.compiling.add(name)
-        fields: list[tuple[str, FieldWriter]] = []
+        code = _RecordCode()
         for f in schema["fields"]:
-            field_type = f["type"]
-            if field_type in ("float", "double"):
-                fields.append((f["name"], _always_fallback))  # fastavro float()s these
-            else:
-                fields.append((f["name"], self.compile(field_type)))
+            self.field(code, f["name"], f["type"])
         if name:
             self.compiling.discard(name)
-        steps = tuple(fields)
+        return code.build(str(name or "record"))
 
-        def write_record(v: Any, out: Out) -> None:
-            if type(v) is not dict:
-                raise Fallback
-            try:
-                for key, write in steps:
-                    write(v[key], out)
-            except KeyError:
-                raise Fallback from None  # a missing field: fastavro's defaults apply
+    def field(self, code: _RecordCode, key: str, field_type: Any) -> None:
+        value = f"v[{key!r}]"
+        if field_type in ("float", "double"):
+            code.line(f"{value}; raise Fallback")  # fastavro float()s these
+        elif field_type in ("int", "long") or _is_nullable(field_type, ("int", "long")):
+            kind = field_type if isinstance(field_type, str) else \
+                next(b for b in field_type if b != "null")
+            low, high = (_INT_MIN, _INT_MAX) if kind == "int" else (_LONG_MIN, _LONG_MAX)
+            lines = [f"x = {value}"]
+            pad = ""
+            if isinstance(field_type, list):
+                index = field_type.index(kind)
+                lines += ["if x is None:", f"    append({code.name(zigzag(1 - index))})",
+                          "else:", f"    append({code.name(zigzag(index))})"]
+                pad = "    "
+            code.line(*lines, f"{pad}if type(x) is not int or not {low} <= x <= {high}:",
+                      f"{pad}    raise Fallback", f"{pad}append(zigzag(x))")
+        elif isinstance(field_type, dict) and field_type.get("type") == "enum" and \
+                "logicalType" not in field_type:
+            tags = {symbol: zigzag(i) for i, symbol in enumerate(field_type["symbols"])}
+            code.line(f"x = {value}", f"x = {code.name(tags)}.get(x) if type(x) is str else None",
+                      "if x is None:", "    raise Fallback", "append(x)")
+        elif field_type == "string" or _is_nullable(field_type, ("string",)):
+            code.line(f"x = {value}")
+            if field_type == "string":
+                self.string(code, b"", "")
+            else:
+                index = field_type.index("string")
+                code.line("if x is None:", f"    append({code.name(zigzag(1 - index))})",
+                          "else:")
+                self.string(code, zigzag(index), "    ")
+        else:
+            code.line(f"{code.name(self.compile(field_type))}({value}, out)")
 
-        return write_record
+    def string(self, code: _RecordCode, tag: bytes, pad: str) -> None:
+        """The string in `x` after `tag`, as write_string / write_nullable_string write it
+        (the type checked first, then the cache of this field, if cached, then encoded)."""
+        encode = ["x = x.encode()", "n = len(x)"]
+        if not self.cache_strings:
+            tag_line = [f"append({code.name(tag)})"] if tag else []
+            code.line(*(pad + line for line in [
+                "if type(x) is not str:", "    raise Fallback", *encode, *tag_line,
+                "append(_LENGTH[n] if n < 64 else zigzag(n))", "append(x)"]))
+            return
+        cache = code.name({})
+        type_check = ["if type(x) is not str:", "    raise Fallback"]
+        code.line(*(pad + line for line in [
+            *(type_check if not tag else []),  # a nullable string: the cache first, as before
+            f"e = {cache}.get(x)",
+            "if e is None:",
+            *("    " + line for line in (type_check if tag else [])),
+            "    key = x",
+            *("    " + line for line in encode),
+            f"    e = {code.name(tag)} + (_LENGTH[n] if n < 64 else zigzag(n)) + x",
+            f"    if len({cache}) < {_CACHE_LIMIT}:",
+            f"        {cache}[key] = e",
+            "append(e)"]))
 
     def enum(self, schema: dict[str, Any]) -> FieldWriter:
         tags = {symbol: zigzag(i) for i, symbol in enumerate(schema["symbols"])}
@@ -348,6 +393,43 @@ class _Compiler:
             out.append(_EMPTY)
 
         return write_map
+
+
+def _is_nullable(field_type: Any, kinds: tuple[str, ...]) -> bool:
+    """["null", kind] or [kind, "null"] for one of `kinds`."""
+    return isinstance(field_type, list) and len(field_type) == 2 and "null" in field_type \
+        and any(kind in field_type for kind in kinds)
+
+
+class _RecordCode:
+    """The source of one record's writer and the objects it names."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {"Fallback": Fallback, "zigzag": zigzag,
+                                      "_LENGTH": _LENGTH}
+
+    def name(self, obj: Any) -> str:
+        found = f"k{len(self.names)}"
+        self.names[found] = obj
+        return found
+
+    def line(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def build(self, label: str) -> FieldWriter:
+        body = "".join(f"        {line}\n" for line in self.lines) or "        pass\n"
+        source = ("def write_record(v, out):\n"
+                  "    if type(v) is not dict:\n"
+                  "        raise Fallback\n"
+                  "    append = out.append\n"
+                  "    try:\n"
+                  f"{body}"
+                  "    except KeyError:\n"  # a missing field: fastavro's defaults apply
+                  "        raise Fallback from None\n")
+        exec(compile(source, f"<avro writer {label}>", "exec"), self.names)  # noqa: S102 - our own source
+        writer: FieldWriter = self.names["write_record"]
+        return writer
 
 
 def compile_writer(parsed: Any, *, cache_strings: bool = False) -> FieldWriter:

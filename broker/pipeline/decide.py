@@ -8,6 +8,7 @@ withhold: the purpose's retention has passed, or a field the plan releases was e
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -16,7 +17,7 @@ from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
 from broker.backends.port import DecisionBatch, NewEgress, StoredEvent
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
-from broker.keys import KeyStore, commitment
+from broker.keys import KeyStore, committer
 from broker.model.schemas import SchemaRegistry
 from broker.policy.decision import Decision, DecisionContext, Release, Withhold
 from broker.policy.plan import Plan, PlanSet
@@ -36,13 +37,23 @@ def egress_record_id(recipient: str, purpose: str, event_offset: int) -> str:
     return f"{recipient}/{purpose}/{event_offset}"
 
 
+def _span_ids(n: int) -> list[str]:
+    """n span ids as `new_span_id` makes them (64 random bits in hex), from one draw."""
+    drawn = secrets.token_hex(8 * n)
+    return [drawn[i:i + 16] for i in range(0, 16 * n, 16)]
+
+
 class Decider:
     def __init__(self, plans: PlanSet, registry: SchemaRegistry, keys: KeyStore,
-                 sealer: Sealer) -> None:
+                 sealer: Sealer, *, seal_egress: bool = True) -> None:
         self.plans = plans
         self.registry = registry
         self.sealer = sealer
+        # False: releases carry no sealed_payload (nothing held at rest; the in-process hot
+        # path of bench/pipeline_bench.py). Both backends hold egress at rest: True.
+        self.seal_egress = seal_egress
         self.commitment_key = keys.commitment_key()
+        self._commit = committer(self.commitment_key)  # `commitment` under that key
         header = plans.covenant.covenant
         self.covenant_id, self.covenant_version = header.id, header.version
         self._personal_cache: dict[tuple[str, str], dict[str, str]] = {}
@@ -84,13 +95,15 @@ class Decider:
     def _decide_event(self, stored: StoredEvent, ctx: DecisionContext, counts: DecideCounts
                       ) -> tuple[list[NewEgress], list[Draft]]:
         opened = self.open(stored)
-        subjects = self.data_subjects(opened)
+        shared = self._event_part(stored, self.data_subjects(opened), ctx)
         egress: list[NewEgress] = []
         audits: list[Draft] = []
         released = withheld = 0
-        for plan in self.plans.plans_for(opened.schema.name):
-            decision = self.decide_one(plan, stored, opened, ctx)
-            audit = self._audit(plan, stored, subjects, ctx)
+        decide_one, audit_of = self.decide_one, self._audit
+        plans = self.plans.plans_for(opened.schema.name)
+        for plan, span_id in zip(plans, _span_ids(len(plans)), strict=True):
+            decision = decide_one(plan, stored, opened, ctx)
+            audit = audit_of(plan, shared, span_id)
             if isinstance(decision, Release):
                 egress.append(self._release(plan, stored, opened, decision, audit, ctx))
                 released += 1
@@ -110,8 +123,9 @@ class Decider:
         audited with status ERROR (a technical failure), and the log moves on."""
         reason = f"the event could not be processed ({type(exc).__name__}); nothing released"
         out = []
+        shared = self._event_part(stored, [], ctx)
         for plan in self.plans.plans_for(stored.event_type):
-            audit = self._audit(plan, stored, [], ctx)
+            audit = self._audit(plan, shared)
             audit.update(status="ERROR", decision="withhold", reason_code="processing_error",
                          reason=reason,
                          fields_withheld=[*plan.fields_released, *plan.fields_withheld])
@@ -157,15 +171,9 @@ class Decider:
         payload = plan.view_schema.encode(decision.view)
         audit.update(decision="release", fields_released=list(decision.fields_released),
                      fields_withheld=list(decision.fields_withheld),
-                     delivered_commitment=commitment(self.commitment_key, payload))
-        personal = {out: src for out, src in self._personal_outputs(plan).items()
-                    if src in opened.subjects}
-        sealed = self.sealer.seal(
-            plan.view_schema, decision.view,
-            egress_record_id(plan.recipient, plan.purpose, stored.offset),
-            self.sealer.retention_until(stored.event_type, from_millis(stored.ingested_ms)),
-            subjects={src: opened.subjects[src] for src in personal.values()},
-            personal=personal, encoded=payload)
+                     delivered_commitment=self._commit(payload))
+        sealed = self._seal(plan, stored, opened, decision, payload) if self.seal_egress \
+            else None
         expires: date | None = plan.expires_after(opened.record) if plan.expires_after \
             else None
         ref: Any = decision.view.get("ref")
@@ -173,9 +181,30 @@ class Decider:
                          stored.offset, ref if isinstance(ref, str) else None, expires,
                          ctx.now_ms, audit, sealed_payload=sealed)
 
-    def _audit(self, plan: Plan, stored: StoredEvent, subjects: list[dict[str, str]],
-               ctx: DecisionContext) -> Draft:
-        """The decision's draft: the plan's part made once (by `draft`), the rest per event."""
+    def _seal(self, plan: Plan, stored: StoredEvent, opened: Opened, decision: Release,
+              payload: bytes) -> bytes:
+        """The released record as held at rest: its personal fields sealed."""
+        personal = {out: src for out, src in self._personal_outputs(plan).items()
+                    if src in opened.subjects}
+        return self.sealer.seal(
+            plan.view_schema, decision.view,
+            egress_record_id(plan.recipient, plan.purpose, stored.offset),
+            self.sealer.retention_until(stored.event_type, from_millis(stored.ingested_ms)),
+            subjects={src: opened.subjects[src] for src in personal.values()},
+            personal=personal, encoded=payload)
+
+    @staticmethod
+    def _event_part(stored: StoredEvent, subjects: list[dict[str, str]],
+                    ctx: DecisionContext) -> Draft:
+        """The draft fields every decision on one event shares, made once per event."""
+        return {"trace_id": stored.trace_id, "start_time": ctx.now_ms, "end_time": ctx.now_ms,
+                "foreign_trace_id": stored.foreign_trace, "data_subjects": subjects,
+                "source": stored.source, "event_type": stored.event_type,
+                "event_id": stored.event_id, "event_offset": stored.offset}
+
+    def _audit(self, plan: Plan, shared: Draft, span_id: str | None = None) -> Draft:
+        """The decision's draft: the plan's part made once (by `draft`), the event's part
+        once per event (`_event_part`), a span of its own."""
         found = self._audit_base.get(id(plan))
         if found is None:
             found = self._audit_base[id(plan)] = (plan, draft(
@@ -183,14 +212,9 @@ class Decider:
                 covenant_version=self.covenant_version, purpose=plan.purpose,
                 legal_basis=plan.legal_basis, recipient=plan.recipient,
                 policy_hash=plan.policy_hash))
-        out = dict(found[1])
-        out["trace_id"] = stored.trace_id or new_trace_id()
-        out["span_id"] = new_span_id()
-        out["start_time"] = out["end_time"] = ctx.now_ms
-        out["foreign_trace_id"] = stored.foreign_trace
-        out["data_subjects"] = subjects
-        out["source"] = stored.source
-        out["event_type"] = stored.event_type
-        out["event_id"] = stored.event_id
-        out["event_offset"] = stored.offset
+        out = found[1].copy()
+        out.update(shared)
+        if not out["trace_id"]:
+            out["trace_id"] = new_trace_id()
+        out["span_id"] = span_id or new_span_id()
         return out

@@ -26,7 +26,7 @@ from broker.policy.covenant import (
 )
 from broker.policy.decision import Decision, DecisionContext, Release
 from broker.policy.paths import Getter, getter
-from broker.policy.transforms import Transform, compile_transform
+from broker.policy.transforms import Transform, compile_transform, keep
 from broker.policy.views import ViewError, derive_view, source_path
 
 
@@ -52,13 +52,21 @@ class Plan:
     expires_after: Getter | None
     fields_released: tuple[str, ...]
     fields_withheld: tuple[str, ...]
+    # (name, getter, transform or None for keep) per field, made once from `fields`
+    _steps: tuple[tuple[str, Getter, Transform | None], ...] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._steps = tuple((f.name, f.get, None if f.transform is keep else f.transform)
+                            for f in self.fields)
 
     def evaluate(self, event: dict[str, Any], ctx: DecisionContext) -> Decision:
         for check in self.checks:
             withheld = check(event, ctx)
             if withheld is not None:
                 return withheld
-        view = {f.name: f.transform(f.get(event)) for f in self.fields}
+        view = {name: get(event) if transform is None else transform(get(event))
+                for name, get, transform in self._steps}
         return Release(view, self.fields_released, self.fields_withheld)
 
 

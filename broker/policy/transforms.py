@@ -60,13 +60,16 @@ def postcode4(value: Any) -> Any:
 
 
 def pseudonymise(key: bytes) -> Transform:
-    """HMAC-SHA256 under the purpose's key, 128 bits in hex."""
+    """HMAC-SHA256 under the purpose's key, 128 bits in hex (the keyed HMAC set up once)."""
+    base = hmac.new(key, digestmod=hashlib.sha256)
 
     def pseudonym(value: Any) -> Any:
         if value is None:
             return None
         text = str(value) if isinstance(value, uuid.UUID | int) else value
-        return hmac.new(key, str(text).encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+        mac = base.copy()
+        mac.update(str(text).encode("utf-8"))
+        return mac.hexdigest()[:32]
 
     return pseudonym
 
