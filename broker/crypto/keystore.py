@@ -2,8 +2,17 @@
 
 A data key exists per (data subject, retention date). Destroying it (erasure or the end
 of retention) deletes its row with secure_delete on and truncates the WAL, so no copy of
-the wrapped key stays in the files. With the key gone, every field sealed under it is
-unrecoverable, while the immutable store and the audit log stay intact and verifiable.
+the wrapped key stays in the files.
+
+Key ids are unique per created key (broker/crypto/key_ids.py), so two writers that
+create a key for the same subject and date at once each keep their own row; neither
+overwrites what the other sealed. A writer that finds a stored key for (subject, date)
+reuses it; destroying by subject or by retention date removes every key of it. Ids of
+the older form ``<subject>|<date>`` still open.
+
+With the key gone, every field sealed under it is unrecoverable, while the immutable
+store and the audit log stay intact and verifiable. The Kafka backend keeps its keys in
+a compacted topic instead (broker/backends/kafka_keys.py).
 """
 
 from __future__ import annotations
@@ -14,8 +23,11 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Protocol
 
 from broker.crypto.kek import KeyEncryptionKey
+from broker.crypto.key_ids import new_key_id
+from broker.crypto.sealing import DataKeys
 from broker.errors import StorageError
 
 _SCHEMA = """
@@ -43,8 +55,17 @@ class DestroyedKey:
     fields_sealed: int
 
 
-def key_id_for(subject: str, retention_until: date) -> str:
-    return f"{subject}|{retention_until.isoformat()}"
+class DataKeyStore(DataKeys, Protocol):
+    """A key store as the broker uses it: SqliteKeyStore, or KafkaKeyStore on Kafka."""
+
+    def destroy_subject(self, subject: str) -> list[DestroyedKey]: ...
+
+    def destroy_expired(self, today: date) -> list[DestroyedKey]: ...
+
+    def close(self) -> None: ...
+
+
+_STALE_CHECK_S = 0.5  # how often a cached key is checked against other writers' deletes
 
 
 class SqliteKeyStore:
@@ -52,8 +73,11 @@ class SqliteKeyStore:
         self.path = path
         self.kek = kek
         self._cache: dict[str, bytes] = {}
+        self._current: dict[tuple[str, date], str] = {}  # (subject, date) -> key id in use
         self._new: dict[str, tuple[str, date, bytes]] = {}
         self._counts: dict[str, int] = {}
+        self._data_version = -1
+        self._checked_at = 0.0
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             path.touch(mode=0o600)
@@ -76,13 +100,32 @@ class SqliteKeyStore:
         New keys and the sealed-field counts are buffered; `flush()` writes them in one
         transaction and must run before anything sealed under them is committed.
         """
-        key_id = key_id_for(subject, retention_until)
-        key = self.lookup(key_id)
-        if key is None:
-            key = secrets.token_bytes(32)
-            self._new[key_id] = (subject, retention_until, self.kek.wrap(key, key_id))
-            self._cache[key_id] = key
-        self._counts[key_id] = self._counts.get(key_id, 0) + fields
+        found = self._current.get((subject, retention_until))
+        key = self.lookup(found) if found is not None else None
+        if found is None or key is None:
+            found, key = self._existing(subject, retention_until)
+        if found is None or key is None:
+            found, key = new_key_id(subject, retention_until), secrets.token_bytes(32)
+            self._new[found] = (subject, retention_until, self.kek.wrap(key, found))
+            self._cache[found] = key
+        self._current[(subject, retention_until)] = found
+        self._counts[found] = self._counts.get(found, 0) + fields
+        return found, key
+
+    def _existing(self, subject: str, retention_until: date) -> tuple[str | None, bytes | None]:
+        """A stored key of (subject, date), any writer's; the oldest when there are several."""
+        try:
+            row = self.db.execute(
+                "SELECT key_id, wrapped FROM data_keys WHERE subject = ? AND "
+                "retention_until = ? ORDER BY created_ms, key_id LIMIT 1",
+                (subject, retention_until.isoformat())).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        if row is None:
+            return None, None
+        key_id = str(row[0])
+        key = self.kek.unwrap(bytes(row[1]), key_id)
+        self._remember(key_id, key)
         return key_id, key
 
     def flush(self) -> None:
@@ -90,14 +133,14 @@ class SqliteKeyStore:
             return
         now_ms = int(time.time() * 1000)
         # A new key is inserted with its count (one row write, not an insert and an
-        # update); a key that exists already (another writer's) only gains the count.
+        # update); a key that exists already (this or another writer's) gains the count.
+        # New ids are random, so an insert never meets another writer's row.
         counts = dict(self._counts)
         try:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
                 "INSERT INTO data_keys (key_id, subject, retention_until, wrapped, "
-                "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) "
-                "DO UPDATE SET fields_sealed = fields_sealed + excluded.fields_sealed",
+                "created_ms, fields_sealed) VALUES (?, ?, ?, ?, ?, ?)",
                 [(k, s, r.isoformat(), w, now_ms, counts.pop(k, 0))
                  for k, (s, r, w) in self._new.items()])
             self.db.executemany(
@@ -110,18 +153,43 @@ class SqliteKeyStore:
         self._counts.clear()
 
     def lookup(self, key_id: str) -> bytes | None:
+        self._drop_stale()
         cached = self._cache.get(key_id)
         if cached is not None:
             return cached
-        row = self.db.execute("SELECT wrapped FROM data_keys WHERE key_id = ?",
-                              (key_id,)).fetchone()
+        try:
+            row = self.db.execute("SELECT wrapped FROM data_keys WHERE key_id = ?",
+                                  (key_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
         if row is None:
             return None
         key = self.kek.unwrap(bytes(row[0]), key_id)
+        self._remember(key_id, key)
+        return key
+
+    def _remember(self, key_id: str, key: bytes) -> None:
         if len(self._cache) >= _CACHE_LIMIT:  # a long replay touches every key once: bound it
             self._cache = {k: v for k, v in self._cache.items() if k in self._new}
+            self._current = {sd: k for sd, k in self._current.items() if k in self._new}
         self._cache[key_id] = key
-        return key
+
+    def _drop_stale(self) -> None:
+        """Forget cached keys when another connection changed the file (it may have
+        destroyed some): checked at most every _STALE_CHECK_S, one cheap pragma."""
+        now = time.monotonic()
+        if now - self._checked_at < _STALE_CHECK_S:
+            return
+        self._checked_at = now
+        try:
+            version = int(self.db.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        if version != self._data_version:
+            if self._data_version != -1:
+                self._cache = {k: v for k, v in self._cache.items() if k in self._new}
+                self._current = {sd: k for sd, k in self._current.items() if k in self._new}
+            self._data_version = version
 
     def _destroy(self, where: str, arg: str) -> list[DestroyedKey]:
         self.flush()
@@ -136,8 +204,10 @@ class SqliteKeyStore:
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
         destroyed = [DestroyedKey(r[0], r[1], date.fromisoformat(r[2]), int(r[3])) for r in rows]
-        for key in destroyed:
-            self._cache.pop(key.key_id, None)
+        gone = {key.key_id for key in destroyed}
+        for key_id in gone:
+            self._cache.pop(key_id, None)
+        self._current = {sd: k for sd, k in self._current.items() if k not in gone}
         return destroyed
 
     def destroy_subject(self, subject: str) -> list[DestroyedKey]:

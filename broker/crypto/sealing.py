@@ -26,6 +26,7 @@ import fastavro
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from broker.crypto.key_ids import subject_of
 from broker.errors import StorageError
 from broker.keys import keyed_pseudonym
 from broker.model.avro_writer import compile_writer
@@ -314,7 +315,7 @@ class Sealer:
         opened = Opened(schema, record)
         for item in envelope["sealed"]:
             path, key_id = item["path"], item["key_id"]
-            opened.subjects[path] = key_id.rpartition("|")[0]
+            opened.subjects[path] = subject_of(key_id)
             key = self.keys.lookup(key_id)
             if key is None:
                 _set(record, path, None)
