@@ -59,7 +59,7 @@ def test_erasure_leaves_no_plaintext_and_no_key_and_the_audit_verifies(
     assert len(wrapped) == 2
 
     started = time.perf_counter()
-    destroyed = broker.erase_subject(BSN, "AVG art. 17 verzoek, zaak 2026-0042", NOW)
+    destroyed = broker.erase_subject(BSN, "AVG art. 17 verzoek, zaak 2026-0042", NOW).destroyed
     seconds = time.perf_counter() - started
     print(f"erase took {seconds * 1000:.1f} ms for {len(destroyed)} keys")
     # one key per retention period: 365 days (burglary, area ban) and 730 (detention)

@@ -135,7 +135,7 @@ FINGERPRINTS = [*REGISTRY.by_fingerprint, *REGISTRY.history]
 HISTORY_MESSAGES = [  # boa_waarneming written with the shipped version 1 schema
     old.encode({k: v for k, v in _avro_record(REGISTRY.get(old.name), f.boa_waarneming(
         category="overlast")).items() if k in {fl["name"] for fl in old.raw["fields"]}})
-    for old in REGISTRY.history.values()]
+    for old in REGISTRY.history.values() if old.name == "gemeente.boa_waarneming"]
 
 
 def _set_path(obj: dict[str, Any], path: str, value: Any) -> None:
