@@ -1,0 +1,148 @@
+"""The integrated audit log of a Kafka deployment: one SQLite file in the data directory.
+
+The same audit tables as the embedded backend (the `audit` entries plus
+broker.backends.sqlite_audit's tree, checkpoints and indexes), and one more:
+
+  audit_source  partition -> entries integrated, chain hash of the last one
+
+A batch of integrated entries and the positions they advance are written in one
+`BEGIN IMMEDIATE` transaction, so a crash neither skips nor duplicates an entry.
+
+One integrator writes a data directory's integrated log: `lock_writer()` takes an
+exclusive `flock` on `audit-kafka.lock` beside the database and keeps it until `close()`.
+Readers (the audit commands, the web console) open it without the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from broker.audit.entries import Draft
+from broker.audit.integrate import ChainPosition
+from broker.audit.sequencer import AuditSequencer
+from broker.backends.sqlite_audit import SqliteAudit
+from broker.errors import StorageError
+
+DB_NAME = "audit-kafka.db"
+LOCK_NAME = "audit-kafka.lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+CREATE TABLE IF NOT EXISTS audit_source (
+    partition INTEGER PRIMARY KEY,
+    entries INTEGER NOT NULL,
+    head TEXT NOT NULL
+);
+"""
+
+
+class IntegratedAuditDb:
+    """The integrated log's store: the audit store port (`.audit`) and source positions."""
+
+    def __init__(self, data_dir: Path, sequencer: AuditSequencer) -> None:
+        self.path = data_dir / DB_NAME
+        self._lock: int | None = None
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            self.path.touch(mode=0o600)  # pseudonyms and decisions: owner only
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            self.audit = SqliteAudit(self.db, sequencer, self._write, self._read)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def lock_writer(self) -> None:
+        """Become the only integrator of this data directory, or refuse (held until close)."""
+        if self._lock is not None:
+            return
+        lock_path = self.path.parent / LOCK_NAME
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageError(
+                f"{lock_path}: another `audit integrate` holds this data directory's "
+                "integrated audit log; run one integrator per data directory") from None
+        self._lock = fd
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # releases the flock
+                self._lock = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the log, whatever the integrator appends meanwhile
+        (WAL: the read transaction's snapshot is taken at its first read)."""
+        try:
+            self.db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def positions(self, partitions: int) -> dict[int, ChainPosition]:
+        """The stored position of every source partition (nothing integrated: 0, GENESIS)."""
+        found = {int(r[0]): ChainPosition(int(r[0]), int(r[1]), str(r[2])) for r in self._read(
+            "SELECT partition, entries, head FROM audit_source", ())}
+        extra = sorted(set(found) - set(range(partitions)))
+        if extra:
+            raise StorageError(f"{self.path}: holds entries of audit partitions {extra}, but "
+                               f"the deployment has {partitions}; wrong data directory?")
+        return {p: found.get(p, ChainPosition(p, 0)) for p in range(partitions)}
+
+    def append(self, batch: Sequence[tuple[list[Draft], ChainPosition]]) -> int:
+        """Append each chain's drafts in order and store the positions they reach, as one
+        transaction. Returns the number of entries appended."""
+        if self._lock is None:
+            raise StorageError(f"{self.path}: only the integrator appends (lock_writer first)")
+        with self._write() as db:
+            drafts = [d for chunk, _ in batch for d in chunk]
+            self.audit.append(db, drafts)
+            db.executemany("INSERT INTO audit_source (partition, entries, head) "
+                           "VALUES (?, ?, ?) ON CONFLICT (partition) DO UPDATE SET "
+                           "entries = excluded.entries, head = excluded.head",
+                           [(pos.partition, pos.entries, pos.head) for _, pos in batch])
+        return len(drafts)
