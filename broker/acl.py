@@ -9,9 +9,10 @@ A pure function of the covenant, the topic layout and a principal map:
   its consumer group (default: the recipient's name);
 - the broker principal (default ``User:covenant-broker``) reads the ingress topics (and
   writes them: a record that arrives on the wrong partition is forwarded to its home
-  partition), reads and writes the store, egress, quarantine, audit, control and expiry
-  topics, creates and checks the topics under the prefix, and uses its consumer group and
-  its transactional ids.
+  partition; and deletes what it has consumed: DeleteRecords, kafka_purge.py), reads and
+  writes the store, egress, quarantine, audit, control, expiry and data key topics,
+  creates and checks the topics under the prefix, and uses its consumer group and its
+  transactional ids.
 
 Kafka denies what no ACL allows (with ``allow.everyone.if.no.acl.found=false``), so a
 recipient cannot read another recipient's stream, nor a source the store.
@@ -23,7 +24,9 @@ WRITE ``<prefix>ingress.<source>.<type>``, so a record on that topic was produce
 source, and the pipeline takes the source from the topic (kafka_pipeline.py), never from
 the payload. A wrong principal's write is refused by Kafka with
 TopicAuthorizationFailed, and Kafka's authorizer log (``kafka.authorizer.logger``) records
-the denial (tests/integration/test_kafka_acl.py proves the refusal on a real broker).
+the denial (tests/integration/test_kafka_acl.py proves the refusal on a real broker);
+`acl audit-denials` / `serve --authorizer-log` turn those lines into audit entries
+(broker/acl_denials.py).
 
 `apply_acls` creates the bindings through kafka-python's admin client; the caller
 authenticates as a principal allowed to alter ACLs (a super user such as ``User:admin``).
@@ -49,10 +52,12 @@ from broker.policy.covenant import Covenant
 TOPIC, GROUP, TXN, CLUSTER = "TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER"
 LITERAL, PREFIXED = "LITERAL", "PREFIXED"
 READ, WRITE, DESCRIBE, CREATE = "READ", "WRITE", "DESCRIBE", "CREATE"
+DELETE = "DELETE"  # DeleteRecords: the purge of consumed ingress records
 DESCRIBE_CONFIGS, IDEMPOTENT_WRITE = "DESCRIBE_CONFIGS", "IDEMPOTENT_WRITE"
 CLUSTER_NAME = "kafka-cluster"
 # kafka-acls.sh spells operations in CamelCase
 _CLI_OPERATION = {READ: "Read", WRITE: "Write", DESCRIBE: "Describe", CREATE: "Create",
+                  DELETE: "Delete",
                   DESCRIBE_CONFIGS: "DescribeConfigs", IDEMPOTENT_WRITE: "IdempotentWrite"}
 _CLI_RESOURCE = {TOPIC: "--topic", GROUP: "--group", TXN: "--transactional-id"}
 
@@ -163,9 +168,9 @@ def plan_acls(covenant: Covenant, layout: Layout,
 
     broker = who.broker
     for topic in layout.ingress_topics():
-        allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE))
+        allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE, DELETE))
     for topic in (names.store, names.quarantine, names.audit, names.control, names.expiry,
-                  *(names.egress(r, p) for r, p in layout.streams)):
+                  names.keys, *(names.egress(r, p) for r, p in layout.streams)):
         allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE))
     if cfg.topic_prefix:  # ensure_topics creates missing topics and checks their configs
         allow(broker, "broker", TOPIC, cfg.topic_prefix, (CREATE, DESCRIBE, DESCRIBE_CONFIGS),

@@ -16,11 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker import cli_acl, cli_audit, cli_config, cli_lifecycle, cli_web, logs
+from broker import cli_acl, cli_audit, cli_config, cli_lifecycle, cli_source, cli_web, logs
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, CovenantError, InputError
 from broker.pipeline.ingest import split_lines
+from broker.pipeline.signatures import read_signature_file
 from broker.runtime import Broker, IngestReport
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -50,6 +51,12 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--instance-id", help="static group membership id (kafka.instance_id)")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
                        help="serve /metrics, /healthz and /readyz (e.g. 127.0.0.1:9464)")
+    serve.add_argument("--authorizer-log", type=Path, metavar="FILE",
+                       help="Kafka's authorizer log: audit its denials as they come "
+                       "(as `acl audit-denials` does)")
+    serve.add_argument("--principal-map", type=Path, metavar="FILE",
+                       help="with --authorizer-log: principals of the parties (as for "
+                       "`acl plan`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", required=True)
     ingest.add_argument("--type", required=True, dest="event_type")
     ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+    ingest.add_argument("--signatures", type=Path, metavar="FILE",
+                        help="the source's detached Ed25519 signatures: line N is the "
+                        "base64 signature of input line N (see `source sign`)")
 
     consume = command("consume", "released records, one JSON object a line")
     consume.add_argument("--recipient", required=True)
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_config.add_commands(command, _global_options)  # config check
     cli_web.add_commands(command, _global_options)  # web, web token, web fg-user
     cli_acl.add_commands(command, _global_options)  # acl plan
+    cli_source.add_commands(command, _global_options)  # source keygen, source sign
     return parser
 
 
@@ -155,12 +166,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
         data = _read_input(args.file)
+        signatures = (read_signature_file(args.signatures)
+                      if getattr(args, "signatures", None) else {})
         if settings.backend == "kafka":  # produce to the ingress topic; `serve` decides
             from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
-            return cli_kafka.ingest(args, broker, data)
+            return cli_kafka.ingest(args, broker, data, signatures)
         inputs = ((f"line {n}", line) for n, line in split_lines(data))
-        report = broker.ingest(args.source, args.event_type, inputs, _now(args))
+        report = broker.ingest(args.source, args.event_type, inputs, _now(args),
+                               {f"line {n}": sig for n, sig in signatures.items()})
     finally:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))
@@ -273,18 +287,41 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     started = time.perf_counter()
     try:
-        destroyed = broker.erase_subject(args.bsn, args.reason, _now(args))
+        erased = broker.erase_subject(args.bsn, args.reason, _now(args))
+        purged = _purge_ingress(broker)
     finally:
         broker.close()
     seconds = time.perf_counter() - started
+    destroyed, notices = erased.destroyed, erased.notices
     fields = sum(k.fields_sealed for k in destroyed)
     payload = {"keys_destroyed": len(destroyed), "fields_unrecoverable": fields,
                "retention_dates": sorted({k.retention_until.isoformat() for k in destroyed}),
+               "erasure_notices": dict(sorted(notices.items())),
+               "ingress_partitions_purged": purged,
                "seconds": round(seconds, 4)}
-    _emit(args, payload, f"erased: {len(destroyed)} data keys destroyed, {fields} sealed "
-          f"fields unrecoverable ({seconds * 1000:.1f} ms)" if destroyed else
-          "nothing to erase: no data keys for this person (already erased or never stored)")
+    told = ("; erasure notices: " + ", ".join(f"{n} to {stream}"
+                                              for stream, n in sorted(notices.items()))
+            if notices else "; no recipient needed an erasure notice")
+    _emit(args, payload, (f"erased: {len(destroyed)} data keys destroyed, {fields} sealed "
+          f"fields unrecoverable" if destroyed else
+          "no data keys left for this person (already erased or never stored)")
+          + f"{told} ({seconds * 1000:.1f} ms)")
     return EXIT_OK
+
+
+def _purge_ingress(broker: Broker) -> int | None:
+    """On Kafka: delete the ingress records serve has consumed (the raw input) now; None
+    on the embedded backend, which keeps no raw input."""
+    from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
+    from broker.backends.kafka_purge import purge_once  # noqa: PLC0415 - Kafka only
+
+    if not isinstance(broker.log, KafkaEventLog):
+        return None
+    try:
+        return len(purge_once(broker.log.clients, broker.log.layout))
+    except BrokerError as exc:  # the erasure itself is done; serve purges at its interval
+        broker.logger.warning("ingress purge failed", error=str(exc))
+        return None
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -297,7 +334,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "demo": cmd_demo, "ingest": cmd_ingest, "consume": cmd_consume, "policy": cmd_policy,
     "control": cmd_control, "audit": cmd_audit, "subject": cmd_subject,
     "replay": cli_lifecycle.cmd_replay, "keys": cli_lifecycle.cmd_keys, "serve": cmd_serve,
-    "web": cli_web.cmd_web, "acl": cli_acl.cmd_acl,
+    "web": cli_web.cmd_web, "acl": cli_acl.cmd_acl, "source": cli_source.cmd_source,
 }
 
 

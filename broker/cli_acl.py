@@ -7,6 +7,10 @@ run as ``kafka-acls.sh --bootstrap-server HOST:PORT --command-config ADMIN.prope
 `apply` creates the same bindings on the cluster (``--bootstrap-servers`` or
 ``kafka.bootstrap_servers``), authenticated with the ``kafka:`` section's SASL settings,
 which must then name a principal that may alter ACLs (e.g. the super user ``User:admin``).
+
+`audit-denials --log FILE` turns Kafka's authorizer denials (refused writes to ingress
+topics, refused reads) into audit entries, reading on from where it stopped
+(broker/acl_denials.py); `serve --authorizer-log FILE` does the same as it runs.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
+from broker.clock import now_utc, parse_instant
 from broker.config import Settings
 from broker.model.schemas import SchemaRegistry
 from broker.policy.covenant import load_covenant
@@ -39,6 +45,15 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
     global_options(apply, True)
     apply.add_argument("--principal-map", type=Path, metavar="FILE",
                        help="as for `acl plan`")
+    denials = commands.add_parser(
+        "audit-denials", help="audit Kafka's authorizer denials: one entry per refused "
+        "write to an ingress topic or refused read (reads on from where it stopped)")
+    global_options(denials, True)
+    denials.add_argument("--log", type=Path, required=True, metavar="FILE",
+                         help="the Kafka node's log holding kafka.authorizer.logger lines "
+                         "(kafka-authorizer.log, or the node log of deploy/kafka)")
+    denials.add_argument("--principal-map", type=Path, metavar="FILE",
+                         help="as for `acl plan`")
 
 
 def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,6 +62,8 @@ def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
     covenant = load_covenant(settings.policy_file())
     layout = acl.covenant_layout(settings.kafka, covenant,
                                  SchemaRegistry(settings.schemas_dir).event_types())
+    if args.acl_command == "audit-denials":
+        return _audit_denials(args, settings)
     bindings = acl.plan_acls(covenant, layout,
                              acl.load_principal_map(args.principal_map, covenant))
     if args.acl_command == "apply":
@@ -68,4 +85,26 @@ def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
         print("\n".join(acl.table_lines(bindings)))
     else:
         print("\n".join(acl.kafka_acls_lines(bindings)))
+    return EXIT_OK
+
+
+def _audit_denials(args: argparse.Namespace, settings: Settings) -> int:
+    from broker import acl, acl_denials  # noqa: PLC0415 - pulls in kafka-python
+    from broker.runtime import Broker  # noqa: PLC0415
+
+    broker = Broker(settings)
+    try:
+        principals = acl.load_principal_map(args.principal_map, broker.covenant)
+        now = parse_instant(args.now) if args.now else now_utc()
+        counts = acl_denials.audit_denials(broker, args.log, principals, now)
+    finally:
+        broker.close()
+    payload = asdict(counts)
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print(f"{counts.entries} audit entries from {counts.denials} denials in "
+              f"{counts.lines} new lines ({counts.ignored} not this deployment's, "
+              f"{counts.unparseable} not understood"
+              f"{'; the log restarted' if counts.restarted else ''})")
     return EXIT_OK

@@ -64,6 +64,14 @@ def add_commands(commands: Any, global_options: GlobalOptions) -> None:
                             "it or a PEM public key (PEM needs --origin)")
         parser.add_argument("--origin", help="the pinned log origin (default: the key name)")
 
+    integrate = sub("integrate", "Kafka: sequence the audit partitions' chains into the "
+                    "verifiable log in the data directory, and sign a checkpoint")
+    integrate.add_argument("--follow", action="store_true",
+                           help="keep integrating until SIGTERM (one sidecar per data dir)")
+    integrate.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                           help="with --follow: pause between passes (default 5)")
+    integrate.add_argument("--batch", type=int, default=500, metavar="N",
+                           help="entries of each partition per round and transaction")
     sub("public-key", "print the checkpoint verifier key and PEM for auditors to pin")
     sub("checkpoint", "print the latest signed checkpoint (keep it to check the next one)")
     prove = sub("prove", "write a self-contained inclusion proof bundle for one entry")
@@ -123,6 +131,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _verify_report(args)
     broker = Broker(settings)
     try:
+        if command == "integrate":  # the Kafka audit chains into the verifiable log
+            from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+
+            return cli_kafka.audit_integrate(args, broker)
         if broker.audit is None and command == "verify":
             return _verify_chain_only(args, broker)
         if broker.audit is None:
@@ -154,6 +166,13 @@ def _read_text(path: Path, what: str) -> str:
 # -- operator ------------------------------------------------------------------------------
 
 def _verify(args: argparse.Namespace, broker: Broker, audit: AuditLog) -> int:
+    payload, text = verify_result(args, audit)
+    print(json.dumps(payload) if args.json else text)
+    return EXIT_OK if payload["ok"] else EXIT_FINDINGS
+
+
+def verify_result(args: argparse.Namespace, audit: AuditLog) -> tuple[dict[str, Any], str]:
+    """`audit verify` of the verifiable log, with the verify options: (payload, text)."""
     key = _pinned_key_text(args.public_key, args.origin) if args.public_key else None
     notes = [_read_text(path, "trusted checkpoint") for path in args.trusted_checkpoint]
     report = audit.verify(key, args.origin, notes)
@@ -171,8 +190,7 @@ def _verify(args: argparse.Namespace, broker: Broker, audit: AuditLog) -> int:
         if report.unsigned:
             text += (f"\n  note: the last {report.unsigned} entries are not yet covered by a "
                      "signed checkpoint (the hash chain covers them)")
-    print(json.dumps(payload) if args.json else text)
-    return EXIT_OK if problem is None else EXIT_FINDINGS
+    return payload, text
 
 
 def _verify_chain_only(args: argparse.Namespace, broker: Broker) -> int:

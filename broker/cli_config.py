@@ -49,6 +49,9 @@ def path_problems(settings: Settings) -> list[str]:
     else:
         if not policy.is_file():
             problems.append(f"policy: {policy}: no such file")
+    for name, source in settings.sources.items():  # an Ed25519 PEM, checked when loaded
+        if source.public_key is not None and not source.public_key.is_file():
+            problems.append(f"sources.{name}.public_key: {source.public_key}: no such file")
     return problems
 
 

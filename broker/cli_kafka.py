@@ -1,4 +1,5 @@
-"""The Kafka side of the command line: `serve`, and what `ingest` and `audit verify` do there.
+"""The Kafka side of the command line: `serve`, `audit integrate`, and what `ingest` and
+`audit verify` do there.
 
 broker/cli.py parses the arguments and calls in here when the backend is Kafka, so the
 kafka-python import is paid only by commands that use Kafka.
@@ -10,15 +11,18 @@ import argparse
 import json
 from typing import Any
 
+from broker import cli_audit
+from broker.backends.kafka_audit_integrator import KafkaAuditIntegrator, check_integrated
 from broker.backends.kafka_ingress import produce_lines
 from broker.backends.kafka_log import KafkaEventLog
+from broker.backends.sqlite_integrated import IntegratedAuditDb
 from broker.clock import parse_instant
 from broker.config import Settings
-from broker.errors import ConfigError
+from broker.errors import ConfigError, InputError
 from broker.metrics import parse_listen
 from broker.pipeline.ingest import split_lines
 from broker.runtime import Broker
-from broker.serve import serve
+from broker.serve import DenialTail, serve
 
 EXIT_OK, EXIT_FINDINGS = 0, 1
 
@@ -49,16 +53,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--metrics-listen: {exc}") from None
     broker = Broker(settings)
     try:
+        denials = None
+        if getattr(args, "authorizer_log", None):
+            from broker import acl  # noqa: PLC0415
+
+            denials = DenialTail(args.authorizer_log, acl.load_principal_map(
+                getattr(args, "principal_map", None), broker.covenant))
         report = serve(broker, now=parse_instant(args.now) if args.now else None,
                        until_idle=args.until_idle,
-                       metrics_listen=getattr(args, "metrics_listen", None))
+                       metrics_listen=getattr(args, "metrics_listen", None),
+                       denials=denials)
     finally:
         broker.close()
     payload = {"batches": report.batches, "consumed": report.consumed,
                "stored": report.stored, "quarantined": report.quarantined,
                "forwarded": report.forwarded, "released": report.released,
                "withheld": report.withheld, "tombstones": report.tombstones,
-               "retries": report.retries, "partitions": report.partitions}
+               "retries": report.retries, "partitions": report.partitions,
+               "denials_audited": report.denials_audited}
     _emit(args, payload, f"serve stopped: {report.consumed} consumed, {report.stored} "
           f"stored, {report.quarantined} quarantined, {report.released} released, "
           f"{report.withheld} withheld, {report.tombstones} tombstones in "
@@ -66,9 +78,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def ingest(args: argparse.Namespace, broker: Broker, data: bytes) -> int:
-    """Produce the lines to the ingress topic and return; `serve` validates and decides."""
-    report = produce_lines(broker, args.source, args.event_type, split_lines(data))
+def ingest(args: argparse.Namespace, broker: Broker, data: bytes,
+           signatures: dict[int, bytes] | None = None) -> int:
+    """Produce the lines to the ingress topic and return; `serve` validates and decides.
+    A line's signature (by line number) goes with it in the cb-sig header."""
+    report = produce_lines(broker, args.source, args.event_type, split_lines(data),
+                           signatures)
     _emit(args, {"source": report.source, "event_type": report.event_type,
                  "topic": report.topic, "produced": report.produced,
                  "partitions": {str(k): v for k, v in sorted(report.partitions.items())}},
@@ -76,16 +91,64 @@ def ingest(args: argparse.Namespace, broker: Broker, data: bytes) -> int:
     return EXIT_OK
 
 
+def _integrated(broker: Broker) -> IntegratedAuditDb:
+    if broker.integrated is None:
+        raise ConfigError("this command needs the Kafka backend's integrated audit log")
+    return broker.integrated
+
+
 def audit_verify(args: argparse.Namespace, broker: Broker) -> int:
-    """Verify the chain of every audit partition; exit 1 naming the first broken one."""
-    reports = _kafka_log(broker).verify_audit_partitions()
-    bad = {p: r for p, r in reports.items() if not r.ok}
-    payload = {"ok": not bad, "entries": sum(r.entries for r in reports.values()),
-               "partitions": {str(p): {"entries": r.entries, "head": r.head,
-                                       "problem": r.problem} for p, r in reports.items()}}
-    lines = [f"partition {p}: {r.entries} entries, head {r.head}" if r.ok
-             else f"partition {p}: NOT intact: {r.problem}" for p, r in reports.items()]
-    head = ("audit log intact" if not bad else "audit log NOT intact") + \
-        f": {payload['entries']} entries in {len(reports)} partition chains"
-    _emit(args, payload, "\n".join([head, *lines]))
-    return EXIT_FINDINGS if bad else EXIT_OK
+    """The chain of every audit partition, the integrated log (its tree and checkpoints),
+    and every integrated entry against its Kafka chain entry; exit 1 naming the first
+    problem. Committed entries not integrated yet are pending: reported, and a problem only
+    with --require-signed."""
+    check = check_integrated(_kafka_log(broker), _integrated(broker))
+    assert broker.audit is not None
+    integrated, _ = cli_audit.verify_result(args, broker.audit)
+    pending = sum(check.pending.values())
+    problem = check.problem or integrated["problem"]
+    if problem is None and args.require_signed and pending:
+        problem = (f"{pending} committed audit entries on Kafka are not integrated (so not "
+                   "signed) yet; run `covenant-broker audit integrate`")
+    entries = sum(r.entries for r in check.chains.values())
+    payload = {"ok": problem is None, "problem": problem, "entries": entries,
+               "pending": pending, "partitions": check.as_json(), "integrated": integrated}
+    head = (f"audit log intact: {entries} entries in {len(check.chains)} partition chains"
+            if problem is None else f"audit log NOT intact: {problem}")
+    lines = [head, f"  integrated log: {integrated['entries']} entries, root "
+             f"{integrated['root']}; {integrated['checkpoints']} signed checkpoints, the "
+             f"latest at size {integrated['signed_size']}"]
+    lines += [f"  partition {p}: {r.entries} entries, head {r.head}, "
+              f"{check.integrated.get(p, 0)} integrated" if r.ok
+              else f"  partition {p}: NOT intact: {r.problem}"
+              for p, r in check.chains.items()]
+    if pending:
+        lines.append(f"  note: {pending} committed entries are not integrated yet (run "
+                     "`covenant-broker audit integrate`); their partition chains cover them")
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK if problem is None else EXIT_FINDINGS
+
+
+def audit_integrate(args: argparse.Namespace, broker: Broker) -> int:
+    """`audit integrate [--follow]`: the audit chains into the verifiable log, as its only
+    writer (an exclusive lock on the data directory's integrated log)."""
+    if args.batch < 1:
+        raise InputError("--batch must be 1 or more")
+    if args.interval <= 0:
+        raise InputError("--interval must be more than 0 seconds")
+    log, store = _kafka_log(broker), _integrated(broker)
+    store.lock_writer()
+    integrator = KafkaAuditIntegrator(log, store, args.batch)
+    if args.follow:
+        report = integrator.follow(args.interval)
+    else:
+        integrator.run_once()
+        report = integrator.report
+    payload = {"integrated": report.integrated, "size": report.size,
+               "checkpoint": report.checkpoint, "passes": report.passes,
+               "partitions": {str(p): n for p, n in sorted(report.partitions.items())}}
+    signed = (f"the latest signed checkpoint is at size {report.checkpoint}"
+              if report.checkpoint is not None else "no signed checkpoint yet")
+    _emit(args, payload, f"{report.integrated} audit entries integrated; the log holds "
+          f"{report.size}; {signed}")
+    return EXIT_OK

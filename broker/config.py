@@ -33,6 +33,13 @@ class LimitsConfig(BaseModel):
     max_event_bytes: PositiveInt = 256 * 1024
 
 
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    public_key: Path | None = Field(
+        default=None, description="Ed25519 public key (PEM): when set, every event of the "
+        "source must carry its valid signature, else it is quarantined")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,6 +50,8 @@ class Settings(BaseModel):
     backend: Literal["embedded", "kafka"] = "embedded"
     limits: LimitsConfig = LimitsConfig()
     kafka: KafkaConfig = KafkaConfig()  # used when backend is "kafka"
+    sources: dict[str, SourceConfig] = Field(
+        default_factory=dict, description="per covenant source: optional public_key")
     decide_batch_size: PositiveInt = 500
     default_retention_days: PositiveInt = Field(
         default=30, description="data keys of event types no purpose uses")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,22 +19,23 @@ from broker.audit.service import AuditLog, audit_setup
 from broker.audit.verify import AuditReport
 from broker.backends.port import EgressRecord, EventLog, NewEvent, Quarantined
 from broker.backends.sqlite import SqliteEventLog
+from broker.backends.sqlite_integrated import IntegratedAuditDb
 from broker.clock import local_date, to_millis
 from broker.config import Settings
 from broker.crypto.kek import FileKek
-from broker.crypto.keystore import DestroyedKey, SqliteKeyStore
+from broker.crypto.keystore import DataKeyStore, DestroyedKey, SqliteKeyStore
 from broker.crypto.sealing import Sealer
 from broker.errors import InvalidEvent, StorageError, UnknownSourceError
 from broker.keys import KeyStore, commitment
 from broker.logs import add_personal_keys, get_logger, scrub
 from broker.metrics import BrokerMetrics
-from broker.model import codec
 from broker.model.json_input import Limits
 from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
-from broker.pipeline import expiry
+from broker.pipeline import erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
 from broker.pipeline.ingest import Accepted, validate
+from broker.pipeline.signatures import load_source_keys
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant, load_covenant, parse_covenant
 from broker.policy.decision import DecisionContext
@@ -62,6 +63,14 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
+class ErasureReport:
+    """What `subject erase` did: the data keys destroyed and the erasure notices written."""
+
+    destroyed: list[DestroyedKey]
+    notices: dict[str, int] = field(default_factory=dict)  # "recipient/purpose" -> notices
+
+
+@dataclass(frozen=True)
 class Delivered:
     """A record as a recipient receives it: the consume output line."""
 
@@ -79,6 +88,7 @@ class Delivered:
                                "record": self.record}
         if self.kind == "tombstone":
             out["tombstone"] = True
+            out["tombstone_cause"] = self.record.get("cause") or "expired"
         if self.erased:
             out["erased_fields"] = self.erased
         return out
@@ -98,19 +108,38 @@ class Broker:
         self.plans: PlanSet = compile_plans(self.covenant, self.registry,
                                             self.keys.pseudonym_key, str(self.policy_path))
         self.limits = Limits(settings.limits.max_string_bytes, settings.limits.max_event_bytes)
+        self.source_keys = load_source_keys(
+            {name: source.public_key for name, source in settings.sources.items()},
+            self.covenant.sources, self.registry.event_types())
         self.log: EventLog
         self.audit: AuditLog | None = None  # the verifiable audit log's reading side
+        self.data_keys: DataKeyStore
+        self.integrated: IntegratedAuditDb | None = None  # Kafka: `audit integrate` writes it
+        setup = audit_setup(settings, self.covenant.covenant.id, self.keys,
+                            self.registry.get("records.audit_entry"))
         if settings.backend == "kafka":  # imported only when chosen: the embedded default
+            from broker.backends.kafka_keys import KafkaKeyStore  # noqa: PLC0415 - needs no Kafka
             from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - needs no Kafka
 
-            self.log = KafkaEventLog(settings.kafka, self.registry, self.plans)
+            kafka_log = KafkaEventLog(settings.kafka, self.registry, self.plans)
+            self.log = kafka_log
+            try:  # the compacted key topic, shared by every process of the deployment
+                self.data_keys = KafkaKeyStore(kafka_log.clients, kafka_log.layout.names.keys,
+                                               self.registry.get("records.data_key"),
+                                               FileKek(self.keys))
+            except BaseException:
+                kafka_log.close()
+                raise
+            # The audit chains sequenced into one verifiable log (broker/backends/
+            # kafka_audit_integrator.py): prove, query and subject-report read it.
+            self.integrated = IntegratedAuditDb(settings.data_dir, setup.sequencer)
+            self.audit = setup.audit_log(self.integrated.audit)
         else:
-            setup = audit_setup(settings, self.covenant.covenant.id, self.keys,
-                                self.registry.get("records.audit_entry"))
             embedded = SqliteEventLog(settings.data_dir / "broker.db",
                                       self.registry.get("records.audit_entry"), setup.sequencer)
             self.log, self.audit = embedded, setup.audit_log(embedded.audit)
-        self.data_keys = SqliteKeyStore(settings.data_dir / "keystore.db", FileKek(self.keys))
+            self.data_keys = SqliteKeyStore(settings.data_dir / "keystore.db",
+                                            FileKek(self.keys))
         self.sealer = Sealer(self.registry, self.data_keys, self.keys.subject_key(),
                              self._retention_by_type(), settings.default_retention_days,
                              self.covenant.zone)
@@ -123,6 +152,8 @@ class Broker:
     def close(self) -> None:
         self.log.close()
         self.data_keys.close()
+        if self.integrated is not None:
+            self.integrated.close()
 
     def _retention_by_type(self) -> dict[str, int]:
         """The longest retention among the purposes that may use each event type."""
@@ -206,14 +237,18 @@ class Broker:
         return full
 
     def ingest(self, source: str, event_type: str, inputs: Iterable[tuple[str, bytes]],
-               now: datetime) -> IngestReport:
+               now: datetime, signatures: Mapping[str, bytes] | None = None) -> IngestReport:
+        """`signatures`: the source's signature of an input, by its position (see
+        broker/pipeline/signatures.py); required for a source with a public key."""
         event_type = self.resolve_type(source, event_type)
+        signatures = signatures or {}
         now_ms = to_millis(now)
         report = IngestReport(source, event_type)
         accepted: list[tuple[str, bytes, Accepted]] = []
         quarantined: list[Quarantined] = []
         for position, raw in inputs:
             try:
+                self.source_keys.check(source, event_type, raw, signatures.get(position))
                 ok = validate(raw, source, event_type, self.registry, self.limits)
             except InvalidEvent as bad:
                 quarantined.append(Quarantined(source, event_type, position, bad.code,
@@ -331,13 +366,13 @@ class Broker:
             return Delivered(record.offset, record.event_type, record.purpose,
                              record.recipient, record.kind, to_json(opened.record),
                              sorted(opened.erased))
-        header = codec.split_header(record.payload)
-        schema = self.registry.by_fingerprint.get(header[0]) if header else None
-        if schema is None:
-            raise InvalidEvent("unknown_schema", f"egress record {record.offset} of "
-                               f"{record.recipient}/{record.purpose} has an unknown schema")
+        try:  # a view, or a tombstone (older tombstone versions resolve to the current)
+            _, plain = self.registry.decode_single_object(record.payload, ("views", "records"))
+        except InvalidEvent as exc:
+            raise InvalidEvent(exc.code, f"egress record {record.offset} of {record.recipient}"
+                               f"/{record.purpose}: {exc.reason}") from None
         return Delivered(record.offset, record.event_type, record.purpose, record.recipient,
-                         record.kind, to_json(schema.decode(record.payload)))
+                         record.kind, to_json(plain))
 
     def consume(self, recipient: str, purpose: str | None, from_offset: int,
                 now: datetime, limit: int | None = None) -> list[Delivered]:
@@ -396,18 +431,51 @@ class Broker:
                                                 ).isoformat()})], to_millis(now))
         return destroyed
 
-    def erase_subject(self, bsn: str, reason: str, now: datetime) -> list[DestroyedKey]:
-        """Crypto-shred one person: destroy their data keys; audit it (pseudonym only)."""
+    def erase_subject(self, bsn: str, reason: str, now: datetime) -> ErasureReport:
+        """Crypto-shred one person: destroy their data keys, then tell every recipient that
+        received a record about them (one erasure notice per record, AVG art. 19); audit
+        it all with the keyed pseudonym only."""
         pseudonym = self.sealer.subject_pseudonym("bsn", bsn)
         destroyed = self.data_keys.destroy_subject(f"bsn:{pseudonym}")
-        self.log.append_audit([draft(
-            "erasure", trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
+        ctx = self.context(now)
+        released = self.log.without_tombstone(erasure.released_in(
+            self._entries_about(pseudonym), pseudonym))
+        batch = erasure.notices(released, self.decider_at(ctx).plans,
+                                self.registry.get("records.tombstone"),
+                                self.keys.commitment_key(), ctx)
+        for eg in batch.egress:  # a notice names the persons its release named
+            eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
+        batch.audits.append(draft(
+            "erasure", trace_id=None, start_ms=ctx.now_ms, **self._covenant_fields(),
             data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn", "role": "erasure"}],
             decision="destroy_keys", reason_code="erasure_request", reason=scrub(reason),
             detail={"keys": str(len(destroyed)),
-                    "fields": str(sum(k.fields_sealed for k in destroyed))})], to_millis(now))
-        self.logger.info("subject erased", keys=len(destroyed))
-        return destroyed
+                    "fields": str(sum(k.fields_sealed for k in destroyed)),
+                    "notices": str(len(batch.egress))}))
+        written = self.log.commit_decisions(batch, ctx.now_ms)
+        self.metrics.observe_decisions(batch, 0, 0.0)  # notices: released, kind=tombstone
+        self.metrics.observe_audit(len(batch.audits))
+        notices: dict[str, int] = {}
+        for record in written:
+            stream = f"{record.recipient}/{record.purpose}"
+            notices[stream] = notices.get(stream, 0) + 1
+        self.logger.info("subject erased", keys=len(destroyed), notices=len(written),
+                         streams=len(notices))
+        return ErasureReport(destroyed, notices)
+
+    def _entries_about(self, pseudonym: str) -> Iterator[dict[str, Any]]:
+        """Audit entries that may name the subject: through the subject index on the
+        embedded backend, by a scan of every audit partition on Kafka (its integrated log
+        is only as recent as the last `audit integrate`)."""
+        schema = self.registry.get("records.audit_entry")
+        if self.audit is not None and self.settings.backend != "kafka":
+            store = self.audit.store
+            rows: Iterable[bytes] = (data for _, data in store.audit_entries_at(
+                store.subject_seqs(bytes.fromhex(pseudonym))))
+        else:
+            rows = self.log.audit_entries()
+        for data in rows:
+            yield schema.decode(data)
 
     # -- control ----------------------------------------------------------------------------
     def switch_theme(self, theme: str, on: bool, now: datetime) -> None:

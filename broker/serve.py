@@ -7,7 +7,8 @@ PartitionWorker, the only writer of that index's store, quarantine and audit par
 (broker/backends/kafka_pipeline.py). One loop, one thread:
 
     poll -> open/close workers for the current assignment -> one transaction per index
-         -> expiry sweep (the member holding index 0) -> until stopped or idle
+         -> expiry sweep and ingress purge (the member holding index 0)
+         -> until stopped or idle
 
 Rebalances: the listener only records the new assignment; workers change in the loop
 between batches, so no transaction is ever open while partitions move. A new worker runs
@@ -35,18 +36,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, TopicPartition
 
+from broker.acl import PrincipalMap
+from broker.acl_denials import DenialAuditor, audit_denials, auditor_for
 from broker.backends.kafka_errors import kafka_errors, retrying
 from broker.backends.kafka_group import CoPartitionedAssignor
 from broker.backends.kafka_io import end_offsets, wait_visible
 from broker.backends.kafka_log import KafkaEventLog
 from broker.backends.kafka_pipeline import BatchCounts, PartitionWorker, group_by_index
+from broker.backends.kafka_purge import PurgeState, purge_consumed
 from broker.clock import now_utc
-from broker.errors import StorageError, TransientBackendError
+from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
 from broker.runtime import Broker
 
@@ -66,6 +71,8 @@ class ServeReport:
     withheld: int = 0
     tombstones: int = 0
     retries: int = 0
+    purged_partitions: int = 0  # ingress partitions purged up to their committed offsets
+    denials_audited: int = 0  # audit entries from Kafka's authorizer log
     partitions: list[int] = field(default_factory=list)
 
     def add(self, counts: BatchCounts) -> None:
@@ -78,7 +85,19 @@ class ServeReport:
         self.withheld += counts.decided.withheld
 
 
-EMPTY_ASSIGNMENT_GRACE_S = 10.0
+# An empty assignment counts as idle only after this long (see Server._idle); meanwhile the
+# consumer asks for fresh metadata every EMPTY_ASSIGNMENT_REFRESH_S, which makes the group
+# rebalance as soon as the ingress topics' partitions are known.
+EMPTY_ASSIGNMENT_GRACE_S = 30.0
+EMPTY_ASSIGNMENT_REFRESH_S = 2.0
+
+
+@dataclass(frozen=True)
+class DenialTail:
+    """--authorizer-log: the log to audit denials from, and the parties' principals."""
+
+    log_file: Path
+    principals: PrincipalMap
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
@@ -97,7 +116,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
 
 class Server:
     def __init__(self, broker: Broker, *, now: datetime | None = None,
-                 until_idle: bool = False, metrics_listen: str | None = None) -> None:
+                 until_idle: bool = False, metrics_listen: str | None = None,
+                 denials: DenialTail | None = None) -> None:
         if not isinstance(broker.log, KafkaEventLog):
             raise StorageError("serve runs the Kafka pipeline: pass --backend kafka and "
                                "--bootstrap-servers HOST:PORT (or set backend: kafka)")
@@ -116,11 +136,18 @@ class Server:
         self.stopping = False
         self._last_sweep = 0.0
         self._empty_since: float | None = None
+        self._metadata_asked = 0.0
         self.metrics = broker.metrics
         self.health = Health()
         self.metrics_listen = metrics_listen
         self.metrics_server: MetricsServer | None = None
         self._last_lag = 0.0
+        self._purge = PurgeState()
+        self._last_purge = 0.0
+        self._admin: KafkaAdminClient | None = None
+        self.denials = denials
+        self._denial_auditor: DenialAuditor | None = None
+        self._last_denials = 0.0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -156,7 +183,9 @@ class Server:
                                                 f"{self.cfg.group_id} in {JOIN_TIMEOUT_S:.0f}s")
             if self.until_idle:
                 self._maybe_sweep(after_batch=True)
+                self._maybe_audit_denials(force=True)
                 self._await_visible()
+                self._maybe_purge(force=True)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -168,9 +197,14 @@ class Server:
 
     def _cycle(self) -> bool:
         """One poll and what follows from it; True when --until-idle has nothing left."""
-        self.health.last_poll_ok = False  # until this poll returns
-        with kafka_errors("polling the ingress topics"):
-            records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms)
+        try:
+            with kafka_errors("polling the ingress topics"):
+                records = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms)
+        except Exception:
+            # Not ready until a poll works again. (Cleared only on failure: cleared before
+            # every poll, /readyz answered 503 for most of each poll_timeout_ms.)
+            self.health.last_poll_ok = False
+            raise
         self.health.last_poll_ok = True
         opened = self._follow_assignment()
         self.health.assigned = bool(self.listener.assigned)
@@ -179,6 +213,8 @@ class Server:
             self._process(records)
         self._observe_lag()
         self._maybe_sweep(after_batch=bool(records))
+        self._maybe_purge()
+        self._maybe_audit_denials()
         return self.until_idle and not records and self._idle()
 
     def _await_visible(self) -> None:
@@ -198,6 +234,9 @@ class Server:
             worker.close()
         with kafka_errors("leaving the consumer group"):
             self.consumer.close()
+        if self._admin is not None:
+            with kafka_errors("closing the admin client"):
+                self._admin.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
 
@@ -356,6 +395,53 @@ class Server:
             self.report.tombstones += tombstones
             self.logger.info("expiry tombstones committed", tombstones=tombstones)
 
+    def _maybe_audit_denials(self, *, force: bool = False) -> None:
+        """The member holding index 0 audits new authorizer denials every few seconds (on
+        the commands chain, as the expiry sweep writes). A failure is retried later: the
+        read position moves only after the entries are written."""
+        worker = self.workers.get(0)
+        if self.denials is None or worker is None or not worker.is_open:
+            return
+        if not force and time.monotonic() - self._last_denials < IDLE_SWEEP_INTERVAL_S:
+            return
+        self._last_denials = time.monotonic()
+        if self._denial_auditor is None:
+            self._denial_auditor = auditor_for(self.broker, self.denials.principals)
+        try:
+            counts = audit_denials(self.broker, self.denials.log_file, self.denials.principals,
+                                   self._now(), self._denial_auditor)
+        except (TransientBackendError, InputError) as exc:
+            self._on_retry(exc)
+            self.logger.warning("auditing authorizer denials failed; retrying later",
+                                error=str(exc))
+            return
+        self.report.denials_audited += counts.entries
+
+    def _maybe_purge(self, *, force: bool = False) -> None:
+        """The member holding index 0 deletes the ingress records the group has committed
+        (every kafka.ingress_purge_interval_ms; broker/backends/kafka_purge.py). A failure
+        is retried at the next interval; the records stay until then."""
+        worker = self.workers.get(0)
+        interval = self.cfg.ingress_purge_interval_ms
+        if worker is None or not worker.is_open or interval == 0:
+            return
+        if not force and time.monotonic() - self._last_purge < interval / 1000:
+            return
+        self._last_purge = time.monotonic()
+        try:
+            if self._admin is None:
+                with kafka_errors("connecting the admin client"):
+                    self._admin = self.log.clients.admin()
+            purged = purge_consumed(self._admin, self.layout, self._purge)
+        except (TransientBackendError, StorageError) as exc:
+            self._on_retry(exc)
+            self.logger.warning("ingress purge failed; retrying later", error=str(exc))
+            return
+        if purged:
+            self.report.purged_partitions += len(purged)
+            self.logger.info("ingress purged", partitions=len(purged),
+                             below_offsets=sum(purged.values()))
+
     def _idle(self) -> bool:
         """Every assigned partition is open and read up to its last stable offset."""
         assigned = self.listener.assigned
@@ -366,9 +452,17 @@ class Server:
             # join can come back empty before the consumer's metadata knows the topics, and
             # the group rebalances once it does. Treating that as idle ended --until-idle
             # with nothing processed.
+            # Under heavy load the join can also outlast a session timeout (the member is
+            # dropped and joins again). Metadata is refreshed every few seconds meanwhile so
+            # that a rebalance is not left to the five-minute metadata age.
+            now = time.monotonic()
             if self._empty_since is None:
-                self._empty_since = time.monotonic()
-            return time.monotonic() - self._empty_since > EMPTY_ASSIGNMENT_GRACE_S
+                self._empty_since = self._metadata_asked = now
+            elif now - self._metadata_asked > EMPTY_ASSIGNMENT_REFRESH_S:
+                self._metadata_asked = now
+                # kafka-python has no public call for this; its cluster metadata object does.
+                self.consumer._client.cluster.request_update()
+            return now - self._empty_since > EMPTY_ASSIGNMENT_GRACE_S
         self._empty_since = None
         ends = end_offsets(self.consumer, sorted(assigned, key=str))
         with kafka_errors("checking for more input"):
@@ -376,5 +470,6 @@ class Server:
 
 
 def serve(broker: Broker, *, now: datetime | None, until_idle: bool,
-          metrics_listen: str | None = None) -> ServeReport:
-    return Server(broker, now=now, until_idle=until_idle, metrics_listen=metrics_listen).run()
+          metrics_listen: str | None = None, denials: DenialTail | None = None) -> ServeReport:
+    return Server(broker, now=now, until_idle=until_idle, metrics_listen=metrics_listen,
+                  denials=denials).run()

@@ -28,7 +28,8 @@ _SECTIONS = [
 ]
 
 _DECISIONS = {"release": "verstrekt", "withhold": "niet verstrekt",
-              "expire": "vervallen: de ontvanger is gemeld dat de grond is beëindigd"}
+              "expire": "vervallen: de ontvanger is gemeld dat de grond is beëindigd",
+              "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist"}
 _ACTIONS = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
             "erasure": "verwijdering", "quarantine": "geweigerde invoer",
             "control": "beheerhandeling"}

@@ -4,7 +4,8 @@ The person is found through the subject index (keyed pseudonym -> seqs), never b
 and never by the identifier itself: the caller pseudonymises the BSN with the subject key
 first, and nothing here sees it. Each entry the index names is decoded and kept only if it
 really names the pseudonym, then sorted into:
-  disclosures  decisions that released data, and expiry tombstones of released data
+  disclosures  decisions that released data, and the tombstones of released data
+               (expiry tombstones, erasure notices)
   withheld     decisions that did not release (with the reason)
   accesses     a recipient retrieving records about the person
   other        anything else naming the person (an erasure, for example)
@@ -39,7 +40,7 @@ def valid_pseudonym(text: str) -> bool:
 
 def _section(entry: dict[str, Any]) -> str:
     decision = entry.get("decision")
-    if decision in ("release", "expire"):
+    if decision in ("release", "expire", "erase"):
         return "disclosures"
     if decision == "withhold":
         return "withheld"

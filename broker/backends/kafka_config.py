@@ -13,6 +13,8 @@ topic                                  holds                                    
 ``covenant.audit``                     hash-chained audit entries                  N + 1
 ``covenant.control``                   control events (theme switches)             1
 ``covenant.expiry``                    compacted: which records have a tombstone   1
+``covenant.keys``                      compacted: wrapped data keys; a tombstone   1
+                                       destroys one (broker/backends/kafka_keys.py)
 =====================================  =========================================  ==========
 
 N is ``kafka.partitions``. It fixes how event ids map to partitions, so it cannot change
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -37,9 +40,12 @@ from pydantic import (
     Field,
     PositiveInt,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from broker.backends import kafka_tls
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_TOPIC_LENGTH = 249
@@ -65,7 +71,21 @@ class KafkaConfig(BaseModel):
         "restarted member with the same id gets its partitions back without waiting for "
         "the session timeout")
     client_id: str = "covenant-broker"
-    ingress_retention_ms: int = 7 * 24 * 3600 * 1000
+    ingress_retention_ms: int = Field(
+        default=24 * 3600 * 1000, description="retention.ms of the ingress topics when they "
+        "are created: the sources' raw input (plaintext) is deleted after this long even "
+        "if serve never consumed it, so keep it above the longest serve outage you must "
+        "ride out (see deploy/kafka/README.md, 'Raw input on the ingress topics')")
+    ingress_segment_ms: PositiveInt = Field(
+        default=3_600_000, description="segment.ms of the ingress topics when they are "
+        "created: purged input leaves the segment files only once its segment has rolled")
+    ingress_purge_interval_ms: int = Field(
+        default=60_000, ge=0, description="how often serve deletes the ingress records its "
+        "group has committed (DeleteRecords up to the committed offsets); 0: never")
+    keys_segment_ms: PositiveInt = Field(
+        default=600_000, description="segment.ms of the key topic when it is created: a "
+        "destroyed key's wrapped bytes leave the log files about this long after erasure "
+        "(see broker/backends/kafka_keys.py)")
     session_timeout_ms: PositiveInt = 10_000
     heartbeat_interval_ms: PositiveInt = 3_000
     max_poll_interval_ms: PositiveInt = 300_000
@@ -77,11 +97,48 @@ class KafkaConfig(BaseModel):
     retry_backoff_ms: PositiveInt = 200
     # Authentication (the broker's own principal). The password is a SecretStr: it prints
     # as '**********' (config check, logs) and is revealed only to kafka-python.
-    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = Field(
         default=None, description="environment: COVENANT_BROKER_KAFKA__SASL_PLAIN_PASSWORD")
+    # TLS (SSL, SASL_SSL). With SSL the broker authenticates with its client certificate
+    # (mTLS); the files are checked at load (kafka_tls.py). Keep this field order: the
+    # key file's check reads the password and the certificate validated before it.
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM CA certificate(s) that signed the Kafka brokers' "
+        "certificates; default: the system's trusted CAs")
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate (chain) of the broker principal")
+    ssl_password: SecretStr | None = Field(
+        default=None, description="password of an encrypted ssl_keyfile; environment: "
+        "COVENANT_BROKER_KAFKA__SSL_PASSWORD")
+    ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of ssl_certfile, mode 0600 or stricter")
+    ssl_check_hostname: bool = Field(
+        default=True, description="check that the broker's certificate names the host of "
+        "bootstrap_servers")
+
+    @field_validator("ssl_cafile", "ssl_certfile")
+    @classmethod
+    def _pem_certificates(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            kafka_tls.certificates(value)
+        return value
+
+    @field_validator("ssl_keyfile")
+    @classmethod
+    def _private_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return value
+        password: SecretStr | None = info.data.get("ssl_password")
+        secret = password.get_secret_value() if password is not None else None
+        certfile: Path | None = info.data.get("ssl_certfile")
+        if certfile is None:
+            kafka_tls.private_key(value, secret)
+        else:
+            kafka_tls.check_pair(certfile, value, secret)
+        return value
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
@@ -96,15 +153,43 @@ class KafkaConfig(BaseModel):
                              "or SASL_SSL")
         return self
 
+    @model_validator(mode="after")
+    def _tls_complete(self) -> KafkaConfig:
+        tls = self.security_protocol.endswith("SSL")
+        given = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile",
+                                   "ssl_password") if getattr(self, name) is not None]
+        if not tls and given:
+            raise ValueError(f"{', '.join(given)} need security_protocol SSL or SASL_SSL")
+        if self.security_protocol == "SSL" and (self.ssl_certfile is None
+                                                or self.ssl_keyfile is None):
+            raise ValueError("security_protocol SSL needs ssl_certfile and ssl_keyfile (the "
+                             "broker authenticates with its client certificate)")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.ssl_password is not None and self.ssl_keyfile is None:
+            raise ValueError("ssl_password needs ssl_keyfile")
+        return self
+
     def security_settings(self) -> dict[str, Any]:
-        """kafka-python keyword arguments for authentication ({} for PLAINTEXT)."""
-        if not self.security_protocol.startswith("SASL_"):
-            return {}
-        assert self.sasl_plain_password is not None  # _sasl_complete
-        return {"security_protocol": self.security_protocol,
-                "sasl_mechanism": self.sasl_mechanism,
-                "sasl_plain_username": self.sasl_plain_username,
-                "sasl_plain_password": self.sasl_plain_password.get_secret_value()}
+        """kafka-python keyword arguments for authentication and TLS ({} for PLAINTEXT)."""
+        settings: dict[str, Any] = {}
+        if self.security_protocol == "PLAINTEXT":
+            return settings
+        settings["security_protocol"] = self.security_protocol
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_plain_password is not None  # _sasl_complete
+            settings |= {"sasl_mechanism": self.sasl_mechanism,
+                         "sasl_plain_username": self.sasl_plain_username,
+                         "sasl_plain_password": self.sasl_plain_password.get_secret_value()}
+        if self.security_protocol.endswith("SSL"):
+            settings["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                path: Path | None = getattr(self, name)
+                if path is not None:
+                    settings[name] = str(path)
+            if self.ssl_password is not None:
+                settings["ssl_password"] = self.ssl_password.get_secret_value()
+        return settings
 
     @field_validator("topic_prefix")
     @classmethod
@@ -170,6 +255,10 @@ class TopicNames:
     @property
     def expiry(self) -> str:
         return f"{self.prefix}expiry"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.prefix}keys"
 
     def event_type_of_ingress(self, topic: str) -> str:
         return topic[len(self.ingress("")):]

@@ -2,14 +2,15 @@
 
 Each line becomes one record, keyed by its event_id when the line is JSON that has one (so
 it lands on the partition whose worker judges duplicates of that id); the ``source``
-header names the producing source and ``line`` its line number. Validation, storing and
+header names the producing source and ``line`` its line number; a line's signature, if
+given, goes in ``cb-sig`` (broker/pipeline/signatures.py). Validation, storing and
 deciding happen in `serve`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from broker.backends.kafka_errors import kafka_errors
@@ -17,6 +18,7 @@ from broker.backends.kafka_io import close_quietly, headers
 from broker.backends.kafka_log import KafkaEventLog
 from broker.backends.kafka_pipeline import home_partition
 from broker.errors import StorageError
+from broker.pipeline.signatures import SIGNATURE_HEADER
 from broker.runtime import Broker
 
 SEND_TIMEOUT_S = 60.0
@@ -42,7 +44,8 @@ def event_id_of(line: bytes) -> str | None:
 
 
 def produce_lines(broker: Broker, source: str, event_type: str,
-                  lines: Iterable[tuple[int, bytes]]) -> ProduceReport:
+                  lines: Iterable[tuple[int, bytes]],
+                  signatures: Mapping[int, bytes] | None = None) -> ProduceReport:
     if not isinstance(broker.log, KafkaEventLog):
         raise StorageError("produce_lines needs the Kafka backend")
     log = broker.log
@@ -55,11 +58,14 @@ def produce_lines(broker: Broker, source: str, event_type: str,
         with kafka_errors(f"producing to {topic}"):
             for number, line in lines:
                 event_id = event_id_of(line)
+                sig = (signatures or {}).get(number)
                 partition = (home_partition(event_id, log.cfg.partitions)
                              if event_id else None)
                 futures.append(producer.send(
                     topic, value=line, key=event_id.encode() if event_id else None,
-                    partition=partition, headers=headers(source=source, line=number)))
+                    partition=partition, headers=[
+                        *headers(source=source, line=number),
+                        *([(SIGNATURE_HEADER, sig)] if sig is not None else [])]))
             producer.flush(timeout=SEND_TIMEOUT_S)
             for future in futures:
                 meta = future.get(timeout=SEND_TIMEOUT_S)

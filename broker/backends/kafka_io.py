@@ -66,10 +66,10 @@ class Clients:
             raise
         return producer
 
-    def producer(self) -> KafkaProducer:
-        """An idempotent, non-transactional producer (for ingress input)."""
+    def producer(self, role: str = "ingress") -> KafkaProducer:
+        """An idempotent, non-transactional producer (ingress input, data keys)."""
         with kafka_errors(f"connecting to Kafka at {self.cfg.bootstrap_servers}"):
-            return KafkaProducer(**self._common("ingress"), enable_idempotence=True,
+            return KafkaProducer(**self._common(role), enable_idempotence=True,
                                  acks="all", linger_ms=5)
 
     def group_consumer(self, assignor: Any) -> KafkaConsumer:
@@ -135,9 +135,15 @@ def warm_metadata(producer: KafkaProducer, topics: Sequence[str]) -> None:
 
 
 def header(record: Any, name: str) -> str | None:
+    value = header_bytes(record, name)
+    return value.decode("utf-8") if value is not None else None
+
+
+def header_bytes(record: Any, name: str) -> bytes | None:
+    """A header's bytes as sent (a signature need not be UTF-8)."""
     for key, value in record.headers or ():
         if key == name:
-            return value.decode("utf-8") if value is not None else None
+            return bytes(value) if value is not None else None
     return None
 
 

@@ -119,6 +119,23 @@ class KafkaEventLog:
         self.expiry.refresh(self.reader)
         return self.expiry.due(before, self.commands.tombstoned)
 
+    def without_tombstone(self, released: list[tuple[str, str, int]]
+                          ) -> list[EgressRecord]:
+        """Takes the commands chain first, so the tombstone index it filters by is exact
+        (write_tombstones filters again inside its transaction)."""
+        self.commands.open()
+        out: list[EgressRecord] = []
+        for recipient, purpose, offset in released:
+            if (recipient, purpose, offset) in self.commands.tombstoned:
+                continue
+            tp = TopicPartition(self.layout.names.egress(recipient, purpose), 0)
+            found = read_range(self.reader, {tp: offset}, max_records=1).get(tp, [])
+            if found and found[0].offset == offset:
+                record = to_egress_record(found[0], recipient, purpose)
+                if record.kind == "record":
+                    out.append(record)
+        return out
+
     def commit_decisions(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
         if batch.position >= 0 or any(eg.kind != "tombstone" for eg in batch.egress):
             raise StorageError(_SERVE_DECIDES)
@@ -176,6 +193,12 @@ class KafkaEventLog:
     def audit_rows(self) -> Iterator[tuple[int, bytes]]:
         raise StorageError("on the Kafka backend the audit log is one hash chain per audit "
                            "partition; verify it with verify_audit_partitions()")
+
+    def audit_entries(self) -> Iterator[bytes]:
+        tps = [TopicPartition(self.layout.names.audit, p)
+               for p in range(self.cfg.audit_partitions)]
+        for _, records in sorted(read_all(self.reader, tps).items()):
+            yield from (bytes(r.value) for r in records)
 
     def verify_audit_partitions(self) -> dict[int, ChainReport]:
         return verify_partitions(self.reader, self.audit_schema, self.layout.names.audit,

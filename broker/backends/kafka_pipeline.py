@@ -46,6 +46,7 @@ from broker.backends.kafka_io import (
     Clients,
     close_quietly,
     header,
+    header_bytes,
     headers,
     read_all,
     take_writer,
@@ -55,6 +56,7 @@ from broker.backends.port import DecisionBatch, Quarantined, StoredEvent
 from broker.errors import InvalidEvent
 from broker.pipeline.decide import DecideCounts
 from broker.pipeline.ingest import source_of, validate
+from broker.pipeline.signatures import SIGNATURE_HEADER
 from broker.policy.decision import DecisionContext
 from broker.runtime import Broker
 
@@ -172,6 +174,8 @@ class PartitionWorker:
                 raw = bytes(record.value or b"")
                 position = f"{tp.topic}:{tp.partition}:{record.offset}"
                 try:
+                    broker.source_keys.check(source, event_type, raw,
+                                             header_bytes(record, SIGNATURE_HEADER))
                     ok = validate(raw, source, event_type, broker.registry, broker.limits)
                 except InvalidEvent as bad:
                     out.quarantined.append(Quarantined(source, event_type, position, bad.code,

@@ -2,8 +2,8 @@
 
 Every command that talks to Kafka first runs `ensure_topics`: missing topics are created,
 and existing ones must have the partition count and the configs the design relies on
-(an immutable store and audit log, a compacted expiry index). A mismatch stops the
-command with a ConfigError naming the topic, the setting and both values.
+(an immutable store and audit log, a compacted expiry index and key topic). A mismatch
+stops the command with a ConfigError naming the topic, the setting and both values.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ UNKNOWN_TOPIC = 3
 TOPIC_EXISTS = 36
 KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 COMPACTED = {"cleanup.policy": "compact"}
+
+
+def key_topic_configs(segment_ms: int) -> dict[str, str]:
+    """The data key topic: compacted, and cleaned soon after a key's tombstone, so a
+    destroyed wrapped key leaves the log files (broker/backends/kafka_keys.py says how
+    soon). Tombstones themselves stay a day: they hold a key id, no key material."""
+    return {"cleanup.policy": "compact", "segment.ms": str(segment_ms),
+            "min.cleanable.dirty.ratio": "0.01", "min.compaction.lag.ms": "0",
+            "max.compaction.lag.ms": str(segment_ms), "file.delete.delay.ms": "1000",
+            "delete.retention.ms": str(24 * 3600 * 1000)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,8 @@ class Layout:
         out: list[TopicSpec] = []
         for event_type in self.event_types:
             out.append(TopicSpec(names.ingress(event_type), "ingress", cfg.partitions,
-                                 {"retention.ms": str(cfg.ingress_retention_ms)}))
+                                 {"retention.ms": str(cfg.ingress_retention_ms),
+                                  "segment.ms": str(cfg.ingress_segment_ms)}))
         out.append(TopicSpec(names.store, "store", cfg.partitions, KEEP_FOREVER, keep))
         for recipient, purpose in self.streams:
             out.append(TopicSpec(names.egress(recipient, purpose), "egress", 1, KEEP_FOREVER,
@@ -82,6 +93,8 @@ class Layout:
                              setting="(fixed: one partition)"))
         out.append(TopicSpec(names.expiry, "expiry", 1, COMPACTED, tuple(COMPACTED),
                              setting="(fixed: one partition)"))
+        out.append(TopicSpec(names.keys, "keys", 1, key_topic_configs(cfg.keys_segment_ms),
+                             tuple(COMPACTED), setting="(fixed: one partition)"))
         return out
 
 

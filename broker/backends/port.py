@@ -113,6 +113,12 @@ class EventLog(Protocol):
 
     def expiring(self, before: date) -> list[EgressRecord]: ...
 
+    def without_tombstone(self, released: list[tuple[str, str, int]]
+                          ) -> list[EgressRecord]:
+        """The released records at these (recipient, purpose, offset) that no tombstone
+        ends yet (expiry or erasure notice), in the order given."""
+        ...
+
     def append_theme_switch(self, theme: str, on: bool, effective_ms: int,
                             audit: Draft, now_ms: int) -> ThemeSwitch: ...
 
@@ -128,6 +134,10 @@ class EventLog(Protocol):
     def append_audit(self, audits: list[Draft], now_ms: int) -> None: ...
 
     def audit_rows(self) -> Iterator[tuple[int, bytes]]: ...
+
+    def audit_entries(self) -> Iterator[bytes]:
+        """Every audit entry (on Kafka: partition by partition)."""
+        ...
 
     def quarantine_count(self) -> int: ...
 

@@ -182,6 +182,9 @@ class SqliteEventLog:
                 return
             yield from ((int(r[0]), bytes(r[1])) for r in rows)
 
+    def audit_entries(self) -> Iterator[bytes]:
+        return (entry for _, entry in self.audit_rows())
+
     # -- ingest ----------------------------------------------------------------------------
     def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -298,6 +301,19 @@ class SqliteEventLog:
             "AND t.tombstone_for = e.egress_offset) ORDER BY recipient, purpose, egress_offset",
             (before.isoformat(),))
         return [_row_to_egress(r) for r in rows]
+
+    def without_tombstone(self, released: list[tuple[str, str, int]]
+                          ) -> list[EgressRecord]:
+        out: list[EgressRecord] = []
+        for recipient, purpose, offset in released:
+            rows = self._read(
+                f"SELECT {self._EGRESS_COLS} FROM egress e WHERE recipient = ? "  # noqa: S608 - constant columns
+                "AND purpose = ? AND egress_offset = ? AND kind = 'record' AND NOT EXISTS ("
+                "SELECT 1 FROM egress t WHERE t.recipient = e.recipient "
+                "AND t.purpose = e.purpose AND t.tombstone_for = e.egress_offset)",
+                (recipient, purpose, offset))
+            out.extend(_row_to_egress(r) for r in rows)
+        return out
 
     # -- control ---------------------------------------------------------------------------
     def append_theme_switch(self, theme: str, on: bool, effective_ms: int,

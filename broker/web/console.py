@@ -293,14 +293,30 @@ async def verify_now(request: Request, user: FgUser,
         if audit is None:
             return None
         started = time.perf_counter()
-        result = audit.verify()
-        return {**result.as_json(), "seconds": round(time.perf_counter() - started, 3)}
+        result = audit.verify().as_json()
+        sources = _kafka_sources(broker)
+        problem = result["problem"] or sources.pop("problem", None)
+        result.update(sources, ok=problem is None, problem=problem)
+        return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
     result = await _worker(request).call(run)
     if result is not None:
         request.app.state.last_verify = {**result, "by": user,
                                          "at": iso_instant(now_utc())}
     return RedirectResponse("/console/verificatie", status_code=303)
+
+
+def _kafka_sources(broker: Broker) -> dict[str, Any]:
+    """Kafka: the audit chains against the integrated log, as `audit verify` checks them."""
+    if broker.integrated is None:
+        return {}
+    from broker.backends.kafka_audit_integrator import check_integrated  # noqa: PLC0415
+    from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
+
+    if not isinstance(broker.log, KafkaEventLog):
+        return {}
+    check = check_integrated(broker.log, broker.integrated)
+    return {"pending": sum(check.pending.values()), "problem": check.problem}
 
 
 # -- policy impact ----------------------------------------------------------------------------

@@ -45,7 +45,8 @@ ACTIONS_NL = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opge
               "quarantine": "geweigerde invoer", "control": "beheerhandeling",
               "erasure": "verwijdering", "retention": "bewaartermijn", "replay": "herberekening",
               "ack": "ontvangst bevestigd", "subject_report": "inzageverzoek",
-              "broker_start": "broker gestart", "broker_stop": "broker gestopt"}
+              "broker_start": "broker gestart", "broker_stop": "broker gestopt",
+              "write_refused": "schrijven geweigerd (Kafka)"}
 _MONTHS = ["jan", "feb", "mrt", "apr", "mei", "jun", "jul", "aug", "sep", "okt", "nov", "dec"]
 
 

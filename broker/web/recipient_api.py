@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -65,10 +65,13 @@ class DeliveredRecord(BaseModel):
     purpose: str
     recipient: str
     record: dict[str, Any] = Field(description="the released view; instants ISO-8601 UTC, "
-                                   "dates YYYY-MM-DD; for a tombstone: the reference of the "
-                                   "record that expired")
-    tombstone: bool | None = Field(default=None, description="present and true for an "
-                                   "expiry tombstone: delete the record with this reference")
+                                   "dates YYYY-MM-DD; for a tombstone: the reference "
+                                   "(ref, released_offset) of the record to delete")
+    tombstone: bool | None = Field(default=None, description="present and true for a "
+                                   "tombstone: delete the record with this reference")
+    tombstone_cause: Literal["expired", "erasure"] | None = Field(
+        default=None, description="for a tombstone: expired (the basis ended) or erasure "
+        "(the data subject's personal data was erased: AVG art. 17 and 19)")
     erased_fields: list[str] | None = Field(default=None, description="fields that are null "
                                             "because their data subject was erased")
 

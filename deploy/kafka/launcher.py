@@ -12,17 +12,32 @@ Library use::
 
 A secured node (``secure=True``) listens with SASL_PLAINTEXT/SCRAM-SHA-512 instead of
 PLAINTEXT, runs the StandardAuthorizer with ``allow.everyone.if.no.acl.found=false`` and has
-``User:admin`` as its super user (it creates the topics and the ACLs). The SCRAM users are
-written into the metadata log at format time (``StorageTool format --add-scram``)::
+``User:admin`` as its super user (it creates the topics and the ACLs). Its controller
+listener wants SASL/PLAIN: the broker reaches its own controller as ``User:kafka-node``
+(the other super user), with a password made per start, not as an anonymous principal.
+The SCRAM users are written into the metadata log at format time
+(``StorageTool format --add-scram``)::
 
     with KafkaNode(secure=True, users={"politie": "pw"}) as node:
         node.client_config("politie")  # kafka-python security settings of one user
         node.client_config()           # ... of the admin
 
+With ``mtls=True`` a secured node also has an SSL listener that requires a client
+certificate signed by the node's own CA (made per start by ``certs.py``, which needs the
+``cryptography`` package); the certificate's CN is the principal (CN=politie is
+User:politie). Every user gets a certificate; the controller listener is SSL as well, so
+the broker reaches its controller as ``User:kafka-node`` and no anonymous principal is a
+super user::
+
+    with KafkaNode(secure=True, users={"politie": "pw"}, mtls=True) as node:
+        node.ssl_bootstrap_servers          # "127.0.0.1:PORT" of the SSL listener
+        node.ssl_client_config("politie")   # kafka-python settings: CA, certificate, key
+
 Command line::
 
     python deploy/kafka/launcher.py fetch   # resolve the jars, print the libs dir
     python deploy/kafka/launcher.py run     # start, print KAFKA_BOOTSTRAP_SERVERS=..., wait
+    python deploy/kafka/launcher.py run --mtls --user politie   # + SSL listener, certificates
 
 Environment:
 
@@ -39,8 +54,10 @@ import argparse
 import atexit
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -55,8 +72,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import IO, Self
+from types import FrameType, ModuleType, TracebackType
+from typing import IO, Any, Self
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -233,14 +250,16 @@ ADMIN_USER = "admin"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 _SCRAM_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
-# A secured node replaces these keys of the template (the controller listener stays
-# PLAINTEXT on loopback: it is the in-process broker's way to its controller).
+# A secured node replaces these keys of the template. The controller listener (the
+# in-process broker's way to its controller) authenticates too, as User:kafka-node (a super
+# user): with SASL/PLAIN and a per-start password, or with mTLS the node's certificate.
+# Not SCRAM: SCRAM credentials live in the metadata log, which the controller serves.
 SECURE_PROPERTIES = """\
 # Secured node (KafkaNode(secure=True)): SASL/SCRAM-SHA-512 clients, ACLs enforced.
-listeners=SASL_PLAINTEXT://127.0.0.1:${broker_port},CONTROLLER://127.0.0.1:${controller_port}
-advertised.listeners=SASL_PLAINTEXT://127.0.0.1:${broker_port},CONTROLLER://127.0.0.1:${controller_port}
+listeners=${listeners}
+advertised.listeners=${listeners}
 inter.broker.listener.name=SASL_PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=${protocol_map}
 sasl.enabled.mechanisms=SCRAM-SHA-512
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\\
@@ -250,6 +269,38 @@ authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=${super_users}
 allow.everyone.if.no.acl.found=false
 """
+# Added by KafkaNode(secure=True, mtls=True): an SSL listener that requires a client
+# certificate of the node's CA; the certificate's CN is the principal (CN=politie is
+# User:politie). The same key/trust stores serve the controller listener (server side)
+# and the broker's connection to its controller (client side).
+MTLS_PROPERTIES = """\
+ssl.keystore.type=PEM
+ssl.keystore.location=${keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location=${truststore}
+ssl.client.auth=required
+ssl.principal.mapping.rules=${mapping_rules}
+"""
+NODE_PRINCIPAL = "kafka-node"  # the broker's principal at its controller (CN with mTLS)
+# Added by KafkaNode(secure=True) without mTLS: SASL/PLAIN on the controller listener only.
+CONTROLLER_PLAIN_PROPERTIES = """\
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=\\
+  org.apache.kafka.common.security.plain.PlainLoginModule required \\
+  username="${node_user}" password="${node_password}" user_${node_user}="${node_password}";
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class MtlsStores:
+    """What an mTLS node's properties name: its SSL port and its PEM key/trust stores."""
+
+    port: int
+    keystore: Path  # the node's key + certificate chain (PEM)
+    truststore: Path  # the CA certificate (PEM)
+    mapping_rules: str  # ssl.principal.mapping.rules
+
 _SECURE_KEYS = ("listeners=", "advertised.listeners=", "inter.broker.listener.name=",
                 "listener.security.protocol.map=")
 
@@ -262,26 +313,63 @@ def render_properties(
     log_dir: Path,
     node_id: int = 1,
     admin_password: str | None = None,
+    overrides: dict[str, str] | None = None,
+    mtls: MtlsStores | None = None,
 ) -> None:
-    """Write server.properties; with ``admin_password`` the node is secured (SASL + ACLs)."""
+    """Write server.properties; with ``admin_password`` the node is secured (SASL + ACLs).
+
+    A secured node's controller listener authenticates the broker as ``User:kafka-node``
+    (SASL/PLAIN), so no anonymous principal is a super user. ``mtls`` (secured nodes only)
+    adds an SSL listener that requires client certificates and puts the controller
+    listener on SSL (the node's certificate, CN=kafka-node).
+
+    ``overrides`` are extra broker properties, appended last (Kafka keeps the last value
+    of a key), e.g. ``{"log.retention.check.interval.ms": "1000"}`` for a test node.
+    """
     text = string.Template(TEMPLATE.read_text()).substitute(
         node_id=node_id,
         broker_port=broker_port,
         controller_port=controller_port,
         log_dir=str(log_dir),
     )
+    if mtls is not None and admin_password is None:
+        raise KafkaLauncherError("mTLS needs a secured node (an admin password)")
     if admin_password is not None:
         kept = [line for line in text.splitlines() if not line.startswith(_SECURE_KEYS)]
+        listeners = [f"SASL_PLAINTEXT://127.0.0.1:{broker_port}"]
+        protocols = ["SASL_PLAINTEXT:SASL_PLAINTEXT"]
+        if mtls is None:
+            protocols.append("CONTROLLER:SASL_PLAINTEXT")
+        else:
+            listeners.append(f"SSL://127.0.0.1:{mtls.port}")
+            protocols += ["SSL:SSL", "CONTROLLER:SSL"]
+        listeners.append(f"CONTROLLER://127.0.0.1:{controller_port}")
         secure = string.Template(SECURE_PROPERTIES).substitute(
-            broker_port=broker_port,
-            controller_port=controller_port,
+            listeners=",".join(listeners),
+            protocol_map=",".join(protocols),
             admin_user=ADMIN_USER,
             admin_password=admin_password,
-            # The controller listener is PLAINTEXT, so the broker registers with its
-            # controller as User:ANONYMOUS; only loopback can reach that port.
-            super_users=f"User:{ADMIN_USER};User:ANONYMOUS",
+            super_users=f"User:{ADMIN_USER};User:{NODE_PRINCIPAL}",
         )
+        if mtls is None:
+            # only this JVM (broker and controller in one) ever needs this password
+            secure += string.Template(CONTROLLER_PLAIN_PROPERTIES).substitute(
+                node_user=NODE_PRINCIPAL, node_password=uuid.uuid4().hex)
+        else:
+            secure += string.Template(MTLS_PROPERTIES).substitute(
+                keystore=mtls.keystore,
+                truststore=mtls.truststore,
+                mapping_rules=mtls.mapping_rules,
+            )
         text = "\n".join(kept) + "\n\n" + secure
+    if overrides:
+        bad = [k for k, v in overrides.items()
+               if not k or "=" in k or any(c in k + v for c in "\n\r")]
+        if bad:
+            raise KafkaLauncherError(f"server property overrides {bad}: keys non-empty "
+                                     "without '=', no line breaks in keys or values")
+        text += "\n\n# overrides (KafkaNode(overrides=...))\n" + "".join(
+            f"{key}={value}\n" for key, value in overrides.items())
     target.write_text(text)
 
 
@@ -293,6 +381,35 @@ def scram_client_config(username: str, password: str) -> dict[str, str]:
         "sasl_plain_username": username,
         "sasl_plain_password": password,
     }
+
+
+def ssl_client_config(cafile: Path, certfile: Path, keyfile: Path) -> dict[str, str]:
+    """kafka-python settings for an SSL client that authenticates with its certificate."""
+    return {
+        "security_protocol": "SSL",
+        "ssl_cafile": str(cafile),
+        "ssl_certfile": str(certfile),
+        "ssl_keyfile": str(keyfile),
+    }
+
+
+def load_certs() -> ModuleType:
+    """``deploy/kafka/certs.py`` (needs the ``cryptography`` package; mTLS nodes only)."""
+    name = "covenant_kafka_certs"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / "certs.py")
+    if spec is None or spec.loader is None:
+        raise KafkaLauncherError(f"cannot load {HERE / 'certs.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        del sys.modules[name]
+        raise MissingToolError(f"mTLS certificates need the `cryptography` package: {exc}"
+                               ) from exc
+    return module
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -358,10 +475,15 @@ class KafkaNode:
         extra_jvm_args: tuple[str, ...] = (),
         secure: bool = False,
         users: dict[str, str] | None = None,
+        overrides: dict[str, str] | None = None,
+        mtls: bool = False,
     ) -> None:
         if users and not secure:
             raise KafkaLauncherError("SCRAM users need KafkaNode(secure=True)")
+        if mtls and not secure:
+            raise KafkaLauncherError("mTLS needs KafkaNode(secure=True)")
         self.secure = secure
+        self.mtls = mtls
         self.users: dict[str, str] = dict(users or {})
         if secure:
             # the super user; a random password unless the caller chose one
@@ -378,12 +500,16 @@ class KafkaNode:
         self.stop_timeout_s = stop_timeout_s
         self.keep_workdir = keep_workdir
         self.extra_jvm_args = extra_jvm_args
+        self.overrides: dict[str, str] = dict(overrides or {})  # server.properties, last
         self.libs: Path | None = None
         self.workdir: Path | None = None
         self.log_path: Path | None = None
         self.cluster_id: str | None = None
         self.broker_port: int | None = None
         self.controller_port: int | None = None
+        self.ssl_port: int | None = None  # mtls: the SSL listener
+        self.ca_path: Path | None = None  # mtls: the node CA's certificate (PEM)
+        self.certificates: dict[str, Any] = {}  # mtls: user -> certs.Issued
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
         self._lock = threading.Lock()
@@ -397,6 +523,13 @@ class KafkaNode:
         return f"127.0.0.1:{self.broker_port}"
 
     @property
+    def ssl_bootstrap_servers(self) -> str:
+        """The mTLS listener ("127.0.0.1:PORT") of a ``KafkaNode(secure=True, mtls=True)``."""
+        if self.ssl_port is None:
+            raise KafkaLauncherError("KafkaNode is not started with mtls=True")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
@@ -407,6 +540,13 @@ class KafkaNode:
         if user not in self.users:
             raise KafkaLauncherError(f"no SCRAM user {user!r} on this node")
         return scram_client_config(user, self.users[user])
+
+    def ssl_client_config(self, user: str = ADMIN_USER) -> dict[str, str]:
+        """kafka-python settings for ``user``'s client certificate (mtls nodes)."""
+        issued = self.certificates.get(user)
+        if issued is None or self.ca_path is None:
+            raise KafkaLauncherError(f"no client certificate for {user!r} on this node")
+        return ssl_client_config(self.ca_path, issued.cert_path, issued.key_path)
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -467,6 +607,7 @@ class KafkaNode:
         self.controller_port = free_port()
         while self.controller_port == self.broker_port:
             self.controller_port = free_port()
+        mtls = self._issue_certificates(self.workdir / "certs") if self.mtls else None
         self.cluster_id = new_cluster_id()
         render_properties(
             props,
@@ -474,6 +615,8 @@ class KafkaNode:
             controller_port=self.controller_port,
             log_dir=data_dir,
             admin_password=self.users[ADMIN_USER] if self.secure else None,
+            overrides=self.overrides,
+            mtls=mtls,
         )
         scram_args: list[str] = []
         for name, password in sorted(self.users.items()):
@@ -525,6 +668,20 @@ class KafkaNode:
         )
         atexit.register(self._atexit_stop)
         self._wait_ready()
+
+    def _issue_certificates(self, directory: Path) -> MtlsStores:
+        """A fresh CA, the node's certificate and one client certificate per user."""
+        certs = load_certs()
+        ca = certs.make_ca(directory)
+        node = certs.issue(ca, NODE_PRINCIPAL, directory, server=True)
+        self.ca_path = ca.cert_path
+        self.certificates = {name: certs.issue(ca, name, directory)
+                             for name in sorted(self.users)}
+        self.ssl_port = free_port()
+        while self.ssl_port in (self.broker_port, self.controller_port):
+            self.ssl_port = free_port()
+        return MtlsStores(self.ssl_port, node.keystore_path, ca.cert_path,
+                          certs.PRINCIPAL_MAPPING_RULES)
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -600,11 +757,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node = KafkaNode(heap=args.heap, startup_timeout_s=args.timeout, keep_workdir=args.keep)
+    users = {name: uuid.uuid4().hex for name in args.user} if args.mtls else None
+    node = KafkaNode(heap=args.heap, startup_timeout_s=args.timeout, keep_workdir=args.keep,
+                     secure=args.mtls, users=users, mtls=args.mtls)
     started = time.monotonic()
     try:
         with node:
             print(f"KAFKA_BOOTSTRAP_SERVERS={node.bootstrap_servers}", flush=True)
+            if args.mtls:
+                print(f"KAFKA_SSL_BOOTSTRAP_SERVERS={node.ssl_bootstrap_servers}", flush=True)
+                print(f"KAFKA_CA_FILE={node.ca_path}", flush=True)
+                print(f"# client certificates (<name>.crt, <name>.key) in "
+                      f"{node.ca_path.parent if node.ca_path else '?'}: "
+                      f"{', '.join(sorted(node.certificates))}", file=sys.stderr, flush=True)
             print(
                 f"# Kafka {kafka_version()} pid {node.pid} ready in "
                 f"{time.monotonic() - started:.1f}s; log {node.log_path}; Ctrl-C to stop",
@@ -634,7 +799,15 @@ def main(argv: list[str] | None = None) -> int:
         help="start-up timeout in seconds (default %(default)s)",
     )
     run.add_argument("--keep", action="store_true", help="keep the data/log dir on exit")
+    run.add_argument("--mtls", action="store_true",
+                     help="secured node (ACLs enforced) with an SSL listener that requires a "
+                     "client certificate; prints KAFKA_SSL_BOOTSTRAP_SERVERS and the CA")
+    run.add_argument("--user", action="append", default=[], metavar="NAME",
+                     help="with --mtls: issue a client certificate CN=NAME (User:NAME); "
+                     "repeatable; 'admin' (the super user) always gets one")
     args = parser.parse_args(argv)
+    if args.user and not args.mtls:
+        parser.error("--user needs --mtls")
     try:
         return int({"fetch": _cmd_fetch, "run": _cmd_run}[args.command](args))
     except KafkaLauncherError as exc:

@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -280,3 +282,25 @@ def committed_tombstones(env: KafkaEnv) -> int:
         return len(read_all(reader, [tp])[tp])
     finally:
         reader.close()
+
+
+# Raw v0 requests, as a client that skips authentication would send them (correlation id 7).
+_PROBES = {
+    # ApiVersions, header v1: every listener without TLS answers it, even before SASL
+    "ApiVersions": struct.pack(">hhih", 18, 0, 7, 5) + b"probe",
+    # DescribeCluster, header v2 (flexible: empty tag buffers); a SASL listener wants its
+    # handshake first and closes the connection
+    "DescribeCluster": struct.pack(">hhih", 60, 0, 7, 5) + b"probe" + b"\0" + b"\0\0",
+}
+
+
+def answers_unauthenticated(port: int, request: str) -> bool:
+    """Whether the listener on `port` answers `request` (a `_PROBES` name) sent in clear."""
+    body = _PROBES[request]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        try:
+            head = sock.recv(8)
+        except OSError:  # reset: a TLS listener
+            return False
+    return len(head) == 8 and struct.unpack(">ii", head)[1] == 7

@@ -27,7 +27,7 @@ from broker.config import load_settings
 from broker.runtime import Broker
 from tests import factories as f
 from tests.integration.conftest import _load_launcher
-from tests.integration.kafka_support import run_cli
+from tests.integration.kafka_support import answers_unauthenticated, run_cli
 
 NOW = "2026-05-10T12:00:00Z"
 BROKER = "covenant-broker"
@@ -43,6 +43,7 @@ class Secured:
     bootstrap: str
     root: Path
     client_config: Callable[[str], dict[str, str]]
+    controller_port: int = 0
 
     def config(self, user: str) -> Path:
         """A broker config file that authenticates as `user` (default topic prefix)."""
@@ -71,7 +72,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         pytest.fail(f"could not start a secured Kafka: {exc}", pytrace=False)
     try:
         env = Secured(node.bootstrap_servers, tmp_path_factory.mktemp("acl"),
-                      node.client_config)
+                      node.client_config, node.controller_port)
         code, out = run_cli([*env.args("admin"), "--json", "acl", "apply"])
         assert code == 0, out
         code, plan = run_cli([*env.args("admin"), "--json", "acl", "plan"])
@@ -107,6 +108,17 @@ def _metadata_error(env: Secured, user: str, topic: str) -> type[Exception]:
     finally:
         admin.close()
     return cast(type[Exception], for_code(meta["error_code"]))
+
+
+def _quarantine_reasons(env: Secured) -> list[str]:
+    """The reason codes of the quarantined input (read as the admin), to explain a failure."""
+    admin = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=None,
+                          auto_offset_reset="earliest", **env.client_config("admin"))
+    try:
+        records = _read(admin, "covenant.quarantine")
+    finally:
+        admin.close()
+    return [str(header(r, "reason_code")) for r in records]
 
 
 def _read(consumer: KafkaConsumer, topic: str, want: int = 0,
@@ -162,7 +174,8 @@ def test_the_broker_principal_serves_an_event_end_to_end(secured: Secured) -> No
                          "--until-idle"])
     assert code == 0, out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["stored"] >= 1, summary  # (the test above wrote a bad record too)
+    # (the test above wrote a bad record too); on failure, say why input was quarantined
+    assert summary["stored"] >= 1, (summary, _quarantine_reasons(secured))
 
     noord = _consumer(secured, "boa-hor-noord")
     try:
@@ -172,3 +185,10 @@ def test_the_broker_principal_serves_an_event_end_to_end(secured: Secured) -> No
     assert records, "nothing released to boa-hor-noord"
     assert [header(r, "event_type") for r in records] == ["politie.woninginbraak"]
 
+
+def test_the_controller_refuses_a_client_that_does_not_authenticate(secured: Secured) -> None:
+    # The controller listener was PLAINTEXT with User:ANONYMOUS a super user: anyone on the
+    # host could use it. Now it wants SASL/PLAIN (the broker is User:kafka-node) and, like
+    # the client listener, answers nothing but ApiVersions before the handshake.
+    assert answers_unauthenticated(secured.controller_port, "ApiVersions")  # it is Kafka
+    assert not answers_unauthenticated(secured.controller_port, "DescribeCluster")

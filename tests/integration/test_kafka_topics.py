@@ -42,16 +42,17 @@ def test_topics_are_created_with_the_documented_layout(kafka_bootstrap: str,
         p = f"{env.name}."
         names = [f"{p}ingress.politie.woninginbraak", f"{p}store", f"{p}audit",
                  f"{p}egress.boa-hor-noord.surveillance-woninginbraak", f"{p}quarantine",
-                 f"{p}control", f"{p}expiry"]
+                 f"{p}control", f"{p}expiry", f"{p}keys"]
         partitions, configs = _describe(kafka_bootstrap, names)
         env.broker().close()  # and a second start accepts them as they are
 
     assert partitions == {names[0]: 2, names[1]: 2, names[2]: 3, names[3]: 1, names[4]: 2,
-                          names[5]: 1, names[6]: 1}
+                          names[5]: 1, names[6]: 1, names[7]: 1}
     for immutable in (names[1], names[2], names[3], names[4], names[5]):
         assert configs[immutable] == {"retention.ms": "-1", "retention.bytes": "-1",
                                       "cleanup.policy": "delete"}, immutable
     assert configs[names[6]]["cleanup.policy"] == "compact"
+    assert configs[names[7]]["cleanup.policy"] == "compact"  # data keys: tombstones shred
 
 
 def test_a_partition_count_that_does_not_match_the_config_is_refused(

@@ -3,7 +3,8 @@
 Events go in through the CLI and `serve --until-idle` decides them; then the app (under
 Starlette's TestClient) delivers a recipient's records, refuses another recipient's stream
 with an audited 403, and every read is one `access` entry on the audit topic. The console
-renders the covenant and says plainly that this backend has no queryable audit store yet.
+renders the covenant, and its audit search and verification pages read the integrated
+audit log that `audit integrate` builds from the audit topic's chains.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def test_recipient_api_and_console_on_kafka(kafka_bootstrap: str, tmp_path: Path
         code, out = run_cli([*env.args(), "--json", "--now", NOW, "serve", "--until-idle"])
         assert code == 0, out
         assert json.loads(out.strip().splitlines()[-1])["stored"] == 3, out
+        code, out = run_cli([*env.args(), "--json", "audit", "integrate"])
+        assert code == 0, out
+        integrated = json.loads(out)["size"]
+        assert integrated > 3
 
         now = parse_instant(NOW)
         app = create_app(env.settings(), WebOptions(clock=lambda: now, poll_seconds=0.05))
@@ -77,7 +82,19 @@ def test_recipient_api_and_console_on_kafka(kafka_bootstrap: str, tmp_path: Path
             client.post("/console/login", data={"username": FG_NAME, "password": FG_PASSWORD,
                                                 "csrf": csrf})
             assert "surveillance-woninginbraak" in client.get("/console/").text
-            assert "geen doorzoekbaar auditlog" in client.get("/console/audit").text
+            # The audit pages read the integrated log (`audit integrate` ran above).
+            search = client.get("/console/audit").text
+            assert "geen doorzoekbaar auditlog" not in search
+            assert f"{integrated} regels gevonden" in search
+            verification = client.get("/console/verificatie").text
+            assert "geen verifieerbaar auditlog" not in verification
+            assert f"<dt>Regels</dt><dd>{integrated}</dd>" in verification
+            csrf = verification.split('name="csrf" value="')[1].split('"')[0]
+            client.post("/console/verificatie", data={"csrf": csrf})
+            checked = client.get("/console/verificatie").text
+            assert '<span class="tag on">intact</span>' in checked
+            # The API reads above wrote access entries to Kafka after the integration.
+            assert "Nog niet geïntegreerd" in checked
 
         accesses = [e for e in snapshot(env).entries("access")
                     if e["recipient"] == "boa-hor-noord"]

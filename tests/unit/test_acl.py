@@ -97,7 +97,7 @@ def test_the_broker_principal_has_what_serve_needs(
         assert allowed(bindings, me, "READ", "TOPIC", topic)
         assert allowed(bindings, me, "WRITE", "TOPIC", topic)  # forwards to the home partition
     for topic in [names.store, names.quarantine, names.audit, names.control, names.expiry,
-                  *(names.egress(r, p) for r, p in layout.streams)]:
+                  names.keys, *(names.egress(r, p) for r, p in layout.streams)]:
         for op in ("READ", "WRITE", "DESCRIBE"):
             assert allowed(bindings, me, op, "TOPIC", topic), (op, topic)
     for topic in layout.all_topics():
@@ -108,6 +108,8 @@ def test_the_broker_principal_has_what_serve_needs(
         assert allowed(bindings, me, "WRITE", "TRANSACTIONAL_ID", txn)
     # only the broker reads the store
     assert {b.principal for b in bindings if b.resource_name == names.store} == {me}
+    # nor the data keys
+    assert {b.principal for b in bindings if b.resource_name == names.keys} == {me}
 
 
 def test_a_principal_map_renames_principals_and_groups(broker: Broker, layout: Layout,

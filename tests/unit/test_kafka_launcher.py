@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,16 @@ def test_cluster_ids_are_22_base64url_characters() -> None:
         assert len(cluster_id) == 22
         assert set(cluster_id) <= alphabet
         assert not cluster_id.startswith("-")
+
+
+def test_property_overrides_come_last_and_bad_keys_are_refused(tmp_path: Path) -> None:
+    launcher = load_launcher()
+    target = tmp_path / "server.properties"
+    launcher.render_properties(target, broker_port=1, controller_port=2,
+                               log_dir=Path("/x"),
+                               overrides={"log.retention.check.interval.ms": "1000"})
+    lines = target.read_text().splitlines()
+    assert lines[-1] == "log.retention.check.interval.ms=1000"  # the last value wins
+    with pytest.raises(launcher.KafkaLauncherError, match="overrides"):
+        launcher.render_properties(target, broker_port=1, controller_port=2,
+                                   log_dir=Path("/x"), overrides={"a=b": "c"})
