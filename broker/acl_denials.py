@@ -167,51 +167,26 @@ class DenialAuditor:
         if party:
             detail["party"] = party
         event_type = self.ingress.get(topic)
-        if event_type is None and denial.operation in _WRITES:
-            return draft(
-                "write_refused",
-                trace_id=None,
-                start_ms=now_ms,
-                **self.covenant_fields,
-                decision="refused",
-                recipient=self.recipients.get(denial.principal),
-                reason_code="not_authorized",
-                reason=f"Kafka refused {denial.operation} on {topic} to {denial.principal}",
-                detail=detail,
-            )
+        refused = f"Kafka refused {denial.operation} on {topic} to {denial.principal}"
+        fields: dict[str, Any] = {"recipient": self.recipients.get(denial.principal),
+                                  "event_type": event_type, "reason_code": "not_authorized",
+                                  "reason": refused}
+        name = "access"  # a refused read or describe of one of our topics
         if event_type is not None and denial.operation in _INGRESS_WRITES:
             owner = source_of(event_type)
-            wrong = denial.principal != self.principals.source(owner)
             detail["owner"] = owner
-            return draft(
-                "write_refused",
-                trace_id=None,
-                start_ms=now_ms,
-                **self.covenant_fields,
-                decision="refused",
-                source=owner,
-                event_type=event_type,
-                reason_code="wrong_principal" if wrong else "not_authorized",
-                reason=(
-                    f"{denial.principal} may not write {topic}: only the source {owner} may"
-                    if wrong
-                    else f"Kafka refused {denial.operation} on {topic} to its own source's "
-                    f"principal (are the ACLs applied?)"
-                ),
-                detail=detail,
-            )
-        return draft(
-            "access",
-            trace_id=None,
-            start_ms=now_ms,
-            **self.covenant_fields,
-            decision="refused",
-            recipient=self.recipients.get(denial.principal),
-            event_type=event_type,
-            reason_code="not_authorized",
-            reason=f"Kafka refused {denial.operation} on {topic} to {denial.principal}",
-            detail=detail,
-        )
+            name, fields["recipient"], fields["source"] = "write_refused", None, owner
+            if denial.principal != self.principals.source(owner):
+                fields["reason_code"] = "wrong_principal"
+                fields["reason"] = (f"{denial.principal} may not write {topic}: only the "
+                                    f"source {owner} may")
+            else:
+                fields["reason"] = (f"{refused}, the principal of its own source (are the "
+                                    "ACLs applied?)")
+        elif denial.operation in _WRITES:
+            name = "write_refused"
+        return draft(name, trace_id=None, start_ms=now_ms, **self.covenant_fields,
+                     decision="refused", detail=detail, **fields)
 
 
 def audit_lines(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -28,7 +28,14 @@ from broker.backends.port import (
     StoredEvent,
 )
 from broker.backends.sqlite_audit import SqliteAudit
-from broker.errors import StorageError, TransientBackendError
+from broker.backends.sqlite_tx import (
+    AUDIT_TABLE,
+    append_only,
+    read_rows,
+    translate,
+    write_transaction,
+)
+from broker.errors import StorageError
 from broker.model.schemas import Schema
 from broker.policy.control import ControlEvent, ThemeSwitch
 
@@ -72,11 +79,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS egress_one_tombstone
     ON egress (recipient, purpose, tombstone_for) WHERE tombstone_for IS NOT NULL;
 CREATE INDEX IF NOT EXISTS egress_expiring
     ON egress (expires_on) WHERE expires_on IS NOT NULL;
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    entry BLOB NOT NULL,
-    entry_hash TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS positions (
     consumer TEXT PRIMARY KEY,
     position INTEGER NOT NULL
@@ -101,23 +103,6 @@ CREATE TABLE IF NOT EXISTS documents (
 _IMMUTABLE = ("store", "egress", "audit", "control", "documents")
 
 
-def _triggers() -> str:
-    out = []
-    for table in _IMMUTABLE:
-        for action in ("UPDATE", "DELETE"):
-            out.append(
-                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} "
-                f"ON {table} BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;")
-    return "\n".join(out)
-
-
-def _translate(exc: sqlite3.Error, path: Path) -> StorageError:
-    text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
-        return TransientBackendError(f"{path}: database is busy ({text}); try again")
-    return StorageError(f"{path}: {text}")
-
-
 class SqliteEventLog:
     """EventLog on SQLite. One instance per process; writers in other processes serialise."""
 
@@ -133,13 +118,13 @@ class SqliteEventLog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA secure_delete=ON")
-            self.db.executescript(_SCHEMA + _triggers())
+            self.db.executescript(AUDIT_TABLE + _SCHEMA + append_only(*_IMMUTABLE))
             # The audit tree, checkpoints and query indexes (broker.backends.sqlite_audit).
             self.audit = SqliteAudit(
                 self.db, sequencer or AuditSequencer(audit_schema, origin="covenant-broker"),
                 self._write, self._read)
         except sqlite3.Error as exc:
-            raise _translate(exc, path) from exc
+            raise translate(exc, path) from exc
 
     def close(self) -> None:
         try:
@@ -147,24 +132,11 @@ class SqliteEventLog:
         finally:
             self.db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self.db, self.path)
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        try:
-            return self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from exc
+        return read_rows(self.db, self.path, sql, args)
 
     # -- audit sequencer (call only inside _write) -----------------------------------------
     def _append_audit(self, db: sqlite3.Connection, drafts: list[Draft]) -> None:

@@ -19,7 +19,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,13 @@ from broker.audit.entries import Draft
 from broker.audit.integrate import ChainPosition
 from broker.audit.sequencer import AuditSequencer
 from broker.backends.sqlite_audit import SqliteAudit
+from broker.backends.sqlite_tx import AUDIT_TABLE, append_only, read_rows, write_transaction
 from broker.errors import StorageError
 
 DB_NAME = "audit-kafka.db"
 LOCK_NAME = "audit-kafka.lock"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    entry BLOB NOT NULL,
-    entry_hash TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+_SCHEMA = AUDIT_TABLE + append_only("audit") + """
 CREATE TABLE IF NOT EXISTS audit_source (
     partition INTEGER PRIMARY KEY,
     entries INTEGER NOT NULL,
@@ -91,18 +83,8 @@ class IntegratedAuditDb:
                 os.close(self._lock)  # releases the flock
                 self._lock = None
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self.db, self.path)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -118,10 +100,7 @@ class IntegratedAuditDb:
             raise StorageError(f"{self.path}: {exc}") from exc
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        try:
-            return self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+        return read_rows(self.db, self.path, sql, args)
 
     def positions(self, partitions: int) -> dict[int, ChainPosition]:
         """The stored position of every source partition (nothing integrated: 0, GENESIS)."""
