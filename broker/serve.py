@@ -148,6 +148,7 @@ class Server:
         self.denials = denials
         self._denial_auditor: DenialAuditor | None = None
         self._last_denials = 0.0
+        self._last_checkpoint_look = 0.0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -215,6 +216,7 @@ class Server:
         self._maybe_sweep(after_batch=bool(records))
         self._maybe_purge()
         self._maybe_audit_denials()
+        self._maybe_observe_checkpoint()
         return self.until_idle and not records and self._idle()
 
     def _await_visible(self) -> None:
@@ -394,6 +396,17 @@ class Server:
         if tombstones:
             self.report.tombstones += tombstones
             self.logger.info("expiry tombstones committed", tombstones=tombstones)
+
+    def _maybe_observe_checkpoint(self) -> None:
+        """Every member reports the age of the latest signed checkpoint of the integrated
+        audit log (written by `audit integrate --follow` in the same data directory)."""
+        if time.monotonic() - self._last_checkpoint_look < IDLE_SWEEP_INTERVAL_S:
+            return
+        self._last_checkpoint_look = time.monotonic()
+        try:
+            self.broker.observe_checkpoint()
+        except StorageError as exc:  # a metric is not worth stopping the service for
+            self.logger.warning("reading the latest audit checkpoint failed", error=str(exc))
 
     def _maybe_audit_denials(self, *, force: bool = False) -> None:
         """The member holding index 0 audits new authorizer denials every few seconds (on
