@@ -18,6 +18,7 @@ has not committed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -55,9 +56,12 @@ def held(roots: list[Path]) -> dict[str, list[str]]:
     """Canary -> the files under `roots` that contain it."""
     found: dict[str, list[str]] = {}
     for root in roots:
-        for path in sorted(root.rglob("*")):
+        # os.walk, not Path.rglob: Kafka removes whole `-delete` directories while we walk,
+        # and rglob raises for a directory that vanished; os.walk skips it.
+        files = sorted(Path(top) / name for top, _, names in os.walk(root) for name in names)
+        for path in files:
             try:
-                data = path.read_bytes() if path.is_file() else b""
+                data = path.read_bytes()
             except FileNotFoundError:  # Kafka deleted it while we looked
                 continue
             for canary in CANARIES:
