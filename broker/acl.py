@@ -219,6 +219,73 @@ def apply_acls(admin: Any, bindings: list[AclBinding]) -> int:
     return len(bindings)
 
 
+def _key(binding: AclBinding) -> tuple[str, ...]:
+    """What Kafka knows of a binding (the plan's `role` is ours, not Kafka's)."""
+    return (binding.principal, binding.host, binding.operation, binding.permission,
+            binding.resource_type, binding.resource_name, binding.pattern_type)
+
+
+def stale_acls(existing: Iterable[AclBinding], plan: list[AclBinding], layout: Layout
+               ) -> list[AclBinding]:
+    """The bindings on this deployment's resources that the plan no longer holds.
+
+    This deployment's resources: the topics under its topic prefix (only the plan's own
+    topics when the prefix is empty), and the groups and transactional-id patterns the plan
+    names. The cluster resource and everything else on a shared cluster are left alone.
+    A recipient dropped from a purpose by a covenant amendment loses its READ this way.
+    """
+    planned = {_key(b) for b in plan}
+    prefix = layout.cfg.topic_prefix
+    plan_topics = {b.resource_name for b in plan if b.resource_type == TOPIC}
+    named = {(b.resource_type, b.resource_name) for b in plan if b.resource_type in (GROUP, TXN)}
+
+    def ours(b: AclBinding) -> bool:
+        if b.resource_type == TOPIC:
+            return b.resource_name.startswith(prefix) if prefix else (
+                b.resource_name in plan_topics)
+        return (b.resource_type, b.resource_name) in named
+
+    return sorted(b for b in existing if ours(b) and _key(b) not in planned)
+
+
+def list_acls(admin: Any) -> list[AclBinding]:
+    """Every ACL binding on the cluster, as AclBindings (role "existing")."""
+    from kafka.admin import (  # noqa: PLC0415 - kafka-python only when applying
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    every = ACLFilter(principal=None, host=None, operation=ACLOperation.ANY,
+                      permission_type=ACLPermissionType.ANY,
+                      resource_pattern=ResourcePatternFilter(
+                          ResourceType.ANY, None, ACLResourcePatternType.ANY))
+    with kafka_errors("listing ACLs"):
+        acls, error = admin.describe_acls(every)
+    if getattr(error, "errno", 0):
+        raise StorageError(f"Kafka refused to list ACLs: {error}")
+    return [AclBinding(a.principal, a.resource_pattern.resource_type.name,
+                       a.resource_pattern.resource_name,
+                       a.resource_pattern.pattern_type.name, a.operation.name, "existing",
+                       a.host, a.permission_type.name) for a in acls]
+
+
+def delete_acls(admin: Any, bindings: list[AclBinding]) -> int:
+    """Delete exactly these bindings; return how many Kafka deleted."""
+    if not bindings:
+        return 0
+    with kafka_errors("deleting ACLs"):
+        results = admin.delete_acls([to_kafka_acl(b) for b in bindings])
+    failed = [(acl, error) for acl, _, error in results if getattr(error, "errno", 0)]
+    if failed:
+        raise StorageError("Kafka refused to delete ACLs:\n" + "\n".join(
+            f"  {acl}: {error}" for acl, error in failed))
+    return sum(len(deleted) for _, deleted, _ in results)
+
+
 def kafka_acls_lines(bindings: list[AclBinding]) -> list[str]:
     """``kafka-acls.sh`` arguments, one line per principal and resource (all operations)."""
     grouped: dict[tuple[str, str, str, str], list[str]] = {}

@@ -7,6 +7,9 @@ run as ``kafka-acls.sh --bootstrap-server HOST:PORT --command-config ADMIN.prope
 `apply` creates the same bindings on the cluster (``--bootstrap-servers`` or
 ``kafka.bootstrap_servers``), authenticated with the ``kafka:`` section's SASL settings,
 which must then name a principal that may alter ACLs (e.g. the super user ``User:admin``).
+With ``--prune`` it also deletes the bindings on this deployment's topics, groups and
+transactional ids that the plan no longer holds, so an amendment that takes a stream from a
+recipient takes its READ too (`acl apply` alone only adds).
 
 `audit-denials --log FILE` turns Kafka's authorizer denials (refused writes to ingress
 topics, refused reads) into audit entries, reading on from where it stopped
@@ -45,6 +48,10 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
     global_options(apply, True)
     apply.add_argument("--principal-map", type=Path, metavar="FILE",
                        help="as for `acl plan`")
+    apply.add_argument("--prune", action="store_true",
+                       help="also delete ACLs on this deployment's topics, groups and "
+                       "transactional ids that the plan no longer holds (after a covenant "
+                       "amendment took a stream from a recipient)")
     denials = commands.add_parser(
         "audit-denials", help="audit Kafka's authorizer denials: one entry per refused "
         "write to an ingress topic or refused read (reads on from where it stopped)")
@@ -72,12 +79,18 @@ def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
         admin = Clients(settings.kafka).admin()
         try:
             count = acl.apply_acls(admin, bindings)
+            stale = acl.stale_acls(acl.list_acls(admin), bindings, layout) if args.prune else []
+            removed = acl.delete_acls(admin, stale)
         finally:
             admin.close()
         if args.json:
-            print(json.dumps({"applied": count}))
+            print(json.dumps({"applied": count, "removed": removed,
+                              "stale": [b.as_json() for b in stale]}))
         else:
             print(f"applied {count} ACL bindings to {settings.kafka.bootstrap_servers}")
+            if args.prune:
+                print(f"removed {removed} ACL bindings the plan no longer holds")
+                print("\n".join(acl.table_lines(stale)))
         return EXIT_OK
     if args.json:
         print(json.dumps({"acls": [b.as_json() for b in bindings]}, indent=2))

@@ -20,6 +20,14 @@ from typing import Any, cast
 import pytest
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePattern,
+    ResourceType,
+)
 from kafka.errors import NoError, TopicAuthorizationFailedError, for_code
 
 from broker.backends.kafka_io import header
@@ -192,3 +200,39 @@ def test_the_controller_refuses_a_client_that_does_not_authenticate(secured: Sec
     # the client listener, answers nothing but ApiVersions before the handshake.
     assert answers_unauthenticated(secured.controller_port, "ApiVersions")  # it is Kafka
     assert not answers_unauthenticated(secured.controller_port, "DescribeCluster")
+
+
+def test_prune_takes_back_a_grant_the_plan_no_longer_holds(secured: Secured) -> None:
+    # A stale grant, as after an amendment that took noord's stream from oost.
+    stale = [ACL(principal="User:boa-hor-oost", host="*", operation=op,
+                 permission_type=ACLPermissionType.ALLOW,
+                 resource_pattern=ResourcePattern(ResourceType.TOPIC, NOORD,
+                                                  ACLResourcePatternType.LITERAL))
+             for op in (ACLOperation.READ, ACLOperation.DESCRIBE)]
+    admin = KafkaAdminClient(bootstrap_servers=secured.bootstrap, request_timeout_ms=10_000,
+                             **secured.client_config("admin"))
+    try:
+        assert not admin.create_acls(stale)["failed"]
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 10  # ACL changes reach the authorizer through metadata
+    while _metadata_error(secured, "boa-hor-oost", NOORD) is not NoError:
+        assert time.monotonic() < deadline, "the stale grant never took effect"
+        time.sleep(0.2)
+
+    code, out = run_cli([*secured.args("admin"), "--json", "acl", "apply", "--prune"])
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["removed"] == 2
+    assert sorted((b["principal"], b["operation"], b["resource_name"])
+                  for b in report["stale"]) == [("User:boa-hor-oost", "DESCRIBE", NOORD),
+                                                ("User:boa-hor-oost", "READ", NOORD)]
+    deadline = time.monotonic() + 10
+    while _metadata_error(secured, "boa-hor-oost", NOORD) is not TopicAuthorizationFailedError:
+        assert time.monotonic() < deadline, "the pruned grant still works"
+        time.sleep(0.2)
+    # the plan itself is intact: noord still reads its own stream, a second prune is a no-op
+    assert _metadata_error(secured, "boa-hor-noord", NOORD) is NoError
+    code, out = run_cli([*secured.args("admin"), "--json", "acl", "apply", "--prune"])
+    assert code == 0, out
+    assert json.loads(out)["removed"] == 0

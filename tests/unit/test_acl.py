@@ -164,3 +164,32 @@ def test_acl_plan_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["acl", "plan"]) == 0
     assert all(line.startswith("--add --allow-principal ")
                for line in capsys.readouterr().out.splitlines())
+
+
+def test_prune_takes_exactly_what_the_plan_no_longer_holds(
+        layout: Layout, bindings: list[AclBinding]) -> None:
+    def existing(b: AclBinding) -> AclBinding:  # as list_acls reports it: no role
+        return AclBinding(b.principal, b.resource_type, b.resource_name, b.pattern_type,
+                          b.operation, "existing", b.host, b.permission)
+
+    noord = layout.names.egress("boa-hor-noord", "surveillance-woninginbraak")
+    extra = [  # an amendment took noord's stream from oost; a group grant to a stranger
+        AclBinding("User:boa-hor-oost", "TOPIC", noord, "LITERAL", "READ", "existing"),
+        AclBinding("User:stranger", "GROUP", "boa-hor-oost", "LITERAL", "READ", "existing"),
+        AclBinding("User:covenant-broker", "TOPIC", "cov.old-topic", "LITERAL", "WRITE",
+                   "existing"),
+    ]
+    foreign = [  # not this deployment's: another application's topic, the cluster
+        AclBinding("User:boa-hor-oost", "TOPIC", "other.app.topic", "LITERAL", "READ",
+                   "existing"),
+        AclBinding("User:someone", "CLUSTER", "kafka-cluster", "LITERAL", "ALTER", "existing"),
+        AclBinding("User:someone", "GROUP", "their-group", "LITERAL", "READ", "existing"),
+    ]
+    on_cluster = [existing(b) for b in bindings] + extra + foreign
+    assert acl.stale_acls(on_cluster, bindings, layout) == sorted(extra)
+    assert acl.stale_acls([existing(b) for b in bindings], bindings, layout) == []
+    # the same binding allowed from one host only is not the planned one (any host)
+    planned = next(b for b in bindings if b.resource_type == "TOPIC")
+    narrowed = AclBinding(planned.principal, planned.resource_type, planned.resource_name,
+                          planned.pattern_type, planned.operation, "existing", "10.0.0.1")
+    assert acl.stale_acls([narrowed], bindings, layout) == [narrowed]
