@@ -19,6 +19,7 @@ from typing import Any
 from broker import cli_acl, cli_audit, cli_config, cli_lifecycle, cli_source, cli_web, logs
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings, load_settings
+from broker.crypto.keystore import fields_sealed
 from broker.errors import BrokerError, CovenantError, InputError
 from broker.pipeline.ingest import split_lines
 from broker.pipeline.signatures import read_signature_file
@@ -293,7 +294,7 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         broker.close()
     seconds = time.perf_counter() - started
     destroyed, notices = erased.destroyed, erased.notices
-    fields = sum(k.fields_sealed for k in destroyed)
+    fields = fields_sealed(destroyed)  # None on Kafka: the key topic keeps no counts
     payload = {"keys_destroyed": len(destroyed), "fields_unrecoverable": fields,
                "retention_dates": sorted({k.retention_until.isoformat() for k in destroyed}),
                "erasure_notices": dict(sorted(notices.items())),
@@ -302,8 +303,9 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     told = ("; erasure notices: " + ", ".join(f"{n} to {stream}"
                                               for stream, n in sorted(notices.items()))
             if notices else "; no recipient needed an erasure notice")
-    _emit(args, payload, (f"erased: {len(destroyed)} data keys destroyed, {fields} sealed "
-          f"fields unrecoverable" if destroyed else
+    unrecoverable = "" if fields is None else f", {fields} sealed fields unrecoverable"
+    _emit(args, payload, (f"erased: {len(destroyed)} data keys destroyed{unrecoverable}"
+          if destroyed else
           "no data keys left for this person (already erased or never stored)")
           + f"{told} ({seconds * 1000:.1f} ms)")
     return EXIT_OK

@@ -23,7 +23,7 @@ from broker.backends.sqlite_integrated import IntegratedAuditDb
 from broker.clock import local_date, to_millis
 from broker.config import Settings
 from broker.crypto.kek import FileKek
-from broker.crypto.keystore import DataKeyStore, DestroyedKey, SqliteKeyStore
+from broker.crypto.keystore import DataKeyStore, DestroyedKey, SqliteKeyStore, fields_detail
 from broker.crypto.sealing import Sealer
 from broker.errors import InvalidEvent, StorageError, UnknownSourceError
 from broker.keys import KeyStore, commitment
@@ -425,8 +425,7 @@ class Broker:
                 "retention", trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
                 decision="destroy_keys", reason_code="retention_ended",
                 reason="data keys past their retention date were destroyed",
-                detail={"keys": str(len(destroyed)),
-                        "fields": str(sum(k.fields_sealed for k in destroyed)),
+                detail={"keys": str(len(destroyed)), **fields_detail(destroyed),
                         "latest_retention": max(k.retention_until for k in destroyed
                                                 ).isoformat()})], to_millis(now))
         return destroyed
@@ -449,8 +448,7 @@ class Broker:
             "erasure", trace_id=None, start_ms=ctx.now_ms, **self._covenant_fields(),
             data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn", "role": "erasure"}],
             decision="destroy_keys", reason_code="erasure_request", reason=scrub(reason),
-            detail={"keys": str(len(destroyed)),
-                    "fields": str(sum(k.fields_sealed for k in destroyed)),
+            detail={"keys": str(len(destroyed)), **fields_detail(destroyed),
                     "notices": str(len(batch.egress))}))
         written = self.log.commit_decisions(batch, ctx.now_ms)
         self.metrics.observe_decisions(batch, 0, 0.0)  # notices: released, kind=tombstone

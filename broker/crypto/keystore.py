@@ -52,7 +52,19 @@ class DestroyedKey:
     key_id: str
     subject: str
     retention_until: date
-    fields_sealed: int
+    fields_sealed: int | None  # None where the store does not count them (Kafka)
+
+
+def fields_sealed(destroyed: list[DestroyedKey]) -> int | None:
+    """How many sealed fields the destroyed keys made unrecoverable; None when unknown."""
+    counts = [k.fields_sealed for k in destroyed]
+    return None if None in counts else sum(c for c in counts if c is not None)
+
+
+def fields_detail(destroyed: list[DestroyedKey]) -> dict[str, str]:
+    """The audit detail of a key destruction: the field count where it is known."""
+    count = fields_sealed(destroyed)
+    return {} if count is None else {"fields": str(count)}
 
 
 class DataKeyStore(DataKeys, Protocol):
