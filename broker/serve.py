@@ -135,6 +135,7 @@ class Server:
         self.report = ServeReport()
         self.stopping = False
         self._last_sweep = 0.0
+        self._sweep_owed = False  # batches committed since the last sweep
         self._empty_since: float | None = None
         self._metadata_asked = 0.0
         self.metrics = broker.metrics
@@ -378,13 +379,20 @@ class Server:
     # -- expiry and idleness ---------------------------------------------------------------
     def _maybe_sweep(self, *, after_batch: bool) -> None:
         """The member holding index 0 sweeps expiries (and destroys data keys past their
-        retention): after batches, and every few seconds when idle."""
+        retention) at most every IDLE_SWEEP_INTERVAL_S, and at the first poll that brings
+        nothing after batches that were not followed by a sweep (so `--until-idle` never
+        returns with one owed). Expiry is by day; a sweep costs three reads of Kafka, which
+        after every batch was ~5 % of serve's wall time under load (bench/README.md)."""
         worker = self.workers.get(0)
         if worker is None or not worker.is_open:
             return
-        if not after_batch and time.monotonic() - self._last_sweep < IDLE_SWEEP_INTERVAL_S:
-            return
-        self._last_sweep = time.monotonic()
+        if time.monotonic() - self._last_sweep < IDLE_SWEEP_INTERVAL_S:
+            if after_batch:
+                self._sweep_owed = True
+                return
+            if not self._sweep_owed:
+                return
+        self._last_sweep, self._sweep_owed = time.monotonic(), False
         try:
             now = self._now()
             tombstones = self.broker.sweep_expiries(now)

@@ -30,7 +30,7 @@ them, as the SQLite store's flush. Ids are random per created key, so writers in
 processes never overwrite each other's keys; a writer that already knows a key for
 (subject, date) reuses it. Sealed-field counts are not kept on Kafka (a count would
 rewrite the record, and with it another copy of the wrapped key): `DestroyedKey.
-fields_sealed` is 0 here.
+fields_sealed` is None here (unknown), and audit entries leave the count out.
 
 How long a destroyed wrapped key stays on disk (the crypto-shredding window on Kafka):
 the tombstone does not remove the earlier record by itself; the log cleaner does, once
@@ -101,6 +101,7 @@ class KafkaKeyStore:
         self._current: dict[tuple[str, date], str] = {}  # (subject, date) -> id to reuse
         self._cache: dict[str, bytes] = {}  # unwrapped keys
         self._new: dict[str, _Entry] = {}  # created here, not yet produced
+        self._sending: dict[str, Any] = {}  # sent by send_new(), not yet flushed: future
         self._used: set[str] = set()  # stored keys handed out since the last flush
         self._gone: set[str] = set()
         self._position = 0
@@ -199,16 +200,48 @@ class KafkaKeyStore:
             self._forget(key_id)
         return key
 
+    def send_new(self) -> None:
+        """Start producing the new keys without waiting for Kafka, so that their
+        acknowledgement overlaps the caller's other waits; `flush` still waits for it (and
+        sends again whatever failed) before anything sealed under them may commit."""
+        todo = {k: e for k, e in self._new.items() if k not in self._sending}
+        if not todo:
+            return
+        producer = self._writer()
+        with kafka_errors("writing data keys"):
+            for key_id, value in self._encode(todo).items():
+                self._sending[key_id] = producer.send(self.tp.topic, key=key_id.encode(),
+                                                      value=value, partition=0)
+
+    def _encode(self, entries: dict[str, _Entry]) -> dict[str, bytes | None]:
+        now_ms = int(time.time() * 1000)
+        return {k: self.schema.encode({"subject": e.subject, "retention_until":
+                                       e.retention_until, "wrapped": e.wrapped,
+                                       "created_ms": now_ms}) for k, e in entries.items()}
+
+    def _acknowledged(self) -> set[str]:
+        """Keys whose send_new() Kafka acknowledged (a failed one is sent again)."""
+        sending, self._sending = self._sending, {}
+        done: set[str] = set()
+        for key_id, future in sending.items():
+            try:
+                future.get(timeout=SEND_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - flush() sends it again, with retries
+                self.logger.warning("data key send failed; sending again",
+                                    error=type(exc).__name__)
+                continue
+            done.add(key_id)
+        return done
+
     def flush(self) -> None:
         """Produce the new keys and wait until Kafka acknowledged them; then check that no
         stored key used since the last flush was destroyed meanwhile."""
         if self._new:
-            now_ms = int(time.time() * 1000)
             new = dict(self._new)
-            self._produce({k: self.schema.encode({
-                "subject": e.subject, "retention_until": e.retention_until,
-                "wrapped": e.wrapped, "created_ms": now_ms}) for k, e in new.items()},
-                "writing data keys")
+            acknowledged = self._acknowledged()
+            rest = {k: e for k, e in new.items() if k not in acknowledged}
+            if rest:
+                self._produce(self._encode(rest), "writing data keys")
             self._wrapped.update(new)
             for key_id in new:
                 self._new.pop(key_id, None)
@@ -245,7 +278,7 @@ class KafkaKeyStore:
             self._forget(key_id)
         if found:
             self.logger.info("data keys destroyed", keys=len(found))
-        return [DestroyedKey(k, e.subject, e.retention_until, 0) for k, e in found.items()]
+        return [DestroyedKey(k, e.subject, e.retention_until, None) for k, e in found.items()]
 
     # -- writing ---------------------------------------------------------------------------
     def _produce(self, values: dict[str, bytes | None], what: str) -> None:

@@ -51,6 +51,7 @@ from broker.backends.kafka_io import (
     read_all,
     take_writer,
 )
+from broker.backends.kafka_keys import KafkaKeyStore
 from broker.backends.kafka_topics import Layout
 from broker.backends.port import DecisionBatch, Quarantined, StoredEvent
 from broker.errors import InvalidEvent
@@ -205,6 +206,7 @@ class PartitionWorker:
     def _write(self, tx: Transaction, triage: _Triage, ctx: DecisionContext,
                counts: BatchCounts) -> None:
         names, p = self.layout.names, self.index
+        self._send_keys()  # the keys sealing at ingest created; acknowledged during the flush
         trace_ids = [new_trace_id() for _ in triage.events]
         futures = [tx.send(names.store, e.payload, key=e.event_id.encode(), partition=p,
                            headers=headers(event_type=e.event_type, source=e.source,
@@ -231,6 +233,7 @@ class PartitionWorker:
         started = time.perf_counter()
         decisions = self.broker.decider_at(ctx).decide(stored, ctx, CONSUMER, counts.decided)
         counts.decide_seconds, counts.decisions = time.perf_counter() - started, decisions
+        self._send_keys()
         # Egress topics keep records forever, so they hold the sealed form, as the embedded
         # egress table does; consume opens it (and shows erased fields as erased).
         released = [tx.send(names.egress(eg.recipient, eg.purpose),
@@ -243,13 +246,21 @@ class PartitionWorker:
         drafts += [eg.audit for eg in decisions.egress]
         drafts += decisions.audits
         # Data keys are buffered by the key store: they must be durable before anything
-        # sealed under them commits, or a crash leaves stored events nobody can open.
+        # sealed under them commits, or a crash leaves stored events nobody can open. This
+        # waits for the acknowledgements of the keys sent above (and sends any others).
         self.broker.sealer.flush()
         tx.audit(drafts)
         counts.stored = len(stored)
         counts.quarantined = len(triage.quarantined)
         counts.quarantine_codes = [q.reason_code for q in triage.quarantined]
         counts.forwarded = len(triage.forwards)
+
+    def _send_keys(self) -> None:
+        """Start writing the data keys created so far; their acknowledgement then overlaps
+        this transaction's own flushes instead of adding a round trip of its own."""
+        keys = self.broker.data_keys
+        if isinstance(keys, KafkaKeyStore):
+            keys.send_new()
 
     def _quarantine_audit(self, q: Quarantined) -> Draft:
         # The same entry the embedded ingest writes, so both backends audit bad input alike.

@@ -244,3 +244,24 @@ def test_a_batch_that_used_a_key_destroyed_meanwhile_is_redone_under_a_new_key(
     finally:
         sealing.close()
         erasing.close()
+
+
+def test_keys_sent_ahead_are_acknowledged_by_flush_and_written_once(env: KafkaEnv) -> None:
+    """The pipeline starts writing a batch's new keys before its own flushes (send_new);
+    flush then waits for those acknowledgements and writes the keys created since."""
+    writer, other = env.broker(), env.broker()
+    try:
+        keys = _keys(writer)
+        early, _ = keys.data_key("bsn:sent-ahead", DAY, 1)
+        keys.send_new()
+        keys.send_new()  # nothing new since: no second copy
+        late, _ = keys.data_key("bsn:created-after", DAY, 1)
+        keys.flush()
+        assert keys.data_key("bsn:sent-ahead", DAY, 1)[0] == early  # stored, reused
+        assert _keys(other).lookup(early) is not None
+        assert _keys(other).lookup(late) is not None
+        written = [bytes(r.key).decode() for r in _topic_records(env)]
+        assert (written.count(early), written.count(late)) == (1, 1)
+    finally:
+        writer.close()
+        other.close()
