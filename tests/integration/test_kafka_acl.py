@@ -20,16 +20,9 @@ from typing import Any, cast
 import pytest
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import (
-    ACL,
-    ACLOperation,
-    ACLPermissionType,
-    ACLResourcePatternType,
-    ResourcePattern,
-    ResourceType,
-)
 from kafka.errors import NoError, TopicAuthorizationFailedError, for_code
 
+from broker import acl
 from broker.backends.kafka_io import header
 from broker.config import load_settings
 from broker.runtime import Broker
@@ -204,11 +197,8 @@ def test_the_controller_refuses_a_client_that_does_not_authenticate(secured: Sec
 
 def test_prune_takes_back_a_grant_the_plan_no_longer_holds(secured: Secured) -> None:
     # A stale grant, as after an amendment that took noord's stream from oost.
-    stale = [ACL(principal="User:boa-hor-oost", host="*", operation=op,
-                 permission_type=ACLPermissionType.ALLOW,
-                 resource_pattern=ResourcePattern(ResourceType.TOPIC, NOORD,
-                                                  ACLResourcePatternType.LITERAL))
-             for op in (ACLOperation.READ, ACLOperation.DESCRIBE)]
+    stale = [acl.to_kafka_acl(acl.AclBinding("User:boa-hor-oost", "TOPIC", NOORD, "LITERAL",
+                                             op, "recipient")) for op in ("READ", "DESCRIBE")]
     admin = KafkaAdminClient(bootstrap_servers=secured.bootstrap, request_timeout_ms=10_000,
                              **secured.client_config("admin"))
     try:
