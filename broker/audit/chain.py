@@ -23,10 +23,15 @@ class ChainReport:
         return self.problem is None
 
 
-def verify_chain(schema: Schema, rows: Iterable[tuple[int, bytes]]) -> ChainReport:
-    """Check (stored position, entry bytes) rows in order and report the first problem."""
-    prev = GENESIS
-    count = 0
+def verify_chain(schema: Schema, rows: Iterable[tuple[int, bytes]], *, count: int = 0,
+                 head: str = GENESIS) -> ChainReport:
+    """Check (stored position, entry bytes) rows in order and report the first problem.
+
+    From the start of the chain by default; with `count` and `head` (the chain hash of
+    entry count - 1, verified before) it checks a continuation that starts at entry
+    `count`, so a reader that keeps its position need not read the chain again.
+    """
+    prev = head
     for position, data in rows:
         if position != count:
             return ChainReport(count, prev, f"entry {count}: missing; the next stored entry "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.chain import ChainReport
@@ -41,6 +41,27 @@ class ChainPosition:
     partition: int
     entries: int  # entries of the chain integrated so far
     head: str = GENESIS  # chain hash of the last of them
+    # where the source is read on from (Kafka: the offset after the last integrated entry;
+    # offsets are not entry numbers: transaction markers take offsets too). A read hint,
+    # not part of what the position is.
+    next_offset: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class ChainRead:
+    """A source chain as read: entries first, first + 1, ... with their offsets, the
+    offset the read ended at, and the chain verified over them."""
+
+    first: int
+    data: list[bytes]
+    offsets: list[int]
+    end: int
+    report: ChainReport
+
+    @classmethod
+    def whole(cls, data: list[bytes], report: ChainReport) -> ChainRead:
+        """A chain read from its start, with entry numbers as offsets (no Kafka)."""
+        return cls(0, data, list(range(len(data))), len(data), report)
 
 
 def unsealed(record: Mapping[str, Any]) -> Draft:
@@ -73,26 +94,33 @@ class PendingChain:
     records: list[dict[str, Any]]  # decoded entries start.entries, start.entries + 1, ...
     data: list[bytes]
     head: str  # the verified chain hash after the last entry
+    offsets: list[int] = field(default_factory=list)  # the source offset of each entry
+    end: int = 0  # the source offset the read ended at
 
     def position_after(self, k: int) -> ChainPosition:
         """The position once the first k pending entries are integrated."""
-        head = str(self.records[k]["prev_hash"]) if k < len(self.records) else self.head
-        return ChainPosition(self.start.partition, self.start.entries + k, head)
+        if k < len(self.records):
+            head, offset = str(self.records[k]["prev_hash"]), self.offsets[k]
+        else:
+            head, offset = self.head, self.end
+        return ChainPosition(self.start.partition, self.start.entries + k, head, offset)
 
     def drafts(self, lo: int, hi: int) -> list[Draft]:
         return [source_draft(self.records[i], self.data[i], self.start.partition)
                 for i in range(lo, hi)]
 
 
-def pending_chain(schema: Schema, stored: ChainPosition, data: Sequence[bytes],
-                  report: ChainReport) -> PendingChain:
-    """Check a chain (all its committed entries, verified into `report`) against the
-    stored position, and return what is left to integrate.
+def pending_chain(schema: Schema, stored: ChainPosition, read: ChainRead) -> PendingChain:
+    """Check a chain (its committed entries from `read.first` on, verified into
+    `read.report`) against the stored position, and return what is left to integrate.
 
     Raises AuditIntegrityError naming the partition and entry when the chain is broken,
     shorter than what was integrated, or no longer the chain that was integrated.
     """
-    p, done = stored.partition, stored.entries
+    p, done, report = stored.partition, stored.entries, read.report
+    if read.first > done:
+        raise ValueError(f"audit partition {p}: read from entry {read.first}, but only "
+                         f"{done} are integrated")
     if not report.ok:
         raise AuditIntegrityError(f"audit partition {p}: {report.problem}; integration "
                                   f"stopped (this run integrated nothing)")
@@ -100,8 +128,10 @@ def pending_chain(schema: Schema, stored: ChainPosition, data: Sequence[bytes],
         raise AuditIntegrityError(
             f"audit partition {p}: Kafka holds {report.entries} committed entries but "
             f"{done} are integrated; the audit topic lost entries")
-    records = [schema.decode(item) for item in data[done:report.entries]]
-    pending = PendingChain(stored, records, list(data[done:report.entries]), report.head)
+    lo, hi = done - read.first, report.entries - read.first
+    records = [schema.decode(item) for item in read.data[lo:hi]]
+    pending = PendingChain(stored, records, list(read.data[lo:hi]), report.head,
+                           read.offsets[lo:hi], read.end)
     if pending.position_after(0).head != stored.head:
         raise AuditIntegrityError(
             f"audit partition {p}: entry {done - 1} is not the entry that was integrated "

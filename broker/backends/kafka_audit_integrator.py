@@ -1,8 +1,10 @@
 """`audit integrate`: the Kafka audit chains sequenced into the verifiable audit log.
 
-Each pass reads every audit partition read_committed, verifies each chain with
-`broker.audit.chain.verify_chain`, checks it against the stored position (so a topic
-rewritten after integration is caught), and appends the entries after that position to
+Each pass reads every audit partition read_committed from the offset after its last
+integrated entry, verifies what it reads with `broker.audit.chain.verify_chain` as the
+continuation of the chain from the stored position (seq and prev_hash from the stored
+head, so a topic rewritten after integration is caught where it continues), and appends
+those entries to
 the integrated log in the data directory (broker.backends.sqlite_integrated): round-robin
 by batch over the partitions, one SQLite transaction per round with the positions it
 reaches. The embedded backend's sequencer seals them, so the Merkle tree, checkpoints
@@ -10,8 +12,8 @@ every N entries / T seconds and the query and subject indexes are the same code.
 ends with a signed checkpoint of the whole tree; `--follow` signs when one is due and at
 shutdown. A broken chain stops the pass before anything is appended.
 
-Each pass reads the audit topic from the start: `verify_chain` checks a chain from its
-first entry, so the integrator does too (and re-checks what it integrated before).
+A pass costs what is new; `check_integrated` (`audit verify`) reads every partition from
+its first entry and checks the whole integrated log against it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 from kafka import TopicPartition
 
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.integrate import ChainPosition, SourceCheck, pending_chain, rounds
+from broker.audit.integrate import ChainPosition, ChainRead, SourceCheck, pending_chain, rounds
 from broker.audit.sequencer import AuditSequencer
-from broker.backends.kafka_io import read_all
+from broker.backends.kafka_io import read_with_ends
 from broker.backends.kafka_log import KafkaEventLog
 from broker.backends.sqlite_integrated import IntegratedAuditDb
 from broker.errors import TransientBackendError
@@ -37,7 +39,7 @@ from broker.model.schemas import Schema
 
 DEFAULT_BATCH = 500
 
-Chains = dict[int, tuple[list[bytes], ChainReport]]
+Chains = dict[int, ChainRead]
 
 
 @dataclass
@@ -49,14 +51,24 @@ class IntegrationReport:
     partitions: dict[int, int] = field(default_factory=dict)  # entries integrated, per chain
 
 
-def read_chains(log: KafkaEventLog) -> Chains:
-    """Every committed entry of every audit partition, and its chain verified."""
+def read_chains(log: KafkaEventLog, positions: dict[int, ChainPosition] | None = None
+                ) -> Chains:
+    """The committed entries of every audit partition, each chain verified: all of them,
+    or (with `positions`) those after each stored position, verified as the continuation
+    of its chain, so a pass reads and holds only what is new."""
     tps = [TopicPartition(log.layout.names.audit, p) for p in range(log.cfg.audit_partitions)]
-    records = read_all(log.reader, tps)
+    start = {p: ChainPosition(p, 0) for p in range(len(tps))} if positions is None \
+        else positions
+    records, ends = read_with_ends(log.reader, {tp: start[tp.partition].next_offset
+                                                for tp in tps})
     out: Chains = {}
     for tp in tps:
+        pos = start[tp.partition]
         data = [bytes(record.value) for record in records[tp]]
-        out[tp.partition] = (data, verify_chain(log.audit_schema, enumerate(data)))
+        report = verify_chain(log.audit_schema, enumerate(data, pos.entries),
+                              count=pos.entries, head=pos.head)
+        out[tp.partition] = ChainRead(pos.entries, data, [r.offset for r in records[tp]],
+                                      ends[tp], report)
     return out
 
 
@@ -65,8 +77,7 @@ def integrate(store: IntegratedAuditDb, schema: Schema, chains: Chains,
     """Append what the verified chains hold after the stored positions, round-robin by
     batch, one transaction a round. Returns (entries appended, positions reached)."""
     positions = store.positions(len(chains))
-    pending = [pending_chain(schema, positions[p], data, report)
-               for p, (data, report) in sorted(chains.items())]
+    pending = [pending_chain(schema, positions[p], read) for p, read in sorted(chains.items())]
     appended = 0
     for taken in rounds(pending, batch):
         appended += store.append([(chain.drafts(lo, hi), chain.position_after(hi))
@@ -91,8 +102,9 @@ class KafkaAuditIntegrator:
     def run_once(self, *, closing: bool = True) -> int:
         """One pass; returns the number of entries appended. `closing`: sign the tree as it
         stands at the end (else only when a checkpoint is due)."""
+        stored = self.store.positions(self.log.cfg.audit_partitions)
         appended, positions = integrate(self.store, self.log.audit_schema,
-                                        read_chains(self.log), self.batch)
+                                        read_chains(self.log, stored), self.batch)
         self.report.passes += 1
         self.report.integrated += appended
         self.report.partitions = {p: pos.entries for p, pos in positions.items()}
@@ -177,8 +189,8 @@ def check_integrated(log: KafkaEventLog, store: IntegratedAuditDb) -> Integratio
     with store.snapshot():
         positions = store.positions(log.cfg.audit_partitions)
         chains = read_chains(log)
-        reports = {p: report for p, (_, report) in chains.items()}
-        check = SourceCheck(log.audit_schema, {p: data for p, (data, _) in chains.items()})
+        reports = {p: read.report for p, read in chains.items()}
+        check = SourceCheck(log.audit_schema, {p: read.data for p, read in chains.items()})
         problem = next((f"audit partition {p}: {r.problem}" for p, r in reports.items()
                         if not r.ok), None)
         for seq, data in store.audit.audit_entries():

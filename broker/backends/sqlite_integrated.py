@@ -37,7 +37,8 @@ _SCHEMA = AUDIT_TABLE + append_only("audit") + """
 CREATE TABLE IF NOT EXISTS audit_source (
     partition INTEGER PRIMARY KEY,
     entries INTEGER NOT NULL,
-    head TEXT NOT NULL
+    head TEXT NOT NULL,
+    next_offset INTEGER NOT NULL
 );
 """
 
@@ -104,8 +105,9 @@ class IntegratedAuditDb:
 
     def positions(self, partitions: int) -> dict[int, ChainPosition]:
         """The stored position of every source partition (nothing integrated: 0, GENESIS)."""
-        found = {int(r[0]): ChainPosition(int(r[0]), int(r[1]), str(r[2])) for r in self._read(
-            "SELECT partition, entries, head FROM audit_source", ())}
+        found = {int(r[0]): ChainPosition(int(r[0]), int(r[1]), str(r[2]), int(r[3]))
+                 for r in self._read("SELECT partition, entries, head, next_offset FROM "
+                                     "audit_source", ())}
         extra = sorted(set(found) - set(range(partitions)))
         if extra:
             raise StorageError(f"{self.path}: holds entries of audit partitions {extra}, but "
@@ -120,8 +122,10 @@ class IntegratedAuditDb:
         with self._write() as db:
             drafts = [d for chunk, _ in batch for d in chunk]
             self.audit.append(db, drafts)
-            db.executemany("INSERT INTO audit_source (partition, entries, head) "
-                           "VALUES (?, ?, ?) ON CONFLICT (partition) DO UPDATE SET "
-                           "entries = excluded.entries, head = excluded.head",
-                           [(pos.partition, pos.entries, pos.head) for _, pos in batch])
+            db.executemany("INSERT INTO audit_source (partition, entries, head, next_offset) "
+                           "VALUES (?, ?, ?, ?) ON CONFLICT (partition) DO UPDATE SET "
+                           "entries = excluded.entries, head = excluded.head, "
+                           "next_offset = excluded.next_offset",
+                           [(pos.partition, pos.entries, pos.head, pos.next_offset)
+                            for _, pos in batch])
         return len(drafts)

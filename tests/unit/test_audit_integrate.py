@@ -17,6 +17,7 @@ from broker.audit.integrate import (
     SOURCE_SEQ,
     SOURCE_SHA256,
     ChainPosition,
+    ChainRead,
     PendingChain,
     SourceCheck,
     pending_chain,
@@ -56,7 +57,7 @@ def chain(partition: int, count: int, start: int = 0, prev: str = GENESIS,
 
 
 def verified(data_by_partition: dict[int, list[bytes]]) -> Chains:
-    return {p: (data, verify_chain(SCHEMA, enumerate(data)))
+    return {p: ChainRead.whole(data, verify_chain(SCHEMA, enumerate(data)))
             for p, data in data_by_partition.items()}
 
 
@@ -249,11 +250,40 @@ def test_pending_chain_continues_from_the_stored_head() -> None:
     data = chain(0, 4)
     report = verify_chain(SCHEMA, enumerate(data))
     head2 = verify_chain(SCHEMA, enumerate(data[:2])).head
-    pending = pending_chain(SCHEMA, ChainPosition(0, 2, head2), data, report)
+    pending = pending_chain(SCHEMA, ChainPosition(0, 2, head2),
+                            ChainRead.whole(data, report))
     assert [r["seq"] for r in pending.records] == [2, 3]
     assert pending.position_after(1) == ChainPosition(
         0, 3, verify_chain(SCHEMA, enumerate(data[:3])).head)
     assert pending.position_after(2) == ChainPosition(0, 4, report.head)
+
+
+def test_a_pass_reads_on_from_the_stored_offset_and_checks_the_continuation() -> None:
+    # Kafka offsets are not entry numbers (transaction markers take offsets): entries 2 and
+    # 3 at offsets 5 and 9, the read ended at offset 11.
+    data = chain(0, 4)
+    head2 = verify_chain(SCHEMA, enumerate(data[:2])).head
+    stored = ChainPosition(0, 2, head2, next_offset=5)
+    report = verify_chain(SCHEMA, enumerate(data[2:], 2), count=2, head=head2)
+    assert report.ok
+    assert report.entries == 4
+    pending = pending_chain(SCHEMA, stored, ChainRead(2, data[2:], [5, 9], 11, report))
+    assert [r["seq"] for r in pending.records] == [2, 3]
+    assert pending.position_after(1).next_offset == 9
+    assert pending.position_after(2).next_offset == 11
+    assert pending.position_after(2) == ChainPosition(0, 4, report.head)
+    # a continuation that does not follow the stored head is a break, named by entry
+    other = chain(0, 4, tag="other")
+    broken = verify_chain(SCHEMA, enumerate(other[2:], 2), count=2, head=head2)
+    assert broken.problem is not None
+    assert broken.problem.startswith("entry 2: prev_hash does not match")
+    with pytest.raises(AuditIntegrityError, match="audit partition 0: entry 2"):
+        pending_chain(SCHEMA, stored, ChainRead(2, other[2:], [5, 9], 11, broken))
+    # a read that starts after the stored position cannot be integrated from
+    with pytest.raises(ValueError, match="read from entry 3"):
+        pending_chain(SCHEMA, stored, ChainRead(3, data[3:], [9], 11, verify_chain(
+            SCHEMA, enumerate(data[3:], 3), count=3,
+            head=verify_chain(SCHEMA, enumerate(data[:3])).head)))
 
 
 def test_integrate_refuses_the_embedded_backend(tmp_path: Path,
