@@ -30,6 +30,7 @@ from broker.logs import get_logger
 from broker.runtime import Broker
 from broker.web import console, recipient_api
 from broker.web.state import WebState
+from broker.web.throttle import LoginThrottle
 from broker.web.worker import BrokerWorker
 
 HERE = Path(__file__).resolve().parent
@@ -88,6 +89,7 @@ def create_app(settings: Settings, options: WebOptions | None = None) -> FastAPI
                           lifespan=lifespan))
     app.state.worker = worker
     app.state.web_state = WebState(settings.data_dir)
+    app.state.login_throttle = LoginThrottle()
     app.state.clock = options.clock
     app.state.poll_seconds = options.poll_seconds
     app.state.max_wait_seconds = options.max_wait_seconds

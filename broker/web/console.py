@@ -43,6 +43,7 @@ from broker.web.console_views import (
     when,
 )
 from broker.web.state import WebState
+from broker.web.throttle import LoginThrottle, login_keys
 from broker.web.worker import BrokerWorker
 
 PAGE_SIZE = 25
@@ -119,9 +120,22 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
     if not auth.csrf_ok(request, csrf):
         return _refused(request)
     state: WebState = request.app.state.web_state
+    throttle: LoginThrottle = request.app.state.login_throttle
+    keys, now = login_keys(username, request.client.host if request.client else None), \
+        _now(request)
+    wait = throttle.retry_after(keys, now)
+    if wait is not None:  # refused before the password is even checked
+        get_logger().info("fg login throttled")
+        minutes = max(1, -(-int(wait.total_seconds()) // 60))
+        response = _page(request, "login.html", {"failed": False, "wait_minutes": minutes},
+                         status=429)
+        response.headers["Retry-After"] = str(max(1, int(wait.total_seconds())))
+        return response
     if not auth.check_password(state.fg_password_hash(username), password):
+        throttle.failed(keys, now)
         get_logger().info("fg login refused")
         return _page(request, "login.html", {"failed": True}, status=401)
+    throttle.succeeded(keys[0])
     auth.start_session(request, username)
     get_logger().info("fg login")
     return RedirectResponse("/console/", status_code=303)

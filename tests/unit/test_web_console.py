@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from broker import logs
@@ -338,3 +339,26 @@ def test_pages_say_so_on_a_backend_without_an_audit_store(tmp_path: Path) -> Non
         done = web.client.post("/console/verificatie", data={"csrf": csrf})
         assert done.status_code == 200
         assert web.client.get("/console/").status_code == 200
+
+
+def test_repeated_failed_logins_are_throttled_then_allowed_again(web: Web) -> None:
+    web.add_fg_user()
+
+    def attempt(password: str) -> httpx.Response:
+        return web.client.post("/console/login", data={
+            "username": FG_NAME, "password": password, "csrf": web.csrf()})
+
+    for _ in range(5):
+        assert attempt("wrong").status_code == 401
+    locked = attempt(FG_PASSWORD)  # even the right password waits now
+    assert locked.status_code == 429
+    assert int(locked.headers["retry-after"]) == 15 * 60
+    assert alerts(locked.text) == ["Te veel mislukte pogingen. Probeer het over 15 minuten "
+                                   "opnieuw."]
+    assert web.client.get("/console/", follow_redirects=False).status_code == 303
+    web.clock.advance(minutes=14, seconds=30)
+    assert attempt(FG_PASSWORD).status_code == 429
+    web.clock.advance(seconds=31)  # the first failure left the 15-minute window
+    done = attempt(FG_PASSWORD)
+    assert done.status_code == 200
+    assert str(done.url).endswith("/console/")
