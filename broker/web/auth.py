@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials
 
+from broker.clock import to_millis
 from broker.web.state import WebState
 
 TOKEN_PREFIX = "cbt_"  # noqa: S105 - a marker that tells a token apart, not a secret
 MIN_PASSWORD_LENGTH = 12
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
-SESSION_USER = "fg_user"
+SESSION_ID = "sid"  # the cookie holds a random id; the server holds (its hash, the user)
 SESSION_CSRF = "csrf"
 
 
@@ -106,13 +107,37 @@ def csrf_ok(request: Request, posted: str | None) -> bool:
         hmac.compare_digest(expected.encode(), posted.encode())
 
 
+def _session_clock(request: Request) -> tuple[WebState, int, int]:
+    """The app's web state, now, and the oldest start a live session may have (in ms)."""
+    app = request.app.state
+    now_ms = to_millis(app.clock())
+    return app.web_state, now_ms, now_ms - int(app.options.session_hours * 3_600_000)
+
+
 def session_user(request: Request) -> str | None:
-    user = request.session.get(SESSION_USER)
-    return user if isinstance(user, str) else None
+    """The FG user of a live server-side session: one that was started by a login, not
+    ended by a logout or a new password, within the session lifetime, account enabled.
+    A copied cookie is worth nothing once its session has ended."""
+    sid = request.session.get(SESSION_ID)
+    if not isinstance(sid, str):
+        return None
+    state, _, oldest = _session_clock(request)
+    return state.session_user(hash_token(sid), oldest)
 
 
 def start_session(request: Request, user: str) -> None:
-    """A fresh session on login: a new CSRF token, nothing carried over (session fixation)."""
+    """A fresh session on login: a new id and CSRF token, nothing carried over (session
+    fixation)."""
     request.session.clear()
-    request.session[SESSION_USER] = user
+    state, now_ms, _ = _session_clock(request)
+    sid = secrets.token_urlsafe(32)
+    state.start_session(hash_token(sid), user, now_ms)
+    request.session[SESSION_ID] = sid
     request.session[SESSION_CSRF] = secrets.token_urlsafe(32)
+
+
+def end_session(request: Request) -> None:
+    sid = request.session.get(SESSION_ID)
+    state, _, oldest = _session_clock(request)
+    state.end_session(hash_token(sid) if isinstance(sid, str) else "", oldest)
+    request.session.clear()

@@ -145,7 +145,7 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
 async def logout(request: Request, csrf: Annotated[str, Form(max_length=100)] = ""
                  ) -> Response:
     if auth.csrf_ok(request, csrf):
-        request.session.clear()
+        auth.end_session(request)
     return RedirectResponse("/console/login", status_code=303)
 
 

@@ -3,6 +3,8 @@
 It works the same on both backends and holds no personal data about data subjects:
   api_token  SHA-256 of each recipient API token (the token itself is shown once, never kept)
   fg_user    privacy-officer accounts: scrypt password hashes with their salt and cost
+  fg_session live console sessions: SHA-256 of the random id the cookie holds, the user and
+             the start; a logout or a new password deletes them, so a copied cookie dies
   ack        the offset each recipient acknowledged per purpose (the last one wins)
 Tokens and accounts are revoked by a timestamp, never deleted, so the history stays readable.
 """
@@ -32,6 +34,12 @@ CREATE TABLE IF NOT EXISTS fg_user (
     created_ms INTEGER NOT NULL,
     disabled_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS fg_session (
+    id_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    started_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fg_session_user ON fg_session (user);
 CREATE TABLE IF NOT EXISTS ack (
     recipient TEXT NOT NULL,
     purpose TEXT NOT NULL,
@@ -106,6 +114,8 @@ class WebState:
             db.execute("INSERT INTO fg_user (name, password_hash, created_ms) VALUES (?, ?, ?) "
                        "ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,"
                        " disabled_ms = NULL", (name, password_hash, now_ms))
+            # a new password ends the account's sessions (someone may have had the old one)
+            db.execute("DELETE FROM fg_session WHERE user = ?", (name,))
         return existed is None
 
     def fg_password_hash(self, name: str) -> str | None:
@@ -113,6 +123,26 @@ class WebState:
             row = db.execute("SELECT password_hash FROM fg_user WHERE name = ? AND "
                              "disabled_ms IS NULL", (name,)).fetchone()
         return str(row[0]) if row else None
+
+    # -- console sessions (server side: logging out ends a session for good) -------------
+    def start_session(self, id_hash: str, user: str, now_ms: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO fg_session (id_hash, user, started_ms) VALUES (?, ?, ?)",
+                       (id_hash, user, now_ms))
+
+    def session_user(self, id_hash: str, not_before_ms: int) -> str | None:
+        """The live session's user: started at or after `not_before_ms`, account enabled."""
+        with self._db() as db:
+            row = db.execute("SELECT s.user FROM fg_session s JOIN fg_user u ON u.name = "
+                             "s.user WHERE s.id_hash = ? AND s.started_ms >= ? AND "
+                             "u.disabled_ms IS NULL", (id_hash, not_before_ms)).fetchone()
+        return str(row[0]) if row else None
+
+    def end_session(self, id_hash: str, not_before_ms: int) -> None:
+        """End this session, and forget every session that has expired anyway."""
+        with self._db() as db:
+            db.execute("DELETE FROM fg_session WHERE id_hash = ? OR started_ms < ?",
+                       (id_hash, not_before_ms))
 
     # -- acknowledged offsets -----------------------------------------------------------------
     def ack(self, recipient: str, purpose: str, offset: int, now_ms: int) -> int | None:

@@ -362,3 +362,35 @@ def test_repeated_failed_logins_are_throttled_then_allowed_again(web: Web) -> No
     done = attempt(FG_PASSWORD)
     assert done.status_code == 200
     assert str(done.url).endswith("/console/")
+
+
+def _with_cookie(web: Web, cookie: str) -> int:
+    """The status of the overview for a client that presents `cookie` (a copied one)."""
+    web.client.cookies.clear()
+    web.client.cookies.set("cb_console", cookie)
+    return web.client.get("/console/", follow_redirects=False).status_code
+
+
+def test_a_copied_session_cookie_is_worthless_once_the_session_ended(web: Web) -> None:
+    csrf = web.login()
+    copied = web.client.cookies.get("cb_console")
+    assert copied
+    assert web.client.post("/console/logout", data={"csrf": csrf}).status_code == 200
+    assert _with_cookie(web, copied) == 303  # a signed cookie alone no longer logs in
+
+    web.client.cookies.clear()
+    web.login()
+    copied = web.client.cookies.get("cb_console")
+    assert copied
+    assert _with_cookie(web, copied) == 200
+    web.add_fg_user()  # a new password (the same text here) ends the account's sessions
+    assert _with_cookie(web, copied) == 303
+
+    web.client.cookies.clear()
+    web.login()
+    copied = web.client.cookies.get("cb_console")
+    assert copied
+    web.clock.advance(hours=7, minutes=59)
+    assert _with_cookie(web, copied) == 200
+    web.clock.advance(minutes=2)  # past the 8-hour lifetime, whatever the cookie says
+    assert _with_cookie(web, copied) == 303
