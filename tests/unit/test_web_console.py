@@ -8,8 +8,8 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
 from broker import logs
@@ -344,7 +344,7 @@ def test_pages_say_so_on_a_backend_without_an_audit_store(tmp_path: Path) -> Non
 def test_repeated_failed_logins_are_throttled_then_allowed_again(web: Web) -> None:
     web.add_fg_user()
 
-    def attempt(password: str) -> httpx.Response:
+    def attempt(password: str) -> Any:
         return web.client.post("/console/login", data={
             "username": FG_NAME, "password": password, "csrf": web.csrf()})
 
