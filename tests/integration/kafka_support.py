@@ -304,3 +304,40 @@ def answers_unauthenticated(port: int, request: str) -> bool:
         except OSError:  # reset: a TLS listener
             return False
     return len(head) == 8 and struct.unpack(">ii", head)[1] == 7
+
+
+# -- secured nodes (SASL/SCRAM, optionally mTLS) with the covenant's ACLs -----------------------
+SECURED_BROKER = "covenant-broker"
+SECURED_PARTIES = ("politie", "om", "boa-hor-noord", "boa-hor-oost")
+
+
+@contextlib.contextmanager
+def secured_node(what: str, **options: Any) -> Iterator[Any]:
+    """A started secured KafkaNode (a random password for the broker and each party),
+    stopped afterwards; a node that will not start fails the test with its reason."""
+    import pytest
+
+    from tests.kafka_launcher import load_launcher
+
+    launcher = load_launcher()
+    users = {name: uuid.uuid4().hex for name in (SECURED_BROKER, *SECURED_PARTIES)}
+    node = launcher.KafkaNode(secure=True, users=users, **options)
+    try:
+        node.start()
+    except launcher.KafkaLauncherError as exc:
+        pytest.fail(f"could not start {what}: {exc}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def deploy_covenant_acls(admin_args: list[str], broker_config: Path, data_dir: Path) -> None:
+    """`acl apply` as the admin (every binding of `acl plan` applied), then the broker
+    principal creates its topics under its PREFIXED CREATE grant."""
+    code, out = run_cli([*admin_args, "--json", "acl", "apply"])
+    assert code == 0, out
+    code, plan = run_cli([*admin_args, "--json", "acl", "plan"])
+    assert json.loads(out)["applied"] == len(json.loads(plan)["acls"])
+    Broker(load_settings(broker_config, {"backend": "kafka", "data_dir": data_dir},
+                         environ={})).close()

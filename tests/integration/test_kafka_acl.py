@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,18 @@ from kafka.errors import NoError, TopicAuthorizationFailedError, for_code
 
 from broker import acl
 from broker.backends.kafka_io import header
-from broker.config import load_settings
-from broker.runtime import Broker
 from tests import factories as f
-from tests.integration.conftest import _load_launcher
-from tests.integration.kafka_support import answers_unauthenticated, run_cli
+from tests.integration.kafka_support import (
+    SECURED_BROKER,
+    SECURED_PARTIES,
+    answers_unauthenticated,
+    deploy_covenant_acls,
+    run_cli,
+    secured_node,
+)
 
 NOW = "2026-05-10T12:00:00Z"
-BROKER = "covenant-broker"
-PARTIES = ("politie", "om", "boa-hor-noord", "boa-hor-oost")
+BROKER, PARTIES = SECURED_BROKER, SECURED_PARTIES
 NOORD = "covenant.egress.boa-hor-noord.surveillance-woninginbraak"
 OOST = "covenant.egress.boa-hor-oost.surveillance-woninginbraak"
 POLITIE_INGRESS = "covenant.ingress.politie.woninginbraak"
@@ -64,28 +66,11 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    launcher = _load_launcher()
-    users = {name: uuid.uuid4().hex for name in (BROKER, *PARTIES)}
-    node = launcher.KafkaNode(secure=True, users=users)
-    try:
-        node.start()
-    except launcher.KafkaLauncherError as exc:
-        pytest.fail(f"could not start a secured Kafka: {exc}", pytrace=False)
-    try:
+    with secured_node("a secured Kafka") as node:
         env = Secured(node.bootstrap_servers, tmp_path_factory.mktemp("acl"),
                       node.client_config, node.controller_port)
-        code, out = run_cli([*env.args("admin"), "--json", "acl", "apply"])
-        assert code == 0, out
-        code, plan = run_cli([*env.args("admin"), "--json", "acl", "plan"])
-        assert json.loads(out)["applied"] == len(json.loads(plan)["acls"])
-        # the broker principal creates its topics under its PREFIXED CREATE grant
-        settings = load_settings(env.config(BROKER),
-                                 {"backend": "kafka", "data_dir": env.root / "data"},
-                                 environ={})
-        Broker(settings).close()
+        deploy_covenant_acls(env.args("admin"), env.config(BROKER), env.root / "data")
         yield env
-    finally:
-        node.stop()
 
 
 def _consumer(env: Secured, recipient: str) -> KafkaConsumer:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,16 @@ from broker.backends.kafka_io import Clients, read_all
 from broker.config import load_settings
 from broker.runtime import Broker
 from tests import factories as f
-from tests.integration.conftest import _load_launcher
-from tests.integration.kafka_support import run_cli
+from tests.integration.kafka_support import (
+    SECURED_BROKER,
+    SECURED_PARTIES,
+    deploy_covenant_acls,
+    run_cli,
+    secured_node,
+)
 
 NOW = "2026-05-10T12:00:00Z"
-BROKER = "covenant-broker"
-PARTIES = ("politie", "om", "boa-hor-noord", "boa-hor-oost")
+BROKER, PARTIES = SECURED_BROKER, SECURED_PARTIES
 OM_INGRESS = "covenant.ingress.om.gebiedsverbod"
 OOST = "covenant.egress.boa-hor-oost.surveillance-woninginbraak"
 
@@ -68,26 +71,12 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    launcher = _load_launcher()
-    users = {name: uuid.uuid4().hex for name in (BROKER, *PARTIES)}
-    kafka = launcher.KafkaNode(secure=True, users=users)
-    try:
-        kafka.start()
-    except launcher.KafkaLauncherError as exc:
-        pytest.fail(f"could not start a secured Kafka: {exc}", pytrace=False)
-    try:
+    with secured_node("a secured Kafka") as kafka:
         assert kafka.log_path is not None
         env = Node(kafka.bootstrap_servers, tmp_path_factory.mktemp("acl-audit"),
                    kafka.log_path, kafka.client_config)
-        code, out = run_cli([*env.args("admin"), "--json", "acl", "apply"])
-        assert code == 0, out
-        args = env.args(BROKER)
-        Broker(load_settings(Path(args[3]), {"backend": "kafka",
-                                              "data_dir": env.root / "data"},
-                             environ={})).close()  # the broker principal creates its topics
+        deploy_covenant_acls(env.args("admin"), Path(env.args(BROKER)[3]), env.root / "data")
         yield env
-    finally:
-        kafka.stop()
 
 
 def _audit(env: Node) -> list[dict[str, Any]]:

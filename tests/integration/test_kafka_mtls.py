@@ -10,8 +10,6 @@ connect. The controller listener is SSL too, so no anonymous principal is a supe
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +20,13 @@ from kafka.errors import KafkaTimeoutError
 
 import tests.integration.test_kafka_acl as acl_scenarios
 from broker.config import load_settings
-from broker.runtime import Broker
 from tests.integration.conftest import _load_launcher
-from tests.integration.kafka_support import answers_unauthenticated, run_cli
-from tests.integration.test_kafka_acl import BROKER, PARTIES, Secured
+from tests.integration.kafka_support import (
+    answers_unauthenticated,
+    deploy_covenant_acls,
+    secured_node,
+)
+from tests.integration.test_kafka_acl import BROKER, Secured
 
 
 @dataclass
@@ -36,28 +37,15 @@ class Mtls:
 
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mtls]:
-    launcher = _load_launcher()
-    users = {name: uuid.uuid4().hex for name in (BROKER, *PARTIES)}
-    node = launcher.KafkaNode(secure=True, users=users, mtls=True)
-    try:
-        node.start()
-    except launcher.KafkaLauncherError as exc:
-        pytest.fail(f"could not start an mTLS Kafka: {exc}", pytrace=False)
-    try:
+    with secured_node("an mTLS Kafka", mtls=True) as node:
         env = Secured(node.ssl_bootstrap_servers, tmp_path_factory.mktemp("mtls"),
                       node.ssl_client_config)
-        code, out = run_cli([*env.args("admin"), "--json", "acl", "apply"])
-        assert code == 0, out
-        code, plan = run_cli([*env.args("admin"), "--json", "acl", "plan"])
-        assert json.loads(out)["applied"] == len(json.loads(plan)["acls"])
         settings = load_settings(env.config(BROKER),
                                  {"backend": "kafka", "data_dir": env.root / "data"},
                                  environ={})
         assert settings.kafka.security_protocol == "SSL"
-        Broker(settings).close()  # creates the topics as User:covenant-broker
+        deploy_covenant_acls(env.args("admin"), env.config(BROKER), env.root / "data")
         yield Mtls(env, node)
-    finally:
-        node.stop()
 
 
 def _connects(bootstrap: str, security: dict[str, str]) -> bool:
