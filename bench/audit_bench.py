@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.app.service import Broker
 from broker.audit.entries import Draft, draft
 from broker.clock import parse_instant, to_millis
 from broker.config import load_settings
 from broker.keys import keyed_pseudonym
-from broker.runtime import Broker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def peak_rss_mib():
 from broker.audit.checkpoint import parse_verifier_key
 from broker.audit.verify import verify_log
 from broker.config import load_settings
-from broker.runtime import Broker
+from broker.app.service import Broker
 broker = Broker(load_settings(overrides={"data_dir": sys.argv[1]}, environ={}))
 audit = broker.audit
 started = time.perf_counter()

@@ -178,8 +178,8 @@ class Deployment:
                       "group_id": self.name, "partitions": partitions,
                       "max_batch": max_batch, "poll_timeout_ms": 200, **SESSION}
         self.config.write_text(json.dumps({"kafka": self.kafka, "log_level": "warning"}))
+        from broker.app.service import Broker  # noqa: PLC0415
         from broker.config import load_settings  # noqa: PLC0415
-        from broker.runtime import Broker  # noqa: PLC0415
 
         self.settings = load_settings(self.config, {"backend": "kafka",
                                                     "data_dir": self.root / "data"},
@@ -221,8 +221,8 @@ class Deployment:
 
 def inputs(count: int) -> list[tuple[str, str, str, bytes]]:
     """(source, event type, event_id, Avro single-object bytes) of the pipeline bench mix."""
+    from broker.app.service import Broker  # noqa: PLC0415
     from broker.config import load_settings  # noqa: PLC0415
-    from broker.runtime import Broker  # noqa: PLC0415
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from pipeline_bench import make_inputs  # noqa: PLC0415
@@ -247,7 +247,7 @@ def producer(bootstrap: str) -> Any:
 
 
 def send(p: Any, dep: Deployment, item: tuple[str, str, str, bytes]) -> Any:
-    from broker.backends.kafka_pipeline import home_partition  # noqa: PLC0415
+    from broker.backends.kafka.pipeline import home_partition  # noqa: PLC0415
 
     source, event_type, event_id, data = item
     return p.send(dep.ingress[event_type], data, key=event_id.encode(),
@@ -353,8 +353,8 @@ class Reader(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from broker.backends.kafka_config import store_position  # noqa: PLC0415
-        from broker.backends.kafka_io import header  # noqa: PLC0415
+        from broker.backends.kafka.io import header  # noqa: PLC0415
+        from broker.config.kafka import store_position  # noqa: PLC0415
 
         while not self.stop.is_set():
             polled = self.consumer.poll(timeout_ms=50)

@@ -60,30 +60,30 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import broker.app.service
 import broker.audit.entries
 import broker.audit.sequencer
 import broker.pipeline.decide
-import broker.runtime
+from broker.app.demo import DAY, DaySynth
+from broker.app.service import Broker
 from broker.audit.entries import GENESIS, Draft, new_trace_id
 from broker.audit.sequencer import AuditSequencer
+from broker.audit.sqlite_store import SqliteAudit
 from broker.audit.tree import Frontier
-from broker.backends.port import StoredEvent
-from broker.backends.sqlite import SqliteEventLog
-from broker.backends.sqlite_audit import SqliteAudit
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.clock import to_millis
 from broker.config import load_settings
 from broker.crypto.sealing import Sealer
-from broker.demo import DAY, DaySynth
 from broker.logs import configure
 from broker.model import codec
 from broker.model.json_input import Limits, convert
 from broker.model.schemas import Schema, SchemaRegistry
 from broker.pipeline.decide import DecideCounts, Decider
 from broker.pipeline.ingest import validate
+from broker.pipeline.port import StoredEvent
 from broker.policy import transforms
 from broker.policy.decision import DecisionContext, Release
 from broker.policy.plan import Plan, compile_plans
-from broker.runtime import Broker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 Inputs = list[tuple[str, str, bytes]]
@@ -231,7 +231,7 @@ def instrument(stages: Stages, b: Broker) -> None:
     """Wrap the hot path of broker `b` (classes and this instance's plans)."""
     w = stages.wrap
     w(Broker, "ingest", "ingest: other")
-    w(broker.runtime, "validate", "validate: checks + re-encode")
+    w(broker.app.service, "validate", "validate: checks + re-encode")
     w(SchemaRegistry, "decode_single_object", _under({"validate: checks + re-encode":
                                                      "decode input"}))
     w(Sealer, "seal", _under({"ingest: other": "seal store (AES-GCM)",

@@ -1,4 +1,4 @@
-"""Replay (`broker.lifecycle`) over a large store: throughput and peak RSS at growing sizes.
+"""Replay (`broker.app.lifecycle`) over a large store: throughput and peak RSS at growing sizes.
 
 The store is built fast, not through the whole pipeline: the sample covenant's event mix
 from a pool of synthetic events (each stored copy with its own event_id), sealed by the
@@ -34,12 +34,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from broker.backends.port import NewEvent
+from broker.app.demo import DAY
+from broker.app.service import Broker
 from broker.clock import to_millis
 from broker.config import load_settings
-from broker.demo import DAY
 from broker.logs import configure
-from broker.runtime import Broker
+from broker.pipeline.port import NewEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_bench import make_inputs
@@ -104,8 +104,8 @@ def peak_rss_mib():
 
 from broker.config import load_settings
 from broker.logs import configure
-from broker.runtime import Broker
-from broker import lifecycle
+from broker.app.service import Broker
+from broker.app import lifecycle
 configure("warning")
 data_dir, recipient, api = sys.argv[1], sys.argv[2], sys.argv[3]
 broker = Broker(load_settings(overrides={"data_dir": data_dir}, environ={}))

@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from broker.backends.port import DecisionBatch
+from broker.pipeline.port import DecisionBatch
 
 # Decide time of one event: tens of microseconds (embedded) to tens of milliseconds (a
 # slow key store); the upper buckets catch stalls.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.app.service import Broker
 from broker.config import load_settings
-from broker.runtime import Broker
 
 
 @pytest.fixture

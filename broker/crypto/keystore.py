@@ -12,7 +12,7 @@ the older form ``<subject>|<date>`` still open.
 
 With the key gone, every field sealed under it is unrecoverable, while the immutable
 store and the audit log stay intact and verifiable. The Kafka backend keeps its keys in
-a compacted topic instead (broker/backends/kafka_keys.py).
+a compacted topic instead (broker/backends/kafka/keys.py).
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ from datetime import date
 from typing import Any
 
 from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
-from broker.backends.port import DecisionBatch, NewEgress, StoredEvent
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
 from broker.keys import KeyStore, committer
 from broker.model.schemas import SchemaRegistry
+from broker.pipeline.port import DecisionBatch, NewEgress, StoredEvent
 from broker.policy.decision import Decision, DecisionContext, Release, Withhold
 from broker.policy.plan import Plan, PlanSet
 

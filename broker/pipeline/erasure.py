@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from broker.backends.port import DecisionBatch, EgressRecord
 from broker.model.schemas import Schema
 from broker.pipeline.expiry import tombstone
+from broker.pipeline.port import DecisionBatch, EgressRecord
 from broker.policy.decision import DecisionContext
 from broker.policy.plan import PlanSet
 

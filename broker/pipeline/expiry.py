@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import date
 
 from broker.audit.entries import draft
-from broker.backends.port import DecisionBatch, EgressRecord, NewEgress
 from broker.keys import commitment
 from broker.model.schemas import Schema
+from broker.pipeline.port import DecisionBatch, EgressRecord, NewEgress
 from broker.policy.decision import DecisionContext
 from broker.policy.plan import PlanSet
 

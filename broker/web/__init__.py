@@ -1,5 +1,5 @@
 """The web faces of the broker: a JSON delivery API for recipient systems and a read-only
-console for the privacy officer (FG). Both sit on `broker.runtime.Broker`, on either backend.
+console for the privacy officer (FG). Both sit on `broker.app.service.Broker`, on either backend.
 
   app.py            the ASGI app factory (FastAPI), security headers, request logging
   worker.py         the one thread that owns the Broker (its SQLite handles are thread-bound)

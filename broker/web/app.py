@@ -23,11 +23,11 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
+from broker.app.service import Broker
 from broker.clock import now_utc
 from broker.config import Settings
 from broker.keys import KeyStore
 from broker.logs import get_logger
-from broker.runtime import Broker
 from broker.web import console, recipient_api
 from broker.web.state import WebState
 from broker.web.throttle import LoginThrottle

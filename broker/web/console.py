@@ -22,7 +22,8 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from broker import lifecycle
+from broker.app import lifecycle
+from broker.app.service import Broker
 from broker.audit.entries import draft
 from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
@@ -31,7 +32,6 @@ from broker.clock import from_millis, iso_instant, now_utc, to_millis
 from broker.errors import BrokerError, CovenantError
 from broker.keys import keyed_pseudonym
 from broker.logs import get_logger
-from broker.runtime import Broker
 from broker.web import auth
 from broker.web.console_views import (
     ACTIONS_NL,
@@ -324,8 +324,8 @@ def _kafka_sources(broker: Broker) -> dict[str, Any]:
     """Kafka: the audit chains against the integrated log, as `audit verify` checks them."""
     if broker.integrated is None:
         return {}
-    from broker.backends.kafka_audit_integrator import check_integrated  # noqa: PLC0415
-    from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
+    from broker.backends.kafka.audit_integrator import check_integrated  # noqa: PLC0415
+    from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
 
     if not isinstance(broker.log, KafkaEventLog):
         return {}

@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.app.service import Broker
 from broker.audit.entries import draft
 from broker.clock import to_millis
-from broker.runtime import Broker
 from broker.web.auth import token_recipient
 from broker.web.state import WebState
 from broker.web.worker import BrokerWorker

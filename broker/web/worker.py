@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from broker.app.service import Broker
 from broker.config import Settings
-from broker.runtime import Broker
 
 T = TypeVar("T")
 

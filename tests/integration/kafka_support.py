@@ -22,16 +22,16 @@ from typing import Any
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from broker.app.service import Broker
 from broker.audit.chain import verify_chain
-from broker.backends.kafka_egress import tombstone_for
-from broker.backends.kafka_io import Clients, header, read_all
-from broker.backends.kafka_log import KafkaEventLog
-from broker.backends.port import StoredEvent
+from broker.backends.kafka.egress import tombstone_for
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.io import Clients, header, read_all
 from broker.cli import main
 from broker.clock import parse_instant
 from broker.config import load_settings
 from broker.errors import StorageError
-from broker.runtime import Broker
+from broker.pipeline.port import StoredEvent
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ One secured node for the module: the admin (super user) applies `covenant-broker
 bindings with `acl apply`; then every party authenticates as itself. A recipient reads its
 own egress topic and is refused another's; a source writes its own ingress topic and is
 refused another source's (the wrong-principal check: the ingress topic is the authenticated
-source, broker/acl.py); the broker principal serves an event end to end.
+source, broker/backends/kafka/acl.py); the broker principal serves an event end to end.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import NoError, TopicAuthorizationFailedError, for_code
 
-from broker import acl
-from broker.backends.kafka_io import header
+from broker.backends.kafka import acl
+from broker.backends.kafka.io import header
 from tests import factories as f
 from tests.integration.kafka_support import (
     SECURED_BROKER,

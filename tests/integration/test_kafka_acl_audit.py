@@ -23,9 +23,9 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
-from broker.backends.kafka_io import Clients, read_all
+from broker.app.service import Broker
+from broker.backends.kafka.io import Clients, read_all
 from broker.config import load_settings
-from broker.runtime import Broker
 from tests import factories as f
 from tests.integration.kafka_support import (
     SECURED_BROKER,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit.integrate import SOURCE_PARTITION, SOURCE_SEQ
-from broker.backends.sqlite_integrated import DB_NAME
+from broker.audit.sqlite_integrated import DB_NAME
 from tests import factories as f
 from tests.integration.kafka_support import (
     REPO,

@@ -9,8 +9,8 @@ import pytest
 from kafka import errors as kerr
 
 from broker.audit.entries import draft
-from broker.backends.kafka_commands import CommandWriter
-from broker.backends.kafka_log import KafkaEventLog
+from broker.backends.kafka.commands import CommandWriter
+from broker.backends.kafka.event_log import KafkaEventLog
 from tests.integration.kafka_support import check_exactly_once, kafka_env, snapshot
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from broker.app.service import Broker
 from broker.config import load_settings
-from broker.runtime import Broker
 from tests import factories as f
 from tests.integration.kafka_support import KafkaEnv, check_exactly_once, run_cli, snapshot
 

@@ -29,9 +29,9 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from broker.backends.kafka_io import header, read_all
-from broker.backends.kafka_log import KafkaEventLog
-from broker.backends.kafka_purge import purge_once
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.io import header, read_all
+from broker.backends.kafka.purge import purge_once
 from tests import factories as f
 from tests.integration.kafka_support import (
     KafkaEnv,

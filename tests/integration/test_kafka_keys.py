@@ -19,13 +19,13 @@ import pytest
 import yaml
 from kafka import KafkaAdminClient, TopicPartition
 
-from broker.backends.kafka_io import Clients, read_all
-from broker.backends.kafka_keys import REFRESH_INTERVAL_S, KafkaKeyStore
+from broker.app.service import Broker
+from broker.backends.kafka.io import Clients, read_all
+from broker.backends.kafka.keys import REFRESH_INTERVAL_S, KafkaKeyStore
 from broker.clock import parse_instant
 from broker.crypto.key_ids import subject_of
 from broker.errors import TransientBackendError
 from broker.pipeline.ingest import validate
-from broker.runtime import Broker
 from tests import factories as f
 from tests.integration.kafka_support import (
     KafkaEnv,

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from kafka import TopicPartition
 
-from broker.backends.kafka_ingress import produce_lines
-from broker.backends.kafka_io import read_all
-from broker.backends.kafka_log import KafkaEventLog
+from broker.app.service import Broker, Delivered, IngestReport, QuarantineNote
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.ingress import produce_lines
+from broker.backends.kafka.io import read_all
+from broker.backends.kafka.runner import serve
 from broker.pipeline.decide import DecideCounts
-from broker.runtime import Broker, Delivered, IngestReport, QuarantineNote
-from broker.serve import serve
 from tests.integration.kafka_support import KafkaEnv
 from tests.unit import test_scenarios as scenarios
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from broker.backends.kafka_pipeline import home_partition
+from broker.backends.kafka.pipeline import home_partition
 from tests import factories as f
 from tests.integration.kafka_support import (
     ProcessLog,

@@ -9,15 +9,15 @@ from kafka import KafkaAdminClient
 from kafka import errors as kerr
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from broker.backends.kafka_config import KafkaConfig
-from broker.backends.kafka_errors import (
+from broker.backends.kafka.errors import (
     GroupMovedError,
     WriterFencedError,
     kafka_errors,
     retrying,
     translate,
 )
-from broker.backends.kafka_io import Clients
+from broker.backends.kafka.io import Clients
+from broker.config.kafka import KafkaConfig
 from broker.errors import ConfigError, StorageError, TransientBackendError
 from tests.integration.kafka_support import KafkaEnv, kafka_env, run_cli
 

@@ -31,8 +31,8 @@ from types import ModuleType
 
 import pytest
 
+from broker.app.service import Broker
 from broker.config import load_settings
-from broker.runtime import Broker
 from broker.web import auth
 from broker.web.state import WebState
 from tests import factories as f

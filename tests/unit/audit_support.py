@@ -12,13 +12,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.app.service import Broker
 from broker.audit.checkpoint import CheckpointSigner
 from broker.audit.service import AuditLog
+from broker.audit.sqlite_store import AUDIT_TABLES
 from broker.audit.verify import AuditReport
-from broker.backends.sqlite_audit import AUDIT_TABLES
 from broker.clock import parse_instant
 from broker.config import Settings, load_settings
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

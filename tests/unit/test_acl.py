@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from broker import acl
-from broker.acl import PREFIXED, AclBinding, PrincipalMap
-from broker.backends.kafka_config import KafkaConfig
-from broker.backends.kafka_topics import Layout
+from broker.app.service import Broker
+from broker.backends.kafka import acl
+from broker.backends.kafka.acl import PREFIXED, AclBinding, PrincipalMap
+from broker.backends.kafka.topics import Layout
 from broker.cli import main
+from broker.config.kafka import KafkaConfig
 from broker.errors import ConfigError
-from broker.runtime import Broker
 
 CFG = KafkaConfig(topic_prefix="cov.", group_id="cb-group", transactional_id_prefix="cb-tx")
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from broker import acl_denials
-from broker.acl import PrincipalMap
-from broker.acl_denials import DenialCounts, audit_lines, auditor_for, parse_denial
+from broker.app.service import Broker
+from broker.backends.kafka import acl_denials
+from broker.backends.kafka.acl import PrincipalMap
+from broker.backends.kafka.acl_denials import DenialCounts, audit_lines, auditor_for, parse_denial
 from broker.cli import main
 from broker.clock import parse_instant
-from broker.runtime import Broker
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "kafka_authorizer" / "secured-node.log"
 NOW = parse_instant("2026-05-10T12:00:00Z")

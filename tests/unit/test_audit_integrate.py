@@ -26,9 +26,9 @@ from broker.audit.integrate import (
 )
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.service import AuditLog
+from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.store import QueryFilter
-from broker.backends.kafka_audit_integrator import Chains, integrate
-from broker.backends.sqlite_integrated import IntegratedAuditDb
+from broker.backends.kafka.audit_integrator import Chains, integrate
 from broker.config import load_settings
 from broker.errors import AuditIntegrityError, StorageError
 from broker.model.schemas import Schema, SchemaRegistry

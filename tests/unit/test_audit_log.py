@@ -25,9 +25,9 @@ from broker import cli
 from broker.audit.checkpoint import parse_verifier_key, verifier_key_string
 from broker.audit.entries import draft
 from broker.audit.sequencer import AuditSequencer
+from broker.audit.sqlite_store import SqliteAudit
 from broker.audit.verify import verify_log
-from broker.backends.sqlite import SqliteEventLog
-from broker.backends.sqlite_audit import SqliteAudit
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.errors import ConfigError
 from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry

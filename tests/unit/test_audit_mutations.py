@@ -25,7 +25,7 @@ from broker.audit.merkle import leaf_hash
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.tree import Frontier, node_count
 from broker.audit.verify import AuditReport, verify_log
-from broker.backends.sqlite import SqliteEventLog
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.model.schemas import SchemaRegistry
 from tests.unit.audit_support import other_signer
 

@@ -24,8 +24,8 @@ from broker import cli
 from broker.audit.bundles import BundleError
 from broker.audit.checkpoint import parse_verifier_key
 from broker.audit.report_html import render_html
+from broker.audit.sqlite_store import AUDIT_TABLES
 from broker.audit.subject_report import verify_subject_report
-from broker.backends.sqlite_audit import AUDIT_TABLES
 from broker.keys import keyed_pseudonym
 from broker.model.render import to_json
 from tests.unit.audit_support import (

@@ -19,7 +19,7 @@ from broker.audit import verify_bulk
 from broker.audit.entries import Draft
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.verify import AuditReport, _verify_in_bulk, verify_log
-from broker.backends.sqlite import SqliteEventLog
+from broker.backends.embedded.event_log import SqliteEventLog
 from tests.unit.test_audit_mutations import (
     FAST,
     MUTATIONS,

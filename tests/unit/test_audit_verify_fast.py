@@ -23,7 +23,7 @@ from broker.audit.merkle import leaf_hash
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.tree import Frontier
 from broker.audit.verify import AuditReport, verify_log
-from broker.backends.sqlite import SqliteEventLog
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.model.avro_writer import zigzag
 from broker.model.codec import MARKER
 from tests.unit.test_audit_mutations import (

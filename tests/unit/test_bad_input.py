@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from broker.backends.port import StoredEvent
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.crypto.sealing import Opened
-from broker.runtime import Broker
+from broker.pipeline.port import StoredEvent
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

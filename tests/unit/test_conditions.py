@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from broker.app.service import Broker
 from broker.clock import local_date, to_millis
 from broker.errors import CovenantError
 from broker.policy import covenant as model
@@ -29,7 +30,6 @@ from broker.policy.control import ControlState, ThemeSwitch
 from broker.policy.covenant import load_covenant
 from broker.policy.decision import DecisionContext, Release, Withhold
 from broker.policy.plan import PlanSet, compile_plans
-from broker.runtime import Broker
 from tests.factories import (
     boa_waarneming,
     detentie_uitstroom,

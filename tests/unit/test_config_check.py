@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker import cli
-from broker.cli_config import SECRET, _masked, effective
+from broker.cli.config import SECRET, _masked, effective
 from broker.config import load_settings
 from broker.errors import ConfigError
 

@@ -11,11 +11,11 @@ import hashlib
 import hmac
 from typing import Any
 
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.keys import commitment, committer
 from broker.pipeline.decide import Decider, _span_ids
 from broker.policy.transforms import pseudonymise
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

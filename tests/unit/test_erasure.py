@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from broker import logs
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.crypto.keystore import fields_sealed
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from broker import logs
-from broker.backends.port import EgressRecord
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.model.schemas import build_schema
-from broker.runtime import Broker
+from broker.pipeline.port import EgressRecord
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker import cli
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.errors import InvalidEvent
 from broker.model.codec import MARKER
 from broker.model.json_input import Limits, convert
 from broker.model.schemas import Schema, SchemaRegistry
 from broker.pipeline.ingest import Accepted, validate
-from broker.runtime import Broker
 from tests import factories as f
 
 SEED = 20260512

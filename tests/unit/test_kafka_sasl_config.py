@@ -7,9 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from broker.acl import AclBinding, to_kafka_acl
-from broker.backends.kafka_config import KafkaConfig
-from broker.backends.kafka_io import Clients
+from broker.backends.kafka.acl import AclBinding, to_kafka_acl
+from broker.backends.kafka.io import Clients
+from broker.config.kafka import KafkaConfig
 
 SASL = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "covenant-broker", "sasl_plain_password": "s3cret-canary"}

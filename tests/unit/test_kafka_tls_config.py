@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from broker import cli
-from broker.backends.kafka_config import KafkaConfig
-from broker.backends.kafka_io import Clients
-from broker.cli_config import SECRET
+from broker.backends.kafka.io import Clients
+from broker.cli.config import SECRET
 from broker.config import load_settings
+from broker.config.kafka import KafkaConfig
 from broker.errors import ConfigError
 from tests.kafka_launcher import load_launcher
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from broker.app.service import Broker
 from broker.crypto.kek import FileKek
 from broker.crypto.key_ids import new_key_id, subject_of
 from broker.crypto.keystore import SqliteKeyStore
 from broker.crypto.sealing import Sealer
 from broker.pipeline.ingest import Accepted, validate
-from broker.runtime import Broker
 from tests import factories as f
 
 DAY = date(2027, 5, 10)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import lifecycle
+from broker.app import lifecycle
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.errors import PolicyError
-from broker.runtime import Broker
 from tests import factories as f
 
 REPO = Path(__file__).resolve().parents[2]

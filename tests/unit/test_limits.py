@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from broker import cli
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.config import load_settings
 from broker.errors import ConfigError
 from broker.model.json_input import Limits, convert
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

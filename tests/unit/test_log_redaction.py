@@ -24,11 +24,11 @@ import pytest
 import structlog
 
 from broker import cli, logs
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.errors import InvalidEvent
 from broker.model.json_input import Limits, convert
 from broker.model.schemas import SchemaRegistry
-from broker.runtime import Broker
 from tests import factories as f
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.metrics import BrokerMetrics, Health, MetricsServer, parse_listen
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

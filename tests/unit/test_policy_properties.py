@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from broker import logs
+from broker.app.service import Broker
 from broker.clock import from_millis, local_date, to_millis
 from broker.config import load_settings
 from broker.policy.control import ControlState, ThemeSwitch
 from broker.policy.covenant import load_covenant
 from broker.policy.decision import DecisionContext, Release, Withhold
 from broker.policy.plan import compile_plans
-from broker.runtime import Broker
 from tests.unit import strategies as gen
 from tests.unit.strategies import POLICY_FILE, REGISTRY, decoded, fixed_key
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from broker.app.service import Broker
 from broker.clock import parse_instant
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")

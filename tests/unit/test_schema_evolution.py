@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.errors import InvalidEvent, SchemaError
 from broker.model.evolution import incompatibilities
@@ -23,7 +24,6 @@ from broker.model.json_input import Limits, convert
 from broker.model.schemas import Schema, SchemaRegistry
 from broker.pipeline.ingest import validate
 from broker.policy.lint import lint
-from broker.runtime import Broker
 from tests import factories as f
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.app.service import Broker
 from broker.cli import main
 from broker.clock import parse_instant
 from broker.errors import ConfigError, InvalidEvent
@@ -24,7 +25,6 @@ from broker.pipeline.signatures import (
     load_private_key,
     sign,
 )
-from broker.runtime import Broker
 from tests import factories as f
 
 NOW = "2026-05-10T12:00:00Z"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import cli, logs
-from broker.cli_web import parse_listen
+from broker.cli.web import parse_listen
 from broker.errors import InputError
 from broker.web.auth import check_password, hash_token
 from broker.web.state import WebState

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from broker import logs
+from broker.app.service import Broker
 from broker.config import Settings
 from broker.keys import keyed_pseudonym
-from broker.runtime import Broker
 from tests.unit.web_support import (
     FG_NAME,
     FG_PASSWORD,

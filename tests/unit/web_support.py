@@ -16,10 +16,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from broker.app.service import Broker
 from broker.audit.store import QueryFilter
 from broker.clock import parse_instant
 from broker.config import load_settings
-from broker.runtime import Broker
 from broker.web import auth
 from broker.web.app import WebOptions, create_app
 from tests import factories as f

@@ -13,8 +13,8 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from broker.backends.kafka_config import KafkaConfig
-from broker.backends.kafka_errors import kafka_errors
+from broker.backends.kafka.errors import kafka_errors
+from broker.config.kafka import KafkaConfig
 from broker.errors import TransientBackendError
 
 Header = tuple[str, bytes]

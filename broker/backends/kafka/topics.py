@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from broker.backends.kafka_config import KafkaConfig, TopicNames, topic_problem
-from broker.backends.kafka_errors import kafka_errors
+from broker.backends.kafka.errors import kafka_errors
+from broker.config.kafka import KafkaConfig, TopicNames, topic_problem
 from broker.errors import ConfigError
 from broker.policy.plan import PlanSet
 
@@ -26,7 +26,7 @@ COMPACTED = {"cleanup.policy": "compact"}
 
 def key_topic_configs(segment_ms: int) -> dict[str, str]:
     """The data key topic: compacted, and cleaned soon after a key's tombstone, so a
-    destroyed wrapped key leaves the log files (broker/backends/kafka_keys.py says how
+    destroyed wrapped key leaves the log files (broker/backends/kafka/keys.py says how
     soon). Tombstones themselves stay a day: they hold a key id, no key material."""
     return {"cleanup.policy": "compact", "segment.ms": str(segment_ms),
             "min.cleanable.dirty.ratio": "0.01", "min.compaction.lag.ms": "0",

@@ -2,7 +2,8 @@
 
 The embedded backend's synchronous pipeline (append_ingest, duplicate_ids, position) has no
 counterpart here: on Kafka, `ingest` produces to the ingress topics and `serve`
-(broker/serve.py, broker/backends/kafka_pipeline.py) validates, stores and decides, one
+(broker/backends/kafka/runner.py, broker/backends/kafka/pipeline.py) validates, stores and
+decides, one
 transaction per partition and batch. Those port methods refuse with a message that says so.
 read_store works: it reads the store topic by store position (offset * N + partition).
 
@@ -20,23 +21,23 @@ from kafka import TopicPartition
 
 from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
-from broker.backends.kafka_chain import verify_partitions
-from broker.backends.kafka_commands import CommandWriter, ControlReader, ExpiryIndex
-from broker.backends.kafka_config import KafkaConfig, split_position, store_position
-from broker.backends.kafka_egress import to_egress_record
-from broker.backends.kafka_errors import kafka_errors, retrying
-from broker.backends.kafka_io import Clients, header, last_committed, read_all, read_range
-from broker.backends.kafka_topics import Layout, ensure_topics
-from broker.backends.port import (
+from broker.backends.kafka.chain import verify_partitions
+from broker.backends.kafka.commands import CommandWriter, ControlReader, ExpiryIndex
+from broker.backends.kafka.egress import to_egress_record
+from broker.backends.kafka.errors import kafka_errors, retrying
+from broker.backends.kafka.io import Clients, header, last_committed, read_all, read_range
+from broker.backends.kafka.topics import Layout, ensure_topics
+from broker.config.kafka import KafkaConfig, split_position, store_position
+from broker.errors import StorageError
+from broker.logs import get_logger
+from broker.model.schemas import SchemaRegistry
+from broker.pipeline.port import (
     DecisionBatch,
     EgressRecord,
     NewEvent,
     Quarantined,
     StoredEvent,
 )
-from broker.errors import StorageError
-from broker.logs import get_logger
-from broker.model.schemas import SchemaRegistry
 from broker.policy.control import ControlEvent, ThemeSwitch
 from broker.policy.plan import PlanSet
 

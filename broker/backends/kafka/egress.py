@@ -15,9 +15,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from broker.backends.kafka_io import Header, header, headers
-from broker.backends.port import EgressRecord, NewEgress
+from broker.backends.kafka.io import Header, header, headers
 from broker.errors import StorageError
+from broker.pipeline.port import EgressRecord, NewEgress
 
 
 def egress_headers(eg: NewEgress) -> list[Header]:

@@ -14,7 +14,7 @@ topic                                  holds                                    
 ``covenant.control``                   control events (theme switches)             1
 ``covenant.expiry``                    compacted: which records have a tombstone   1
 ``covenant.keys``                      compacted: wrapped data keys; a tombstone   1
-                                       destroys one (broker/backends/kafka_keys.py)
+                                       destroys one (broker/backends/kafka/keys.py)
 =====================================  =========================================  ==========
 
 N is ``kafka.partitions``. It fixes how event ids map to partitions, so it cannot change
@@ -45,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.backends import kafka_tls
+from broker.config import tls as kafka_tls
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_TOPIC_LENGTH = 249
@@ -85,7 +85,7 @@ class KafkaConfig(BaseModel):
     keys_segment_ms: PositiveInt = Field(
         default=600_000, description="segment.ms of the key topic when it is created: a "
         "destroyed key's wrapped bytes leave the log files about this long after erasure "
-        "(see broker/backends/kafka_keys.py)")
+        "(see broker/backends/kafka/keys.py)")
     session_timeout_ms: PositiveInt = 10_000
     heartbeat_interval_ms: PositiveInt = 3_000
     max_poll_interval_ms: PositiveInt = 300_000
@@ -103,7 +103,7 @@ class KafkaConfig(BaseModel):
     sasl_plain_password: SecretStr | None = Field(
         default=None, description="environment: COVENANT_BROKER_KAFKA__SASL_PLAIN_PASSWORD")
     # TLS (SSL, SASL_SSL). With SSL the broker authenticates with its client certificate
-    # (mTLS); the files are checked at load (kafka_tls.py). Keep this field order: the
+    # (mTLS); the files are checked at load (broker/config/tls.py). Keep this field order: the
     # key file's check reads the password and the certificate validated before it.
     ssl_cafile: Path | None = Field(
         default=None, description="PEM CA certificate(s) that signed the Kafka brokers' "

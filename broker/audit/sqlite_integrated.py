@@ -1,7 +1,7 @@
 """The integrated audit log of a Kafka deployment: one SQLite file in the data directory.
 
 The same audit tables as the embedded backend (the `audit` entries plus
-broker.backends.sqlite_audit's tree, checkpoints and indexes), and one more:
+broker.audit.sqlite_store's tree, checkpoints and indexes), and one more:
 
   audit_source  partition -> entries integrated, chain hash of the last one
 
@@ -26,8 +26,8 @@ from typing import Any
 from broker.audit.entries import Draft
 from broker.audit.integrate import ChainPosition
 from broker.audit.sequencer import AuditSequencer
-from broker.backends.sqlite_audit import SqliteAudit
-from broker.backends.sqlite_tx import AUDIT_TABLE, append_only, read_rows, write_transaction
+from broker.audit.sqlite_store import SqliteAudit
+from broker.audit.sqlite_tx import AUDIT_TABLE, append_only, read_rows, write_transaction
 from broker.errors import StorageError
 
 DB_NAME = "audit-kafka.db"

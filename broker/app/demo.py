@@ -19,10 +19,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from broker.app.service import Broker, IngestReport
 from broker.clock import iso_instant
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.runtime import Broker, IngestReport
 
 DAY = datetime(2026, 5, 12, tzinfo=UTC)
 WIJKEN = {

@@ -16,14 +16,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker import cli_acl, cli_audit, cli_config, cli_lifecycle, cli_source, cli_web, logs
+from broker import logs
+from broker.app.service import Broker, IngestReport
+from broker.cli import acl as cli_acl
+from broker.cli import audit as cli_audit
+from broker.cli import config as cli_config
+from broker.cli import lifecycle as cli_lifecycle
+from broker.cli import source as cli_source
+from broker.cli import web as cli_web
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings, load_settings
 from broker.crypto.keystore import fields_sealed
 from broker.errors import BrokerError, CovenantError, InputError
 from broker.pipeline.ingest import split_lines
 from broker.pipeline.signatures import read_signature_file
-from broker.runtime import Broker, IngestReport
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
@@ -170,7 +176,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         signatures = (read_signature_file(args.signatures)
                       if getattr(args, "signatures", None) else {})
         if settings.backend == "kafka":  # produce to the ingress topic; `serve` decides
-            from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+            from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             return cli_kafka.ingest(args, broker, data, signatures)
         inputs = ((f"line {n}", line) for n, line in split_lines(data))
@@ -259,11 +265,11 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backend != "kafka" or args.audit_command != "verify":
-        return cli_audit.run(args, settings)  # the verifiable log: broker/cli_audit.py
+        return cli_audit.run(args, settings)  # the verifiable log: broker/cli/audit.py
     broker = Broker(settings)
     try:
         if settings.backend == "kafka":  # one hash chain per audit partition
-            from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+            from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             return cli_kafka.audit_verify(args, broker)
         report = broker.verify_audit()
@@ -278,7 +284,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from broker.demo import run_demo  # noqa: PLC0415 - only this command
+    from broker.app.demo import run_demo  # noqa: PLC0415 - only this command
 
     return run_demo(settings, explicit_data_dir=args.data_dir is not None, seed=args.seed,
                     now=parse_instant(args.now) if args.now else None, as_json=args.json)
@@ -314,8 +320,8 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
 def _purge_ingress(broker: Broker) -> int | None:
     """On Kafka: delete the ingress records serve has consumed (the raw input) now; None
     on the embedded backend, which keeps no raw input."""
-    from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
-    from broker.backends.kafka_purge import purge_once  # noqa: PLC0415 - Kafka only
+    from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
+    from broker.backends.kafka.purge import purge_once  # noqa: PLC0415 - Kafka only
 
     if not isinstance(broker.log, KafkaEventLog):
         return None
@@ -327,7 +333,7 @@ def _purge_ingress(broker: Broker) -> int | None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+    from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
     return cli_kafka.cmd_serve(args, settings)
 

@@ -38,11 +38,11 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
+from broker.app.service import Broker
 from broker.audit.entries import Draft, new_trace_id
-from broker.backends.kafka_chain import AuditChain, Transaction, run_transaction
-from broker.backends.kafka_config import store_position
-from broker.backends.kafka_egress import egress_headers, egress_key
-from broker.backends.kafka_io import (
+from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
+from broker.backends.kafka.egress import egress_headers, egress_key
+from broker.backends.kafka.io import (
     Clients,
     close_quietly,
     header,
@@ -51,15 +51,15 @@ from broker.backends.kafka_io import (
     read_all,
     take_writer,
 )
-from broker.backends.kafka_keys import KafkaKeyStore
-from broker.backends.kafka_topics import Layout
-from broker.backends.port import DecisionBatch, Quarantined, StoredEvent
+from broker.backends.kafka.keys import KafkaKeyStore
+from broker.backends.kafka.topics import Layout
+from broker.config.kafka import store_position
 from broker.errors import InvalidEvent
 from broker.pipeline.decide import DecideCounts
 from broker.pipeline.ingest import source_of, validate
+from broker.pipeline.port import DecisionBatch, Quarantined, StoredEvent
 from broker.pipeline.signatures import SIGNATURE_HEADER
 from broker.policy.decision import DecisionContext
-from broker.runtime import Broker
 
 CONSUMER = "serve"
 

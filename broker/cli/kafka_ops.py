@@ -1,7 +1,7 @@
 """The Kafka side of the command line: `serve`, `audit integrate`, and what `ingest` and
 `audit verify` do there.
 
-broker/cli.py parses the arguments and calls in here when the backend is Kafka, so the
+broker/cli/main.py parses the arguments and calls in here when the backend is Kafka, so the
 kafka-python import is paid only by commands that use Kafka.
 """
 
@@ -11,18 +11,18 @@ import argparse
 import json
 from typing import Any
 
-from broker import cli_audit
-from broker.backends.kafka_audit_integrator import KafkaAuditIntegrator, check_integrated
-from broker.backends.kafka_ingress import produce_lines
-from broker.backends.kafka_log import KafkaEventLog
-from broker.backends.sqlite_integrated import IntegratedAuditDb
+from broker.app.service import Broker
+from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.backends.kafka.audit_integrator import KafkaAuditIntegrator, check_integrated
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.ingress import produce_lines
+from broker.backends.kafka.runner import DenialTail, serve
+from broker.cli import audit as cli_audit
 from broker.clock import parse_instant
 from broker.config import Settings
 from broker.errors import ConfigError, InputError
 from broker.metrics import parse_listen
 from broker.pipeline.ingest import split_lines
-from broker.runtime import Broker
-from broker.serve import DenialTail, serve
 
 EXIT_OK, EXIT_FINDINGS = 0, 1
 
@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         denials = None
         if getattr(args, "authorizer_log", None):
-            from broker import acl  # noqa: PLC0415
+            from broker.backends.kafka import acl  # noqa: PLC0415
 
             denials = DenialTail(args.authorizer_log, acl.load_principal_map(
                 getattr(args, "principal_map", None), broker.covenant))

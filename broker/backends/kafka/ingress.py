@@ -13,13 +13,13 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from broker.backends.kafka_errors import kafka_errors
-from broker.backends.kafka_io import close_quietly, headers
-from broker.backends.kafka_log import KafkaEventLog
-from broker.backends.kafka_pipeline import home_partition
+from broker.app.service import Broker
+from broker.backends.kafka.errors import kafka_errors
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.io import close_quietly, headers
+from broker.backends.kafka.pipeline import home_partition
 from broker.errors import StorageError
 from broker.pipeline.signatures import SIGNATURE_HEADER
-from broker.runtime import Broker
 
 SEND_TIMEOUT_S = 60.0
 

@@ -16,10 +16,9 @@ from typing import Any
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.entries import Draft, draft, new_trace_id
 from broker.audit.service import AuditLog, audit_setup
+from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import AuditReport
-from broker.backends.port import EgressRecord, EventLog, NewEvent, Quarantined
-from broker.backends.sqlite import SqliteEventLog
-from broker.backends.sqlite_integrated import IntegratedAuditDb
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.clock import local_date, to_millis
 from broker.config import Settings
 from broker.crypto.kek import FileKek
@@ -35,6 +34,7 @@ from broker.model.schemas import SchemaRegistry
 from broker.pipeline import erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
 from broker.pipeline.ingest import Accepted, validate
+from broker.pipeline.port import EgressRecord, EventLog, NewEvent, Quarantined
 from broker.pipeline.signatures import load_source_keys
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant, load_covenant, parse_covenant
@@ -118,8 +118,8 @@ class Broker:
         setup = audit_setup(settings, self.covenant.covenant.id, self.keys,
                             self.registry.get("records.audit_entry"))
         if settings.backend == "kafka":  # imported only when chosen: the embedded default
-            from broker.backends.kafka_keys import KafkaKeyStore  # noqa: PLC0415 - needs no Kafka
-            from broker.backends.kafka_log import KafkaEventLog  # noqa: PLC0415 - needs no Kafka
+            from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - needs no Kafka
+            from broker.backends.kafka.keys import KafkaKeyStore  # noqa: PLC0415 - needs no Kafka
 
             kafka_log = KafkaEventLog(settings.kafka, self.registry, self.plans)
             self.log = kafka_log

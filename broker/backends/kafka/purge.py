@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, TopicPartition
 
-from broker.backends.kafka_errors import kafka_errors
-from broker.backends.kafka_io import Clients
-from broker.backends.kafka_topics import Layout
+from broker.backends.kafka.errors import kafka_errors
+from broker.backends.kafka.io import Clients
+from broker.backends.kafka.topics import Layout
 
 
 @dataclass

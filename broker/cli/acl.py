@@ -1,4 +1,5 @@
-"""`covenant-broker acl plan|apply`: the Kafka ACLs the covenant implies (broker/acl.py).
+"""`covenant-broker acl plan|apply`: the Kafka ACLs the covenant implies
+(broker/backends/kafka/acl.py).
 
 `plan` reads the config, the covenant and the schemas only: no Kafka connection, no keys.
 The default output is one ``kafka-acls.sh`` argument line per principal and resource, to
@@ -13,7 +14,7 @@ recipient takes its READ too (`acl apply` alone only adds).
 
 `audit-denials --log FILE` turns Kafka's authorizer denials (refused writes to ingress
 topics, refused reads) into audit entries, reading on from where it stopped
-(broker/acl_denials.py); `serve --authorizer-log FILE` does the same as it runs.
+(broker/backends/kafka/acl_denials.py); `serve --authorizer-log FILE` does the same as it runs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
 
 
 def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
-    from broker import acl  # noqa: PLC0415 - pulls in kafka-python; only this command
+    from broker.backends.kafka import acl  # noqa: PLC0415 - pulls in kafka-python; only this command
 
     covenant = load_covenant(settings.policy_file())
     layout = acl.covenant_layout(settings.kafka, covenant,
@@ -74,7 +75,7 @@ def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
     bindings = acl.plan_acls(covenant, layout,
                              acl.load_principal_map(args.principal_map, covenant))
     if args.acl_command == "apply":
-        from broker.backends.kafka_io import Clients  # noqa: PLC0415
+        from broker.backends.kafka.io import Clients  # noqa: PLC0415
 
         admin = Clients(settings.kafka).admin()
         try:
@@ -102,8 +103,8 @@ def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_denials(args: argparse.Namespace, settings: Settings) -> int:
-    from broker import acl, acl_denials  # noqa: PLC0415 - pulls in kafka-python
-    from broker.runtime import Broker  # noqa: PLC0415
+    from broker.app.service import Broker  # noqa: PLC0415
+    from broker.backends.kafka import acl, acl_denials  # noqa: PLC0415 - pulls in kafka-python
 
     broker = Broker(settings)
     try:

@@ -5,7 +5,7 @@ integrated entry, verifies what it reads with `broker.audit.chain.verify_chain` 
 continuation of the chain from the stored position (seq and prev_hash from the stored
 head, so a topic rewritten after integration is caught where it continues), and appends
 those entries to
-the integrated log in the data directory (broker.backends.sqlite_integrated): round-robin
+the integrated log in the data directory (broker.audit.sqlite_integrated): round-robin
 by batch over the partitions, one SQLite transaction per round with the positions it
 reaches. The embedded backend's sequencer seals them, so the Merkle tree, checkpoints
 every N entries / T seconds and the query and subject indexes are the same code. A pass
@@ -30,9 +30,9 @@ from kafka import TopicPartition
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.integrate import ChainPosition, ChainRead, SourceCheck, pending_chain, rounds
 from broker.audit.sequencer import AuditSequencer
-from broker.backends.kafka_io import read_with_ends
-from broker.backends.kafka_log import KafkaEventLog
-from broker.backends.sqlite_integrated import IntegratedAuditDb
+from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.io import read_with_ends
 from broker.errors import TransientBackendError
 from broker.logs import get_logger
 from broker.model.schemas import Schema

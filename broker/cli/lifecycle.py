@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker import lifecycle
+from broker.app import lifecycle
+from broker.app.service import Broker, Delivered
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings
 from broker.errors import InputError
-from broker.runtime import Broker, Delivered
 
 AddOptions = Callable[[argparse.ArgumentParser, bool], None]
 

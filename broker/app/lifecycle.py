@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from broker.app.service import Broker, Delivered
 from broker.audit.entries import draft
-from broker.backends.port import StoredEvent
 from broker.clock import from_millis, now_utc, to_millis
 from broker.errors import CovenantError, PolicyError
 from broker.model.render import to_json
 from broker.pipeline.decide import Decider
+from broker.pipeline.port import StoredEvent
 from broker.policy.control import ControlEvent
 from broker.policy.covenant import load_covenant
 from broker.policy.decision import Release
 from broker.policy.lint import lint
 from broker.policy.plan import compile_plans
-from broker.runtime import Broker, Delivered
 
 MIN_APPROVERS = 2
 

@@ -2,9 +2,9 @@
 
 The member subscribes to every ingress topic in the group ``kafka.group_id`` (default
 ``covenant-broker``, read_committed). The group assigns partition indices
-(broker/backends/kafka_group.py); for each index it holds, the member runs a
+(broker/backends/kafka/group.py); for each index it holds, the member runs a
 PartitionWorker, the only writer of that index's store, quarantine and audit partitions
-(broker/backends/kafka_pipeline.py). One loop, one thread:
+(broker/backends/kafka/pipeline.py). One loop, one thread:
 
     poll -> open/close workers for the current assignment -> one transaction per index
          -> expiry sweep and ingress purge (the member holding index 0)
@@ -42,18 +42,18 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, TopicPartition
 
-from broker.acl import PrincipalMap
-from broker.acl_denials import DenialAuditor, audit_denials, auditor_for
-from broker.backends.kafka_errors import kafka_errors, retrying
-from broker.backends.kafka_group import CoPartitionedAssignor
-from broker.backends.kafka_io import end_offsets, wait_visible
-from broker.backends.kafka_log import KafkaEventLog
-from broker.backends.kafka_pipeline import BatchCounts, PartitionWorker, group_by_index
-from broker.backends.kafka_purge import PurgeState, purge_consumed
+from broker.app.service import Broker
+from broker.backends.kafka.acl import PrincipalMap
+from broker.backends.kafka.acl_denials import DenialAuditor, audit_denials, auditor_for
+from broker.backends.kafka.errors import kafka_errors, retrying
+from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.group import CoPartitionedAssignor
+from broker.backends.kafka.io import end_offsets, wait_visible
+from broker.backends.kafka.pipeline import BatchCounts, PartitionWorker, group_by_index
+from broker.backends.kafka.purge import PurgeState, purge_consumed
 from broker.clock import now_utc
 from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
-from broker.runtime import Broker
 
 JOIN_TIMEOUT_S = 120.0
 IDLE_SWEEP_INTERVAL_S = 5.0
@@ -440,7 +440,7 @@ class Server:
 
     def _maybe_purge(self, *, force: bool = False) -> None:
         """The member holding index 0 deletes the ingress records the group has committed
-        (every kafka.ingress_purge_interval_ms; broker/backends/kafka_purge.py). A failure
+        (every kafka.ingress_purge_interval_ms; broker/backends/kafka/purge.py). A failure
         is retried at the next interval; the records stay until then."""
         worker = self.workers.get(0)
         interval = self.cfg.ingress_purge_interval_ms

@@ -26,7 +26,7 @@ the payload. A wrong principal's write is refused by Kafka with
 TopicAuthorizationFailed, and Kafka's authorizer log (``kafka.authorizer.logger``) records
 the denial (tests/integration/test_kafka_acl.py proves the refusal on a real broker);
 `acl audit-denials` / `serve --authorizer-log` turn those lines into audit entries
-(broker/acl_denials.py).
+(broker/backends/kafka/acl_denials.py).
 
 `apply_acls` creates the bindings through kafka-python's admin client; the caller
 authenticates as a principal allowed to alter ACLs (a super user such as ``User:admin``).
@@ -42,9 +42,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from broker.backends.kafka_config import KafkaConfig, TopicNames
-from broker.backends.kafka_errors import kafka_errors
-from broker.backends.kafka_topics import Layout
+from broker.backends.kafka.errors import kafka_errors
+from broker.backends.kafka.topics import Layout
+from broker.config.kafka import KafkaConfig, TopicNames
 from broker.errors import ConfigError, StorageError
 from broker.pipeline.ingest import source_of
 from broker.policy.covenant import Covenant

@@ -1,7 +1,8 @@
 """Kafka's authorizer denials as audit entries: who was refused what, on which topic.
 
 Kafka does not tell a consumer which principal produced a record, so the broker cannot see
-a wrong principal's write (broker/acl.py): Kafka refuses it before the record exists. What
+a wrong principal's write (broker/backends/kafka/acl.py): Kafka refuses it before the record
+exists. What
 Kafka does keep is its authorizer log (logger ``kafka.authorizer.logger``, every denial at
 INFO), one line per refused (principal, operation, resource)::
 
@@ -51,14 +52,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker.acl import PrincipalMap, covenant_layout
+from broker.app.service import Broker
 from broker.audit.entries import Draft, draft
-from broker.backends.kafka_topics import Layout
+from broker.backends.kafka.acl import PrincipalMap, covenant_layout
+from broker.backends.kafka.topics import Layout
 from broker.clock import to_millis
 from broker.errors import InputError
 from broker.logs import get_logger
 from broker.pipeline.ingest import source_of
-from broker.runtime import Broker
 
 DENIAL_MARK = "is Denied operation"
 _DENIAL = re.compile(

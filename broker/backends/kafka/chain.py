@@ -29,8 +29,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.entries import GENESIS, Draft, SealedEntry, chain_hash, seal
-from broker.backends.kafka_errors import kafka_errors
-from broker.backends.kafka_io import Header, last_committed, read_all
+from broker.backends.kafka.errors import kafka_errors
+from broker.backends.kafka.io import Header, last_committed, read_all
 from broker.errors import AuditIntegrityError
 from broker.model.schemas import Schema
 

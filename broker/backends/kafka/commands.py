@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from broker.audit.entries import Draft
-from broker.backends.kafka_chain import AuditChain, Transaction, run_transaction
-from broker.backends.kafka_egress import egress_headers, egress_key, to_egress_record
-from broker.backends.kafka_errors import retrying
-from broker.backends.kafka_io import (
+from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
+from broker.backends.kafka.egress import egress_headers, egress_key, to_egress_record
+from broker.backends.kafka.errors import retrying
+from broker.backends.kafka.io import (
     Clients,
     close_quietly,
     read_range,
@@ -38,11 +38,11 @@ from broker.backends.kafka_io import (
     take_writer,
     wait_visible,
 )
-from broker.backends.kafka_topics import Layout
-from broker.backends.port import DecisionBatch, EgressRecord, NewEgress
+from broker.backends.kafka.topics import Layout
 from broker.errors import StorageError
 from broker.logs import get_logger
 from broker.model.schemas import Schema
+from broker.pipeline.port import DecisionBatch, EgressRecord, NewEgress
 from broker.policy.control import ControlEvent, ThemeSwitch
 
 T = TypeVar("T")

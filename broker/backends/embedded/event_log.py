@@ -19,16 +19,8 @@ from typing import Any
 
 from broker.audit.entries import Draft
 from broker.audit.sequencer import AuditSequencer
-from broker.backends.port import (
-    DecisionBatch,
-    EgressRecord,
-    NewEgress,
-    NewEvent,
-    Quarantined,
-    StoredEvent,
-)
-from broker.backends.sqlite_audit import SqliteAudit
-from broker.backends.sqlite_tx import (
+from broker.audit.sqlite_store import SqliteAudit
+from broker.audit.sqlite_tx import (
     AUDIT_TABLE,
     append_only,
     read_rows,
@@ -37,6 +29,14 @@ from broker.backends.sqlite_tx import (
 )
 from broker.errors import StorageError
 from broker.model.schemas import Schema
+from broker.pipeline.port import (
+    DecisionBatch,
+    EgressRecord,
+    NewEgress,
+    NewEvent,
+    Quarantined,
+    StoredEvent,
+)
 from broker.policy.control import ControlEvent, ThemeSwitch
 
 _SCHEMA = """
@@ -119,7 +119,7 @@ class SqliteEventLog:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA secure_delete=ON")
             self.db.executescript(AUDIT_TABLE + _SCHEMA + append_only(*_IMMUTABLE))
-            # The audit tree, checkpoints and query indexes (broker.backends.sqlite_audit).
+            # The audit tree, checkpoints and query indexes (broker.audit.sqlite_store).
             self.audit = SqliteAudit(
                 self.db, sequencer or AuditSequencer(audit_schema, origin="covenant-broker"),
                 self._write, self._read)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from broker.backends.kafka_config import KafkaConfig
+from broker.config.kafka import KafkaConfig
 from broker.errors import ConfigError
 
 ENV_PREFIX = "COVENANT_BROKER_"

@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from broker.app.service import Broker
 from broker.audit.bundles import (
     BundleError,
     ProofUnavailableError,
@@ -37,7 +38,6 @@ from broker.config import Settings
 from broker.errors import ConfigError, InputError, StorageError
 from broker.keys import keyed_pseudonym
 from broker.model.schemas import SchemaRegistry
-from broker.runtime import Broker
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 GlobalOptions = Callable[[argparse.ArgumentParser, bool], None]
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     try:
         if command == "integrate":  # the Kafka audit chains into the verifiable log
-            from broker import cli_kafka  # noqa: PLC0415 - kafka-python only when used
+            from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             return cli_kafka.audit_integrate(args, broker)
         if broker.audit is None and command == "verify":

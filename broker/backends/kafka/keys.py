@@ -65,8 +65,8 @@ from typing import Any
 
 from kafka import KafkaProducer, TopicPartition
 
-from broker.backends.kafka_errors import kafka_errors, retrying
-from broker.backends.kafka_io import Clients, close_quietly, read_with_ends
+from broker.backends.kafka.errors import kafka_errors, retrying
+from broker.backends.kafka.io import Clients, close_quietly, read_with_ends
 from broker.crypto.kek import KeyEncryptionKey
 from broker.crypto.key_ids import new_key_id
 from broker.crypto.keystore import DestroyedKey

@@ -1,0 +1,1 @@
+"""The application: use cases over an assembled backend, and the assembly by name."""

@@ -1,0 +1,1 @@
+"""The embedded backend: an SQLite event log in the data directory (the default)."""

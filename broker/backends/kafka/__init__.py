@@ -1,0 +1,1 @@
+"""The Kafka backend: every module that imports kafka-python lives here."""
