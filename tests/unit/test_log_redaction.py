@@ -355,7 +355,7 @@ def _log_calls() -> Iterator[tuple[str, ast.Call]]:
 
 def test_broker_code_logs_constant_event_names_and_no_formatted_values() -> None:
     calls = list(_log_calls())
-    assert any("runtime.py" in where for where, _ in calls)  # the scan finds the calls
+    assert any("app/service.py" in where for where, _ in calls)  # the scan finds the calls
     for where, call in calls:
         assert len(call.args) == 1, f"{where}: positional arguments are formatted into text"
         first = call.args[0]
