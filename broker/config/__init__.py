@@ -18,7 +18,7 @@ from broker.config.kafka import KafkaConfig
 from broker.errors import ConfigError
 
 ENV_PREFIX = "COVENANT_BROKER_"
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _default_dir(name: str) -> Path:
