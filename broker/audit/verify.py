@@ -62,6 +62,31 @@ class AuditReport:
                 "unsigned_entries": self.unsigned, "problem": self.problem}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """`audit verify`'s answer: the report, and the problem that fails it, which with
+    `require_signed` includes entries that no signed checkpoint covers yet."""
+
+    report: AuditReport
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_json(self) -> dict[str, object]:
+        return {**self.report.as_json(), "ok": self.ok, "problem": self.problem}
+
+
+def verdict(report: AuditReport, require_signed: bool) -> Verdict:
+    """The one place the `--require-signed` rule lives (both backends' `audit verify`)."""
+    problem = report.problem
+    if problem is None and require_signed and report.unsigned:
+        problem = (f"entry {report.signed_size}: {report.unsigned} entries after the last "
+                   "checkpoint are not signed")
+    return Verdict(report, problem)
+
+
 def _read_long(data: bytes, at: int) -> tuple[int, int]:
     shift = result = 0
     while True:

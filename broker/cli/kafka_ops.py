@@ -17,7 +17,7 @@ from broker.backends.kafka.audit_integrator import KafkaAuditIntegrator, check_i
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.ingress import produce_lines
 from broker.backends.kafka.runner import DenialTail, serve
-from broker.cli import audit as cli_audit
+from broker.cli.verify_options import verify_pinned
 from broker.clock import parse_instant
 from broker.config import Settings
 from broker.errors import ConfigError, InputError
@@ -104,7 +104,7 @@ def audit_verify(args: argparse.Namespace, broker: Broker) -> int:
     with --require-signed."""
     check = check_integrated(_kafka_log(broker), _integrated(broker))
     assert broker.audit is not None
-    integrated, _ = cli_audit.verify_result(args, broker.audit)
+    integrated = verify_pinned(args, broker.audit).as_json()
     pending = sum(check.pending.values())
     problem = check.problem or integrated["problem"]
     if problem is None and args.require_signed and pending:
