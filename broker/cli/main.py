@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import logs
+from broker.app.erasure import IngressPurge, erase_subject
 from broker.app.service import Broker, IngestReport
 from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
@@ -294,12 +295,13 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     started = time.perf_counter()
     try:
-        erased = broker.erase_subject(args.bsn, args.reason, _now(args))
-        purged = _purge_ingress(broker)
+        outcome = erase_subject(broker, args.bsn, args.reason, _now(args),
+                                _purge_ingress(broker))
     finally:
         broker.close()
     seconds = time.perf_counter() - started
-    destroyed, notices = erased.destroyed, erased.notices
+    purged = outcome.ingress_partitions_purged
+    destroyed, notices = outcome.erased.destroyed, outcome.erased.notices
     fields = fields_sealed(destroyed)  # None on Kafka: the key topic keeps no counts
     payload = {"keys_destroyed": len(destroyed), "fields_unrecoverable": fields,
                "retention_dates": sorted({k.retention_until.isoformat() for k in destroyed}),
@@ -317,19 +319,16 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _purge_ingress(broker: Broker) -> int | None:
-    """On Kafka: delete the ingress records serve has consumed (the raw input) now; None
+def _purge_ingress(broker: Broker) -> IngressPurge | None:
+    """On Kafka: the purge of the ingress records serve has consumed (the raw input); None
     on the embedded backend, which keeps no raw input."""
     from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.purge import purge_once  # noqa: PLC0415 - Kafka only
 
     if not isinstance(broker.log, KafkaEventLog):
         return None
-    try:
-        return len(purge_once(broker.log.clients, broker.log.layout))
-    except BrokerError as exc:  # the erasure itself is done; serve purges at its interval
-        broker.logger.warning("ingress purge failed", error=str(exc))
-        return None
+    log = broker.log
+    return lambda: len(purge_once(log.clients, log.layout))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
