@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = command("policy", "covenant tools")
     policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
-    check = policy_cmds.add_parser("check", help="lint a covenant: exit 0 clean, 1 problems")
+    check = policy_cmds.add_parser("check", help="lint a covenant, or every covenant file "
+                                   "(*.yaml, *.yml) in a folder: exit 0 clean, 1 problems")
     _global_options(check, suppress=True)
     check.add_argument("path", nargs="?", type=Path)
     views = policy_cmds.add_parser("views", help="show or write the derived view schemas")
@@ -229,7 +230,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
-    from broker.policy.lint import lint, write_views  # noqa: PLC0415 - only this command
+    from broker.policy.lint import lint_all, write_views  # noqa: PLC0415 - only this command
 
     if args.policy_command in ("activate", "diff"):
         return cli_lifecycle.cmd_policy(args, settings)
@@ -239,14 +240,19 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
         return EXIT_OK
     path = args.path or settings.policy_file()
-    problems = lint(path, settings.schemas_dir)
+    checked = lint_all(path, settings.schemas_dir)  # a folder: each covenant file in it
+    problems = [line for found in checked.values() for line in found]
     if args.json:
-        print(json.dumps({"path": str(path), "problems": problems}))
+        payload: dict[str, Any] = {"path": str(path), "problems": problems}
+        if path.is_dir():
+            payload["files"] = {str(file): found for file, found in checked.items()}
+        print(json.dumps(payload))
     else:
         for line in problems:
             print(line)
-        if not problems:
-            print(f"{path}: ok")
+        for file, found in checked.items():
+            if not found:
+                print(f"{file}: ok")
     return EXIT_FINDINGS if problems else EXIT_OK
 
 
