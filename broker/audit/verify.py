@@ -87,6 +87,17 @@ def verdict(report: AuditReport, require_signed: bool) -> Verdict:
     return Verdict(report, problem)
 
 
+def pending_verdict(first_problem: str | None, pending: int, require_signed: bool
+                    ) -> str | None:
+    """The Kafka log's `audit verify`: the first problem found (a partition chain's, else
+    the integrated log's verdict); else, with `require_signed`, committed audit entries the
+    integrator has not sequenced yet, which no checkpoint can have signed."""
+    if first_problem is None and require_signed and pending:
+        return (f"{pending} committed audit entries on Kafka are not integrated (so not "
+                "signed) yet; run `covenant-broker audit integrate`")
+    return first_problem
+
+
 def _read_long(data: bytes, at: int) -> tuple[int, int]:
     shift = result = 0
     while True:
