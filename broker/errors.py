@@ -43,6 +43,13 @@ class InputError(BrokerError):
     """Input that cannot be read at all (a missing file, for example)."""
 
 
+class TrustAnchorError(InputError):
+    """A key or checkpoint given to check the log against (a pinned verifier key, a PEM
+    public key, a kept checkpoint) is unreadable or malformed. The message names the option
+    or file it came from: nothing could be checked, so this is "could not run", never a
+    finding about the log."""
+
+
 class InvalidEvent(BrokerError):  # noqa: N818 - reads as a verdict on the input, like ValueError
     """One event is bad input. It is quarantined with `code` and `reason`, never raised past ingest.
 

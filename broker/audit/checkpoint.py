@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.audit.merkle import (
     EMPTY_ROOT,
@@ -44,6 +45,7 @@ from broker.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from broker.errors import TrustAnchorError
 
 __all__ = [
     "ALG_ED25519",
@@ -60,6 +62,8 @@ __all__ = [
     "load_or_create_signing_key",
     "open_checkpoint",
     "parse_verifier_key",
+    "pinned_verifier_key",
+    "trusted_checkpoint_note",
     "verifier_key_string",
 ]
 
@@ -192,6 +196,60 @@ def parse_verifier_key(text: str) -> VerifierKey:
     if expected_id.hex() != hex_id:
         raise ValueError("verifier key id does not match its name and key")
     return VerifierKey(name=name, key_id=expected_id, public_key=public_key)
+
+
+def pinned_verifier_key(value: str, origin: str | None,
+                        where: str = "--public-key") -> VerifierKey:
+    """The verifier key an auditor pinned: a vkey string, or a file holding one or an
+    Ed25519 PEM public key (which carries no key name, so `origin` names it).
+
+    Raises TrustAnchorError naming `where` (the option) and what is wrong, so a bad key is
+    "could not run" and never mistaken for a finding about the log.
+    """
+    text = value
+    path = Path(value)
+    if "+" not in value and path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TrustAnchorError(f"{where} {value}: cannot read the public key: "
+                                   f"{exc}") from None
+    if "PRIVATE KEY" in text:  # never echo it: name the file only
+        raise TrustAnchorError(f"{where} {value}: holds a private key; pin the public key "
+                               "(`audit public-key` prints it)")
+    if "BEGIN PUBLIC KEY" in text:
+        if not origin:
+            raise TrustAnchorError(f"{where}: a PEM public key carries no key name: pass "
+                                   "--origin too")
+        try:
+            key = load_pem_public_key(text.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            raise TrustAnchorError(f"{where} {value}: not a PEM public key") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise TrustAnchorError(f"{where} {value}: not an Ed25519 public key")
+        try:
+            text = verifier_key_string(origin, key)
+        except ValueError as exc:
+            raise TrustAnchorError(f"--origin {origin!r}: {exc}") from None
+    try:
+        return parse_verifier_key(text.strip())
+    except ValueError as exc:
+        hint = "" if path.is_file() or "+" in value else " (and no such file)"
+        raise TrustAnchorError(f"{where}: {exc}{hint}; give the key `audit public-key` "
+                               "prints, or a file holding it or the PEM") from None
+
+
+def trusted_checkpoint_note(note: str, where: str) -> str:
+    """`note` if it has the form of a signed note; else TrustAnchorError naming `where`.
+
+    Only the form is checked here: whether the pinned key signed it, and whether the log
+    still matches it, are findings of the verification itself.
+    """
+    try:
+        _split_note(note)
+    except CheckpointError as exc:
+        raise TrustAnchorError(f"{where}: not a signed checkpoint ({exc})") from None
+    return note
 
 
 class CheckpointSigner:

@@ -25,7 +25,7 @@ from broker.audit.merkle import VerificationError
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.store import AuditStore, QueryFilter
 from broker.audit.subject_report import subject_report
-from broker.audit.verify import AuditReport, verify_log
+from broker.audit.verify import AuditReport, Verdict, verdict, verify_log
 from broker.config import Settings
 from broker.keys import KeyStore
 from broker.model.render import to_json
@@ -83,7 +83,18 @@ class AuditLog:
                trusted_notes: Sequence[str] = ()) -> AuditReport:
         """Verify the whole log, against a pinned key and origin when given (else our own)."""
         verifier = parse_verifier_key(verifier_key or self.verifier_key())
-        origin = origin or verifier.name
+        return self._verify(verifier, origin or verifier.name, trusted_notes)
+
+    def verify_pinned(self, verifier: VerifierKey | None, origin: str | None,
+                      trusted_notes: Sequence[str], require_signed: bool) -> Verdict:
+        """`audit verify`: against the pinned key (else our own) and the kept checkpoints;
+        with `require_signed`, entries no signed checkpoint covers yet fail it."""
+        verifier = verifier or parse_verifier_key(self.verifier_key())
+        report = self._verify(verifier, origin or verifier.name, trusted_notes)
+        return verdict(report, require_signed)
+
+    def _verify(self, verifier: VerifierKey, origin: str, trusted_notes: Sequence[str]
+                ) -> AuditReport:
         trusted: list[Checkpoint] = []
         for number, note in enumerate(trusted_notes, start=1):
             try:

@@ -62,6 +62,42 @@ class AuditReport:
                 "unsigned_entries": self.unsigned, "problem": self.problem}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """`audit verify`'s answer: the report, and the problem that fails it, which with
+    `require_signed` includes entries that no signed checkpoint covers yet."""
+
+    report: AuditReport
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_json(self) -> dict[str, object]:
+        return {**self.report.as_json(), "ok": self.ok, "problem": self.problem}
+
+
+def verdict(report: AuditReport, require_signed: bool) -> Verdict:
+    """The one place the `--require-signed` rule lives (both backends' `audit verify`)."""
+    problem = report.problem
+    if problem is None and require_signed and report.unsigned:
+        problem = (f"entry {report.signed_size}: {report.unsigned} entries after the last "
+                   "checkpoint are not signed")
+    return Verdict(report, problem)
+
+
+def pending_verdict(first_problem: str | None, pending: int, require_signed: bool
+                    ) -> str | None:
+    """The Kafka log's `audit verify`: the first problem found (a partition chain's, else
+    the integrated log's verdict); else, with `require_signed`, committed audit entries the
+    integrator has not sequenced yet, which no checkpoint can have signed."""
+    if first_problem is None and require_signed and pending:
+        return (f"{pending} committed audit entries on Kafka are not integrated (so not "
+                "signed) yet; run `covenant-broker audit integrate`")
+    return first_problem
+
+
 def _read_long(data: bytes, at: int) -> tuple[int, int]:
     shift = result = 0
     while True:

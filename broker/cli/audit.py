@@ -16,9 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from broker.app.service import Broker
 from broker.audit.bundles import (
     BundleError,
@@ -27,12 +24,14 @@ from broker.audit.bundles import (
     verify_consistency_bundle,
     verify_inclusion_bundle,
 )
-from broker.audit.checkpoint import VerifierKey, parse_verifier_key, verifier_key_string
+from broker.audit.checkpoint import VerifierKey, pinned_verifier_key
 from broker.audit.report_html import render_html
 from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
 from broker.audit.subject_report import SECTIONS, valid_pseudonym, verify_subject_report
 from broker.audit.tree import MissingNodeError
+from broker.audit.verify import Verdict
+from broker.cli.verify_options import add_verify_options, read_text, verify_pinned
 from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
 from broker.config import Settings
 from broker.errors import ConfigError, InputError, StorageError
@@ -41,6 +40,7 @@ from broker.model.schemas import SchemaRegistry
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 GlobalOptions = Callable[[argparse.ArgumentParser, bool], None]
+__all__ = ["add_commands", "add_verify_options", "run"]  # main.py registers `verify` here
 
 QUERY_COLUMNS = ["seq", "start_time", "name", "decision", "recipient", "purpose",
                  "event_type", "reason_code", "covenant_id", "covenant_version",
@@ -110,17 +110,6 @@ def add_commands(commands: Any, global_options: GlobalOptions) -> None:
     report.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
 
 
-def add_verify_options(verify: argparse.ArgumentParser) -> None:
-    verify.add_argument("--public-key", metavar="K", help="verify against this pinned key "
-                        "instead of the log's own")
-    verify.add_argument("--origin", help="the pinned log origin (default: the key name)")
-    verify.add_argument("--trusted-checkpoint", type=Path, action="append", default=[],
-                        metavar="FILE", help="a signed checkpoint kept from before; the log "
-                        "must still match it (repeatable)")
-    verify.add_argument("--require-signed", action="store_true",
-                        help="fail when entries after the last checkpoint are not signed")
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     command = args.audit_command
     if command == "verify-proof":
@@ -156,41 +145,25 @@ def _write_json(payload: dict[str, Any], out: Path | None, compact: bool) -> Non
         out.write_text(text + "\n", encoding="utf-8")
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the {what}: {exc}") from None
-
-
 # -- operator ------------------------------------------------------------------------------
 
 def _verify(args: argparse.Namespace, broker: Broker, audit: AuditLog) -> int:
-    payload, text = verify_result(args, audit)
-    print(json.dumps(payload) if args.json else text)
-    return EXIT_OK if payload["ok"] else EXIT_FINDINGS
+    result = verify_pinned(args, audit)
+    print(json.dumps(result.as_json()) if args.json else verdict_text(result))
+    return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
-def verify_result(args: argparse.Namespace, audit: AuditLog) -> tuple[dict[str, Any], str]:
-    """`audit verify` of the verifiable log, with the verify options: (payload, text)."""
-    key = _pinned_key_text(args.public_key, args.origin) if args.public_key else None
-    notes = [_read_text(path, "trusted checkpoint") for path in args.trusted_checkpoint]
-    report = audit.verify(key, args.origin, notes)
-    problem = report.problem
-    if problem is None and args.require_signed and report.unsigned:
-        problem = (f"entry {report.signed_size}: {report.unsigned} entries after the last "
-                   "checkpoint are not signed")
-    payload = {**report.as_json(), "ok": problem is None, "problem": problem}
-    if problem is not None:
-        text = f"audit log NOT intact: {problem}"
-    else:
-        text = (f"audit log intact: {report.entries} entries, head {report.head}\n"
-                f"  root {report.root}; {report.checkpoints} signed checkpoints, the latest "
-                f"at size {report.signed_size}")
-        if report.unsigned:
-            text += (f"\n  note: the last {report.unsigned} entries are not yet covered by a "
-                     "signed checkpoint (the hash chain covers them)")
-    return payload, text
+def verdict_text(result: Verdict) -> str:
+    report = result.report
+    if result.problem is not None:
+        return f"audit log NOT intact: {result.problem}"
+    text = (f"audit log intact: {report.entries} entries, head {report.head}\n"
+            f"  root {report.root}; {report.checkpoints} signed checkpoints, the latest "
+            f"at size {report.signed_size}")
+    if report.unsigned:
+        text += (f"\n  note: the last {report.unsigned} entries are not yet covered by a "
+                 "signed checkpoint (the hash chain covers them)")
+    return text
 
 
 def _verify_chain_only(args: argparse.Namespace, broker: Broker) -> int:
@@ -263,31 +236,8 @@ def _consistency(args: argparse.Namespace, broker: Broker, audit: AuditLog) -> i
     return EXIT_OK
 
 
-def _pinned_key_text(value: str, origin: str | None) -> str:
-    """The vkey string from --public-key: the string itself, or a file with it or a PEM."""
-    text = value
-    path = Path(value)
-    if "+" not in value and path.is_file():
-        text = _read_text(path, "public key").strip()
-    if "BEGIN PUBLIC KEY" in text:
-        if not origin:
-            raise InputError("a PEM public key carries no key name: pass --origin too")
-        try:
-            key = load_pem_public_key(text.encode("ascii"))
-        except ValueError:
-            raise InputError(f"{value}: not a PEM public key") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise InputError(f"{value}: not an Ed25519 public key")
-        return verifier_key_string(origin, key)
-    return text.strip()
-
-
 def _pinned(args: argparse.Namespace) -> tuple[VerifierKey, str]:
-    text = _pinned_key_text(args.public_key, args.origin)
-    try:
-        verifier = parse_verifier_key(text)
-    except ValueError as exc:
-        raise InputError(f"--public-key: {exc}") from None
+    verifier = pinned_verifier_key(args.public_key, args.origin)
     return verifier, args.origin or verifier.name
 
 
@@ -295,7 +245,7 @@ def _verify_proof(args: argparse.Namespace, settings: Settings) -> int:
     verifier, origin = _pinned(args)
     schema = SchemaRegistry(settings.schemas_dir).get("records.audit_entry")
     try:
-        result = verify_inclusion_bundle(load_bundle(_read_text(args.bundle, "bundle")),
+        result = verify_inclusion_bundle(load_bundle(read_text(args.bundle, "bundle")),
                                          verifier, origin, schema)
     except BundleError as exc:
         _verdict(args, False, {"problem": str(exc)}, f"proof NOT valid: {exc}")
@@ -312,7 +262,7 @@ def _verify_proof(args: argparse.Namespace, settings: Settings) -> int:
 def _verify_consistency(args: argparse.Namespace) -> int:
     verifier, origin = _pinned(args)
     try:
-        result = verify_consistency_bundle(load_bundle(_read_text(args.bundle, "bundle")),
+        result = verify_consistency_bundle(load_bundle(read_text(args.bundle, "bundle")),
                                            verifier, origin)
     except BundleError as exc:
         _verdict(args, False, {"problem": str(exc)}, f"consistency NOT proven: {exc}")
@@ -327,7 +277,7 @@ def _verify_consistency(args: argparse.Namespace) -> int:
 def _verify_report(args: argparse.Namespace) -> int:
     verifier, origin = _pinned(args)
     try:
-        proven = verify_subject_report(load_bundle(_read_text(args.report, "report")),
+        proven = verify_subject_report(load_bundle(read_text(args.report, "report")),
                                        verifier, origin)
     except BundleError as exc:
         _verdict(args, False, {"problem": str(exc)}, f"report NOT proven: {exc}")

@@ -2,8 +2,8 @@
 
 It loads the settings exactly as every other command does (defaults, the config file,
 COVENANT_BROKER_* environment variables, command-line flags), then checks that the paths
-they name exist. Exit 0 with the effective settings, secrets masked; exit 2 with one
-`where:key: problem` line per problem.
+they name exist (broker/config/paths.py). Exit 0 with the effective settings, secrets
+masked; exit 2 with one `where:key: problem` line per problem.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.config import ENV_PREFIX, Settings
+from broker.config.paths import path_problems
 from broker.errors import ConfigError
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -33,26 +34,6 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
         "check", help="validate the config file and environment overrides; print the "
         "effective settings (exit 0) or each problem with its key (exit 2)")
     global_options(check, True)
-
-
-def path_problems(settings: Settings) -> list[str]:
-    """What pydantic cannot see: the directories and the covenant file must exist."""
-    problems = []
-    if not settings.schemas_dir.is_dir():
-        problems.append(f"schemas_dir: {settings.schemas_dir}: not a directory")
-    if settings.data_dir.exists() and not settings.data_dir.is_dir():
-        problems.append(f"data_dir: {settings.data_dir}: exists and is not a directory")
-    try:
-        policy = settings.policy_file()
-    except ConfigError as exc:
-        problems.append(f"policy: {exc}")
-    else:
-        if not policy.is_file():
-            problems.append(f"policy: {policy}: no such file")
-    for name, source in settings.sources.items():  # an Ed25519 PEM, checked when loaded
-        if source.public_key is not None and not source.public_key.is_file():
-            problems.append(f"sources.{name}.public_key: {source.public_key}: no such file")
-    return problems
 
 
 def effective(settings: Settings) -> dict[str, Any]:

@@ -13,11 +13,12 @@ from typing import Any
 
 from broker.app.service import Broker
 from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.audit.verify import pending_verdict
 from broker.backends.kafka.audit_integrator import KafkaAuditIntegrator, check_integrated
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.ingress import produce_lines
 from broker.backends.kafka.runner import DenialTail, serve
-from broker.cli import audit as cli_audit
+from broker.cli.verify_options import verify_pinned
 from broker.clock import parse_instant
 from broker.config import Settings
 from broker.errors import ConfigError, InputError
@@ -104,12 +105,10 @@ def audit_verify(args: argparse.Namespace, broker: Broker) -> int:
     with --require-signed."""
     check = check_integrated(_kafka_log(broker), _integrated(broker))
     assert broker.audit is not None
-    integrated, _ = cli_audit.verify_result(args, broker.audit)
+    verdict = verify_pinned(args, broker.audit)
+    integrated = verdict.as_json()
     pending = sum(check.pending.values())
-    problem = check.problem or integrated["problem"]
-    if problem is None and args.require_signed and pending:
-        problem = (f"{pending} committed audit entries on Kafka are not integrated (so not "
-                   "signed) yet; run `covenant-broker audit integrate`")
+    problem = pending_verdict(check.problem or verdict.problem, pending, args.require_signed)
     entries = sum(r.entries for r in check.chains.values())
     payload = {"ok": problem is None, "problem": problem, "entries": entries,
                "pending": pending, "partitions": check.as_json(), "integrated": integrated}

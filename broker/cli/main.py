@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import logs
+from broker.app.erasure import IngressPurge, erase_subject
 from broker.app.service import Broker, IngestReport
 from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = command("policy", "covenant tools")
     policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
-    check = policy_cmds.add_parser("check", help="lint a covenant: exit 0 clean, 1 problems")
+    check = policy_cmds.add_parser("check", help="lint a covenant, or every covenant file "
+                                   "(*.yaml, *.yml) in a folder: exit 0 clean, 1 problems")
     _global_options(check, suppress=True)
     check.add_argument("path", nargs="?", type=Path)
     views = policy_cmds.add_parser("views", help="show or write the derived view schemas")
@@ -228,7 +230,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
-    from broker.policy.lint import lint, write_views  # noqa: PLC0415 - only this command
+    from broker.policy.lint import lint_all, write_views  # noqa: PLC0415 - only this command
 
     if args.policy_command in ("activate", "diff"):
         return cli_lifecycle.cmd_policy(args, settings)
@@ -238,14 +240,19 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
         return EXIT_OK
     path = args.path or settings.policy_file()
-    problems = lint(path, settings.schemas_dir)
+    checked = lint_all(path, settings.schemas_dir)  # a folder: each covenant file in it
+    problems = [line for found in checked.values() for line in found]
     if args.json:
-        print(json.dumps({"path": str(path), "problems": problems}))
+        payload: dict[str, Any] = {"path": str(path), "problems": problems}
+        if path.is_dir():
+            payload["files"] = {str(file): found for file, found in checked.items()}
+        print(json.dumps(payload))
     else:
         for line in problems:
             print(line)
-        if not problems:
-            print(f"{path}: ok")
+        for file, found in checked.items():
+            if not found:
+                print(f"{file}: ok")
     return EXIT_FINDINGS if problems else EXIT_OK
 
 
@@ -294,12 +301,13 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     started = time.perf_counter()
     try:
-        erased = broker.erase_subject(args.bsn, args.reason, _now(args))
-        purged = _purge_ingress(broker)
+        outcome = erase_subject(broker, args.bsn, args.reason, _now(args),
+                                _purge_ingress(broker))
     finally:
         broker.close()
     seconds = time.perf_counter() - started
-    destroyed, notices = erased.destroyed, erased.notices
+    purged = outcome.ingress_partitions_purged
+    destroyed, notices = outcome.erased.destroyed, outcome.erased.notices
     fields = fields_sealed(destroyed)  # None on Kafka: the key topic keeps no counts
     payload = {"keys_destroyed": len(destroyed), "fields_unrecoverable": fields,
                "retention_dates": sorted({k.retention_until.isoformat() for k in destroyed}),
@@ -317,19 +325,16 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _purge_ingress(broker: Broker) -> int | None:
-    """On Kafka: delete the ingress records serve has consumed (the raw input) now; None
+def _purge_ingress(broker: Broker) -> IngressPurge | None:
+    """On Kafka: the purge of the ingress records serve has consumed (the raw input); None
     on the embedded backend, which keeps no raw input."""
     from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.purge import purge_once  # noqa: PLC0415 - Kafka only
 
     if not isinstance(broker.log, KafkaEventLog):
         return None
-    try:
-        return len(purge_once(broker.log.clients, broker.log.layout))
-    except BrokerError as exc:  # the erasure itself is done; serve purges at its interval
-        broker.logger.warning("ingress purge failed", error=str(exc))
-        return None
+    log = broker.log
+    return lambda: len(purge_once(log.clients, log.layout))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,15 +14,13 @@ and in the config: ``sources: {politie: {public_key: keys/politie.pub}}``.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 from broker.config import Settings
 from broker.errors import InputError
-from broker.pipeline.ingest import split_lines
-from broker.pipeline.signatures import keygen, load_private_key, sign
+from broker.pipeline.signatures import keygen, load_private_key, write_signature_file
 
 EXIT_OK = 0
 
@@ -73,21 +71,12 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
         data = args.file.read_bytes()
     except OSError as exc:
         raise InputError(f"{args.file}: cannot be read: {exc.strerror}") from None
-    signed = dict(split_lines(data))
-    total = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     out = args.out or args.file.with_name(args.file.name + ".sig")
-    out.write_bytes(
-        b"".join(
-            base64.b64encode(sign(key, args.event_type, signed[n])) + b"\n"
-            if n in signed
-            else b"\n"
-            for n in range(1, total + 1)
-        )
-    )
+    signed = write_signature_file(key, args.event_type, data, out)
     _emit(
         args,
-        {"signatures": len(signed), "file": str(out)},
-        f"{len(signed)} signatures written to {out}",
+        {"signatures": signed, "file": str(out)},
+        f"{signed} signatures written to {out}",
     )
     return EXIT_OK
 

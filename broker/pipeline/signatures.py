@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.errors import ConfigError, InputError, InvalidEvent
-from broker.pipeline.ingest import source_of
+from broker.pipeline.ingest import source_of, split_lines
 
 SIGNATURE_HEADER = "cb-sig"
 DOMAIN = b"covenant-broker/source-signature/v1\n"
@@ -111,6 +111,23 @@ def keygen(stem: Path) -> tuple[Path, Path]:
         )
     )
     return private, public
+
+
+def write_signature_file(key: Ed25519PrivateKey, event_type: str, data: bytes,
+                         out: Path) -> int:
+    """The detached signature file of JSON-lines `data` (what `read_signature_file` reads):
+    line N the base64 signature of input line N as ingest splits it, blank for a blank
+    line, so the line numbers stay aligned. Returns how many lines were signed."""
+    signed = dict(split_lines(data))
+    total = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    try:
+        out.write_bytes(b"".join(
+            base64.b64encode(sign(key, event_type, signed[n])) + b"\n" if n in signed
+            else b"\n"
+            for n in range(1, total + 1)))
+    except OSError as exc:
+        raise InputError(f"{out}: cannot be written: {exc.strerror}") from None
+    return len(signed)
 
 
 def read_signature_file(path: Path) -> dict[int, bytes]:

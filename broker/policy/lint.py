@@ -1,4 +1,5 @@
-"""`policy check`: every problem in a covenant file as `file:key: problem` lines.
+"""`policy check`: every problem in a covenant file, or in every covenant file of a folder,
+as `file:key: problem` lines.
 
 Structure and references come from the loader; the schema facts (field paths, transforms
 that fit their fields, view files that match the rules) from compiling the plans with
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 
 from broker.config import Settings
-from broker.errors import CovenantError, SchemaError
+from broker.errors import CovenantError, InputError, SchemaError
 from broker.model.schemas import SchemaRegistry
 from broker.policy.covenant import Covenant, load_covenant
 from broker.policy.plan import compile_plans
@@ -38,6 +39,26 @@ def lint(path: Path, schemas_dir: Path) -> list[str]:
         problems.extend(exc.problems)
     problems.extend(_unused(path, covenant))
     return problems
+
+
+COVENANT_SUFFIXES = (".yaml", ".yml")
+
+
+def covenant_files(path: Path) -> list[Path]:
+    """`path` itself, or every covenant file (*.yaml, *.yml) directly in the folder `path`,
+    in name order. A folder without one is an InputError: there is nothing to check."""
+    if not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.iterdir()
+                   if p.suffix.lower() in COVENANT_SUFFIXES and p.is_file())
+    if not found:
+        raise InputError(f"{path}: no covenant file (*.yaml, *.yml) in this folder")
+    return found
+
+
+def lint_all(path: Path, schemas_dir: Path) -> dict[Path, list[str]]:
+    """Each covenant file `path` names (itself, or those in the folder) -> its problems."""
+    return {file: lint(file, schemas_dir) for file in covenant_files(path)}
 
 
 def _unused(path: Path, covenant: Covenant) -> list[str]:

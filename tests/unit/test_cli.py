@@ -152,6 +152,43 @@ def test_policy_check_reports_file_key_problem_lines(tmp_path: Path) -> None:
     assert all(line.startswith(f"{bad}:") for line in lines)
 
 
+def test_policy_check_of_a_folder_checks_every_covenant_file_in_it(tmp_path: Path) -> None:
+    """Issue 11 item 8: `policy check policies` used to fail with "Is a directory"."""
+    shipped = run("policy", "check", REPO / "policies", now=None)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert shipped.stdout == f"{REPO / 'policies' / 'amstelveen.yaml'}: ok\n"
+    text = (REPO / "policies" / "amstelveen.yaml").read_text()
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    good = write(folder, "a-good.yaml", text.encode())
+    bad = write(folder, "b-bad.yml", text.replace(
+        "      - to: [casusregisseur-dt]", "      - to: [casusregisseur]").encode())
+    worse = write(folder, "c-worse.yaml", b"covenant: [not, a, mapping]\n")
+    write(folder, "notes.txt", b"not a covenant, not checked\n")
+    done = run("policy", "check", folder, now=None)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"{good}: ok" in lines
+    assert any(line.startswith(f"{bad}:purposes.nazorg-detentie-terugkeer.recipients.0.to.0: ")
+               for line in lines), lines
+    assert any(line.startswith(f"{worse}:") for line in lines), lines
+    assert all(line.startswith((f"{good}:", f"{bad}:", f"{worse}:")) for line in lines)
+    as_json = json.loads(run("--json", "policy", "check", folder, now=None).stdout)
+    assert as_json["path"] == str(folder)
+    assert sorted(as_json["files"]) == [str(good), str(bad), str(worse)]
+    assert as_json["files"][str(good)] == []
+    assert as_json["problems"] == [*as_json["files"][str(bad)], *as_json["files"][str(worse)]]
+
+
+def test_policy_check_of_a_folder_without_covenant_files_could_not_run(tmp_path: Path) -> None:
+    write(tmp_path, "readme.txt", b"no covenant here\n")
+    done = run("policy", "check", tmp_path, now=None)
+    assert done.returncode == 2
+    assert done.stderr == (f"covenant-broker: error: {tmp_path}: no covenant file "
+                           "(*.yaml, *.yml) in this folder\n")
+    assert done.stdout == ""
+
+
 def test_policy_check_reports_a_recipient_the_covenant_does_not_list(tmp_path: Path) -> None:
     text = (REPO / "policies" / "amstelveen.yaml").read_text()
     text = text.replace("      - to: [casusregisseur-dt]", "      - to: [casusregisseur]")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from broker import logs
+from broker.app.erasure import erase_subject
 from broker.app.service import Broker
 from broker.clock import parse_instant
 from broker.crypto.keystore import fields_sealed
+from broker.errors import StorageError
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")
@@ -132,3 +135,30 @@ def test_egress_never_carries_a_record_older_than_its_purpose_retention(
     assert len(broker.consume("boa-hor-noord", None, 0, day_28)) == 1
     assert broker.consume("boa-hor-noord", None, 0, day_29) == []  # surveillance: 28 days
     assert len(broker.consume("preventie", "preventie-woninginbraak", 0, day_29)) == 1
+
+
+def test_the_erasure_use_case_purges_after_erasing_and_survives_a_failed_purge(
+        make_broker: Callable[..., Broker]) -> None:
+    """broker.app.erasure: the purge capability runs after the keys are destroyed; a purge
+    that fails leaves the erasure done and reports no partitions purged."""
+    broker = make_broker()
+    plant(broker)
+    seen: list[int] = []
+
+    def purge() -> int:  # what the Kafka capability reports: partitions purged
+        seen.append(len(broker.data_keys.destroy_subject(
+            f"bsn:{broker.sealer.subject_pseudonym('bsn', BSN)}")))
+        return 3
+
+    done = erase_subject(broker, BSN, "case 1", NOW, purge)
+    assert seen == [0]  # the keys were already gone when the purge ran
+    assert len(done.erased.destroyed) == 2
+    assert done.ingress_partitions_purged == 3
+
+    def broken() -> int:
+        raise StorageError("the admin client cannot connect")
+
+    again = erase_subject(broker, BSN, "case 1", NOW, broken)
+    assert again.erased.destroyed == []
+    assert again.ingress_partitions_purged is None
+    assert erase_subject(broker, BSN, "case 1", NOW, None).ingress_partitions_purged is None

@@ -18,12 +18,15 @@ from broker.app.service import Broker
 from broker.cli import main
 from broker.clock import parse_instant
 from broker.errors import ConfigError, InvalidEvent
+from broker.pipeline.ingest import split_lines
 from broker.pipeline.signatures import (
     SourceKeys,
     decode_signature,
     keygen,
     load_private_key,
+    read_signature_file,
     sign,
+    write_signature_file,
 )
 from tests import factories as f
 
@@ -195,3 +198,21 @@ def test_config_check_lists_the_keys_and_refuses_a_missing_one(
     config.write_text(f"sources:\n  politie:\n    public_key: {tmp_path / 'gone.pub'}\n")
     assert main(["config", "check", "--config", str(config)]) == 2
     assert "sources.politie.public_key" in capsys.readouterr().err
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from([VALUE, b"", b"  ", b"not json", b"\xff"]), max_size=6),
+       st.booleans())
+def test_the_signature_file_writer_and_reader_agree_line_by_line(
+        tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], newline: bool) -> None:
+    """Writer and reader live side by side in pipeline/signatures.py: every line ingest
+    reads gets the signature of exactly that line, blank lines none."""
+    data = b"\n".join(lines) + (b"\n" if newline and lines else b"")
+    out = tmp_path_factory.mktemp("sig") / "in.jsonl.sig"
+    written = write_signature_file(POLITIE, TYPE, data, out)
+    signatures = read_signature_file(out)
+    inputs = dict(split_lines(data))
+    assert written == len(inputs)
+    assert set(signatures) == set(inputs)
+    for number, value in inputs.items():
+        KEYS.check("politie", TYPE, value, signatures[number])
