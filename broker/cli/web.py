@@ -16,12 +16,16 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
 from broker.config import Settings
 from broker.errors import InputError
 from broker.policy.covenant import load_covenant
+from broker.web.body_limit import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, MAX_BODY_LIMIT
+
+if TYPE_CHECKING:
+    import uvicorn
 
 AddOptions = Callable[[argparse.ArgumentParser, bool], None]
 EXIT_OK, EXIT_FINDINGS = 0, 1
@@ -40,6 +44,17 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
                      "(repeatable; policies/ and <data-dir>/proposals are always listed)")
     web.add_argument("--secure-cookies", action="store_true",
                      help="send the console cookie over https only (behind TLS)")
+    web.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                     help="a reverse proxy's address (or network, e.g. 10.0.0.0/24) whose "
+                     "X-Forwarded-For is believed (repeatable; default: none, the TCP "
+                     "peer is the client)")
+    web.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                     metavar="N", help="largest request body on any route, refused with "
+                     f"413 while being read (default {DEFAULT_MAX_BODY_BYTES}, at most "
+                     f"{MAX_BODY_LIMIT})")
+    web.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES,
+                     metavar="N", help="largest covenant upload on the policy-impact page "
+                     f"(default {DEFAULT_MAX_UPLOAD_BYTES}, at most {MAX_BODY_LIMIT})")
     sub = web.add_subparsers(dest="web_command", metavar="{token,fg-user}")
 
     def nested(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -154,14 +169,34 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from broker.web.app import WebOptions, create_app  # noqa: PLC0415
 
     host, port = parse_listen(args.listen)
-    app = create_app(settings, WebOptions(clock=_clock(args), poll_seconds=args.poll_seconds,
-                                          secure_cookies=args.secure_cookies,
-                                          proposal_dirs=list(args.proposals)))
+    options = WebOptions(clock=_clock(args), poll_seconds=args.poll_seconds,
+                         secure_cookies=args.secure_cookies,
+                         proposal_dirs=list(args.proposals),
+                         max_body_bytes=args.max_body_bytes,
+                         max_upload_bytes=args.max_upload_bytes,
+                         trusted_proxies=tuple(args.trusted_proxy))
+    app = create_app(settings, options)
     print(f"covenant-broker web: http://{host}:{port}/console/ (FG console), "
           f"http://{host}:{port}/v1/ (recipient API), http://{host}:{port}/openapi.json",
           file=sys.stderr, flush=True)
+    uvicorn.Server(server_config(app, host, port, options.trusted_proxies)).run()
+    return EXIT_OK
+
+
+def server_config(app: Any, host: str, port: int,
+                  trusted_proxies: tuple[str, ...] = ()) -> uvicorn.Config:
+    """The uvicorn configuration `web` serves with.
+
+    Proxy headers are believed only from `trusted_proxies`. uvicorn's own default trusts
+    X-Forwarded-For from 127.0.0.1, so any local caller (or a proxy on the same host that
+    passes the header through) could name its own client address and walk past the login
+    throttle's per-address lock; with no trusted proxy the header is not read at all.
+    The addresses were checked by `WebOptions`.
+    """
+    import uvicorn  # noqa: PLC0415 - the web stack only when used
+
     # log_config=None: uvicorn logs through the broker's redacting chain; its access log is
     # off because app.py logs each request by route template instead of the concrete path.
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
-                server_header=False)
-    return EXIT_OK
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                          server_header=False, proxy_headers=bool(trusted_proxies),
+                          forwarded_allow_ips=list(trusted_proxies) or [])

@@ -9,6 +9,7 @@ the concrete path or query, so no value a caller typed reaches a log line.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,9 +27,17 @@ from starlette.middleware.sessions import SessionMiddleware
 from broker.app.service import Broker
 from broker.clock import now_utc
 from broker.config import Settings
+from broker.errors import InputError
 from broker.keys import KeyStore
 from broker.logs import get_logger
 from broker.web import console, recipient_api
+from broker.web.body_limit import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    IMPACT_PATH,
+    BodyLimit,
+    check_limit,
+)
 from broker.web.state import WebState
 from broker.web.throttle import LoginThrottle
 from broker.web.worker import BrokerWorker
@@ -66,6 +75,25 @@ class WebOptions:
     secure_cookies: bool = False  # set behind TLS: the session cookie only over https
     proposal_dirs: list[Path] = field(default_factory=list)  # for the policy-impact page
     broker_factory: Callable[[Settings], Broker] = Broker
+    # Request bodies: refused with 413 past these while being read (body_limit.py).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # the impact page's covenant upload
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes (cli/web.py); none
+    # by default, so the client address the login throttle counts is the TCP peer's.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            check_limit("max_body_bytes", self.max_body_bytes)
+            check_limit("max_upload_bytes", self.max_upload_bytes)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise InputError(f"a trusted proxy is an IP address or network, e.g. "
+                                 f"10.0.0.5 or 10.0.0.0/24, not {proxy!r}") from None
 
 
 def create_app(settings: Settings, options: WebOptions | None = None) -> FastAPI:
@@ -101,6 +129,11 @@ def create_app(settings: Settings, options: WebOptions | None = None) -> FastAPI
                        session_cookie=SESSION_COOKIE,
                        max_age=int(options.session_hours * 3600), same_site="strict",
                        https_only=options.secure_cookies)
+    # Outside the session and every route (a body is bounded before the session is decoded
+    # and before any route reads it or checks who is asking), inside the headers and the
+    # request log, so a 413 carries the same headers and is logged as what it was.
+    app.add_middleware(BodyLimit, limit=options.max_body_bytes,
+                       paths={IMPACT_PATH: options.max_upload_bytes})
     app.middleware("http")(_headers_and_log)
     app.add_exception_handler(console.LoginRequired, console.to_login)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -121,8 +121,11 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
         return _refused(request)
     state: WebState = request.app.state.web_state
     throttle: LoginThrottle = request.app.state.login_throttle
-    keys, now = login_keys(username, request.client.host if request.client else None), \
-        _now(request)
+    # The TCP peer's address, or a trusted proxy's X-Forwarded-For as uvicorn was told to
+    # believe (cli/web.py server_config); never a header read here.
+    stored = state.fg_password_hash(username)
+    keys, now = login_keys(username, request.client.host if request.client else None,
+                           account_exists=stored is not None), _now(request)
     wait = throttle.retry_after(keys, now)
     if wait is not None:  # refused before the password is even checked
         get_logger().info("fg login throttled")
@@ -131,7 +134,7 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
                          status=429)
         response.headers["Retry-After"] = str(max(1, int(wait.total_seconds())))
         return response
-    if not auth.check_password(state.fg_password_hash(username), password):
+    if not auth.check_password(stored, password):
         throttle.failed(keys, now)
         get_logger().info("fg login refused")
         return _page(request, "login.html", {"failed": True}, status=401)
