@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from broker.config.kafka import KafkaConfig
+from broker.config.yaml_file import YamlFileError, load_yaml_file
 from broker.errors import ConfigError
 
 ENV_PREFIX = "COVENANT_BROKER_"
@@ -131,16 +131,10 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
     config_file = config_file or (Path(environ[ENV_PREFIX + "CONFIG"])
                                   if environ.get(ENV_PREFIX + "CONFIG") else None)
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:  # the position and problem, not the quoted line
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{config_file}: not valid YAML{where}: "
-                              f"{getattr(exc, 'problem', None) or 'cannot be parsed'}"
-                              ) from None
+        try:  # bounded read, no aliases, no key written twice (see yaml_file)
+            loaded = load_yaml_file(config_file)[1] or {}
+        except YamlFileError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file}: expected a mapping of settings")
         data = loaded
