@@ -27,10 +27,22 @@ def _default_dir(name: str) -> Path:
     return beside if beside.is_dir() else Path.cwd() / name
 
 
+# Upper bounds: a limit is there to bound memory and storage per input, so a config that
+# sets it to "anything" (a typo of a few zeros) is refused rather than obeyed.
+MAX_STRING_BYTES_BOUND = 1024 * 1024
+MAX_EVENT_BYTES_BOUND = 16 * 1024 * 1024
+MAX_CLOCK_SKEW_S_BOUND = 3600
+MAX_BATCH_BOUND = 100_000
+
+
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_string_bytes: PositiveInt = 16 * 1024
-    max_event_bytes: PositiveInt = 256 * 1024
+    max_string_bytes: PositiveInt = Field(
+        default=16 * 1024, le=MAX_STRING_BYTES_BOUND,
+        description="bytes of one string field; at most 1 MiB")
+    max_event_bytes: PositiveInt = Field(
+        default=256 * 1024, le=MAX_EVENT_BYTES_BOUND,
+        description="bytes of one raw input; at most 16 MiB")
 
 
 class SourceConfig(BaseModel):
@@ -52,7 +64,13 @@ class Settings(BaseModel):
     kafka: KafkaConfig = KafkaConfig()  # used when backend is "kafka"
     sources: dict[str, SourceConfig] = Field(
         default_factory=dict, description="per covenant source: optional public_key")
-    decide_batch_size: PositiveInt = 500
+    max_clock_skew_s: PositiveInt = Field(
+        default=300, le=MAX_CLOCK_SKEW_S_BOUND,
+        description="how far an instant that records when something happened (x-past in "
+        "the schema) may lie after the ingest time before the event is quarantined as "
+        "from_the_future; at most 3600")
+    decide_batch_size: PositiveInt = Field(default=500, le=MAX_BATCH_BOUND,
+                                           description="at most 100000")
     default_retention_days: PositiveInt = Field(
         default=30, description="data keys of event types no purpose uses")
     quarantine_retention_days: PositiveInt = Field(
