@@ -94,7 +94,8 @@ def test_config_check_refuses_an_alias_bomb(tmp_path: Path,
     code = cli.main(["--config", str(config), "config", "check"])
     _, err = capsys.readouterr()
     assert code == 2
-    assert f"{config}: not valid YAML at line 1" in err and "not allowed" in err
+    assert f"{config}: not valid YAML at line 1" in err
+    assert "not allowed" in err
 
 
 def test_files_over_the_limit_are_refused_by_name(tmp_path: Path) -> None:
