@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from broker.app.service import Broker, Delivered
 from broker.audit.entries import draft
 from broker.clock import from_millis, now_utc, to_millis
-from broker.errors import CovenantError, PolicyError
+from broker.errors import BrokerError, CovenantError, PolicyError
 from broker.model.render import to_json
 from broker.pipeline.decide import Decider
 from broker.pipeline.port import StoredEvent
@@ -201,11 +202,18 @@ class StreamImpact:
                 "fields_removed": sorted(self.fields_removed)}
 
 
+class ImpactTimeoutError(BrokerError):
+    """A policy impact run passed its deadline; it stopped, nothing was published."""
+
+
 def policy_diff(broker: Broker, current: Path, proposed: Path,
-                since: datetime | None) -> tuple[int, list[StreamImpact]]:
+                since: datetime | None, deadline: float | None = None
+                ) -> tuple[int, list[StreamImpact]]:
     """Dry run of two covenants over the stored history: what would flow differently.
 
     Returns (events examined, impact per stream that differs). Nothing is published.
+    `deadline` (a time.monotonic() value) stops the run with ImpactTimeoutError: the console
+    runs it on the broker's one worker thread, which must not stay busy indefinitely.
     """
     deciders = []
     for path in (current, proposed):
@@ -217,6 +225,9 @@ def policy_diff(broker: Broker, current: Path, proposed: Path,
     impact: dict[tuple[str, str], StreamImpact] = {}
     examined = 0
     for stored in _stored_events(broker, to_millis(since) if since else None):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ImpactTimeoutError(f"the impact run stopped after {examined} events: it took "
+                                f"longer than allowed; choose a later 'since'")
         examined += 1
         ctx = broker.context(from_millis(stored.ingested_ms), control)
         opened = before.open(stored)

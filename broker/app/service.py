@@ -107,7 +107,8 @@ class Broker:
         self.keys = KeyStore(settings.data_dir / "keys")
         self.plans: PlanSet = compile_plans(self.covenant, self.registry,
                                             self.keys.pseudonym_key, str(self.policy_path))
-        self.limits = Limits(settings.limits.max_string_bytes, settings.limits.max_event_bytes)
+        self.limits = Limits(settings.limits.max_string_bytes, settings.limits.max_event_bytes,
+                             settings.max_clock_skew_s * 1000)
         self.source_keys = load_source_keys(
             {name: source.public_key for name, source in settings.sources.items()},
             self.covenant.sources, self.registry.event_types())
@@ -249,7 +250,7 @@ class Broker:
         for position, raw in inputs:
             try:
                 self.source_keys.check(source, event_type, raw, signatures.get(position))
-                ok = validate(raw, source, event_type, self.registry, self.limits)
+                ok = validate(raw, source, event_type, self.registry, self.limits, now_ms=now_ms)
             except InvalidEvent as bad:
                 quarantined.append(Quarantined(source, event_type, position, bad.code,
                                                bad.reason, raw, now_ms))

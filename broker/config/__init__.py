@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from broker.config.kafka import KafkaConfig
+from broker.config.yaml_file import YamlFileError, load_yaml_file
 from broker.errors import ConfigError
 
 ENV_PREFIX = "COVENANT_BROKER_"
@@ -27,10 +27,22 @@ def _default_dir(name: str) -> Path:
     return beside if beside.is_dir() else Path.cwd() / name
 
 
+# Upper bounds: a limit is there to bound memory and storage per input, so a config that
+# sets it to "anything" (a typo of a few zeros) is refused rather than obeyed.
+MAX_STRING_BYTES_BOUND = 1024 * 1024
+MAX_EVENT_BYTES_BOUND = 16 * 1024 * 1024
+MAX_CLOCK_SKEW_S_BOUND = 3600
+MAX_BATCH_BOUND = 100_000
+
+
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_string_bytes: PositiveInt = 16 * 1024
-    max_event_bytes: PositiveInt = 256 * 1024
+    max_string_bytes: PositiveInt = Field(
+        default=16 * 1024, le=MAX_STRING_BYTES_BOUND,
+        description="bytes of one string field; at most 1 MiB")
+    max_event_bytes: PositiveInt = Field(
+        default=256 * 1024, le=MAX_EVENT_BYTES_BOUND,
+        description="bytes of one raw input; at most 16 MiB")
 
 
 class SourceConfig(BaseModel):
@@ -52,7 +64,13 @@ class Settings(BaseModel):
     kafka: KafkaConfig = KafkaConfig()  # used when backend is "kafka"
     sources: dict[str, SourceConfig] = Field(
         default_factory=dict, description="per covenant source: optional public_key")
-    decide_batch_size: PositiveInt = 500
+    max_clock_skew_s: PositiveInt = Field(
+        default=300, le=MAX_CLOCK_SKEW_S_BOUND,
+        description="how far an instant that records when something happened (x-past in "
+        "the schema) may lie after the ingest time before the event is quarantined as "
+        "from_the_future; at most 3600")
+    decide_batch_size: PositiveInt = Field(default=500, le=MAX_BATCH_BOUND,
+                                           description="at most 100000")
     default_retention_days: PositiveInt = Field(
         default=30, description="data keys of event types no purpose uses")
     quarantine_retention_days: PositiveInt = Field(
@@ -131,16 +149,10 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
     config_file = config_file or (Path(environ[ENV_PREFIX + "CONFIG"])
                                   if environ.get(ENV_PREFIX + "CONFIG") else None)
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:  # the position and problem, not the quoted line
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{config_file}: not valid YAML{where}: "
-                              f"{getattr(exc, 'problem', None) or 'cannot be parsed'}"
-                              ) from None
+        try:  # bounded read, no aliases, no key written twice (see yaml_file)
+            loaded = load_yaml_file(config_file)[1] or {}
+        except YamlFileError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file}: expected a mapping of settings")
         data = loaded

@@ -91,7 +91,8 @@ class KafkaConfig(BaseModel):
     max_poll_interval_ms: PositiveInt = 300_000
     transaction_timeout_ms: PositiveInt = 60_000
     request_timeout_ms: PositiveInt = 30_000
-    max_batch: PositiveInt = Field(default=500, description="records per poll (per batch)")
+    max_batch: PositiveInt = Field(default=500, le=100_000,
+                                   description="records per poll (per batch); at most 100000")
     poll_timeout_ms: PositiveInt = 500
     retries: PositiveInt = Field(default=6, description="attempts for a retriable failure")
     retry_backoff_ms: PositiveInt = 200

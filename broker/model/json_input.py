@@ -8,6 +8,7 @@ InvalidEvent whose reason names the field and the rule, never the value.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -34,10 +35,106 @@ def check_instant(value: datetime, path: str) -> None:
                            f"1970-01-01T00:00:00Z..9999-12-30T23:59:59.999Z")
 
 
+class _Duplicated(dict[str, Any]):
+    """An object in which `key` was written twice (JSON keeps the last one silently)."""
+
+    key: str
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked, seen = _Duplicated(obj), set()
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            break
+        seen.add(key)
+    return marked
+
+
+def _duplicate_path(value: Any, path: str) -> str | None:
+    """The dotted path of the first key written twice, depth first in document order."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:  # a loop, not recursion: the nesting depth is the input's
+        node, where = stack.pop()
+        if isinstance(node, _Duplicated):
+            return f"{where}.{node.key}" if where else node.key
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else k)
+                         for k, v in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+_MAX_REPORTED_PATH = 200  # characters; a key name is the sender's to choose, its length too
+
+
+def loads_unique(text: str, **options: Any) -> Any:
+    """json.loads that refuses a key written twice in any object, at any depth.
+
+    Two `address` objects in one event would otherwise route it by the last one. The
+    InvalidEvent (code duplicate_key) names the key's path, never a value.
+    """
+    value = json.loads(text, object_pairs_hook=_unique_object, **options)
+    path = _duplicate_path(value, "")
+    if path is None:
+        return value
+    if not _is_unicode(path):
+        raise InvalidEvent("duplicate_key", "a field name (with a lone surrogate) is written "
+                           "twice in one object")
+    if len(path) > _MAX_REPORTED_PATH:
+        path = path[:_MAX_REPORTED_PATH] + "…"
+    raise InvalidEvent("duplicate_key", f"{path}: written twice in one object")
+
+
 @dataclass(frozen=True)
 class Limits:
     max_string_bytes: int = 16 * 1024
     max_event_bytes: int = 256 * 1024
+    max_clock_skew_ms: int = 300_000
+
+
+# A field whose schema entry says "x-past": true records when something happened (reported,
+# occurred, decided, observed). Such an instant later than the ingest time plus the allowed
+# clock skew is a sender's error or a forgery: in the year 9999 it would pass every max_age
+# condition forever (a negative age). Instants that may lie ahead (none yet) and dates (a
+# ban's valid_until) carry no mark and are not bounded.
+PAST_MARK = "x-past"
+
+
+def past_instant_paths(schema: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Paths of the x-past timestamp fields of a record schema, nested records included."""
+    out: list[tuple[str, ...]] = []
+
+    def walk(record: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for f in record["fields"]:
+            branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+            for branch in branches:
+                if not isinstance(branch, dict):
+                    continue
+                if branch.get("type") == "record":
+                    walk(branch, (*prefix, f["name"]))
+                elif f.get(PAST_MARK) is True and branch.get("logicalType") == "timestamp-millis":
+                    out.append((*prefix, f["name"]))
+    walk(schema, ())
+    return out
+
+
+def check_not_future(record: dict[str, Any], paths: list[tuple[str, ...]], now_ms: int,
+                     max_skew_ms: int) -> None:
+    """Refuse an x-past instant more than max_skew_ms after now_ms; names the field only."""
+    bound = from_millis(now_ms + max_skew_ms)
+    for path in paths:
+        value: Any = record
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, datetime) and value > bound:
+            raise InvalidEvent("from_the_future", f"{'.'.join(path)}: lies more than "
+                               f"{max_skew_ms // 1000} s after the ingest time; it records "
+                               f"when something happened")
 
 
 @dataclass

@@ -15,7 +15,14 @@ from typing import Any
 
 from broker.errors import InvalidEvent
 from broker.model.codec import MARKER
-from broker.model.json_input import Limits, check_instant, convert
+from broker.model.json_input import (
+    Limits,
+    check_instant,
+    check_not_future,
+    convert,
+    loads_unique,
+    past_instant_paths,
+)
 from broker.model.schemas import Schema, SchemaRegistry
 
 
@@ -43,7 +50,7 @@ def _parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidEvent("invalid_unicode", f"not valid UTF-8 at byte {exc.start}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return loads_unique(text, parse_constant=_reject_constant)
     except RecursionError:
         raise InvalidEvent("too_deeply_nested", "JSON nesting is too deep") from None
     except json.JSONDecodeError as exc:
@@ -70,8 +77,12 @@ def _check_strings(value: Any, path: str, limit: int) -> None:
 
 
 def validate(raw: bytes, source: str, declared_type: str, registry: SchemaRegistry,
-             limits: Limits) -> Accepted:
-    """Check one raw input against everything but duplicates; raise InvalidEvent if bad."""
+             limits: Limits, *, now_ms: int | None = None) -> Accepted:
+    """Check one raw input against everything but duplicates; raise InvalidEvent if bad.
+
+    With `now_ms` (the ingest time), an instant marked x-past in the schema that lies more
+    than limits.max_clock_skew_ms after it is refused as from_the_future.
+    """
     if len(raw) > limits.max_event_bytes:
         raise InvalidEvent("event_too_large", f"{len(raw)} bytes, the limit is "
                            f"{limits.max_event_bytes}")
@@ -90,6 +101,9 @@ def validate(raw: bytes, source: str, declared_type: str, registry: SchemaRegist
     if owner != source:
         raise InvalidEvent("source_not_owner", f"source {source} may not publish "
                            f"{schema.name}; only {owner} may")
+    if now_ms is not None:
+        check_not_future(record, past_instant_paths(schema.raw), now_ms,
+                         limits.max_clock_skew_ms)
     try:
         payload = schema.encode(record)
     except Exception as exc:  # noqa: BLE001 - the encoder's errors are bad input here

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.config.yaml_file import YamlFileError, parse_yaml, read_bounded
 from broker.errors import CovenantError
 
 TRANSFORMS = ("keep", "hour", "day", "year", "postcode4", "pseudonymise", "mask")
@@ -281,21 +282,6 @@ class Covenant(_Strict):
         return problems
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader that refuses a key written twice in one mapping (YAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is written twice in one mapping",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _line_of(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
     """The 1-based line of the YAML node at `loc`, or of its closest existing parent."""
     line = node.start_mark.line + 1 if node is not None else None
@@ -335,26 +321,31 @@ def _pydantic_loc(error: Any) -> tuple[str | int, ...]:
     return tuple(cleaned)
 
 
+def _refused(path: Path | str, exc: YamlFileError) -> CovenantError:
+    where = "<file>" if exc.whole_file else "<yaml>"
+    line = f" (line {exc.line})" if exc.line is not None else ""
+    return CovenantError(str(path), [f"{path}:{where}: {exc.problem}{line}"])
+
+
 def load_covenant(path: Path) -> Covenant:
-    """Load and validate a covenant file; raise CovenantError with every problem found."""
+    """Load and validate a covenant file; raise CovenantError with every problem found.
+
+    The file is read bounded (at most MAX_YAML_BYTES + 1 bytes) and YAML aliases are
+    refused, so a small hostile file cannot expand in memory (see config.yaml_file).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CovenantError(str(path), [f"{path}:<file>: cannot be read: {exc.strerror}"]) \
-            from None
-    return parse_covenant(text, path)
+        data = read_bounded(path)
+    except YamlFileError as exc:
+        raise _refused(path, exc) from None
+    return parse_covenant(data, path)
 
 
-def parse_covenant(text: str, path: Path | str) -> Covenant:
+def parse_covenant(text: str | bytes, path: Path | str) -> Covenant:
     """Validate covenant text; `path` names it in the problems (a file, or a stored version)."""
     try:
-        root = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise CovenantError(str(path), [f"{path}:<yaml>: {problem}{line}"]) from None
+        root, data = parse_yaml(text, str(path))
+    except YamlFileError as exc:
+        raise _refused(path, exc) from None
     if not isinstance(data, dict):
         raise CovenantError(str(path), [f"{path}:<top>: expected a mapping of sections"])
     try:

@@ -10,6 +10,8 @@ pseudonym). Nothing personal is put in a URL.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
 import tempfile
 import time
@@ -29,9 +31,11 @@ from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
 from broker.audit.subject_report import SECTIONS
 from broker.clock import from_millis, iso_instant, now_utc, to_millis
+from broker.config.yaml_file import MAX_YAML_BYTES
 from broker.errors import BrokerError, CovenantError
 from broker.keys import keyed_pseudonym
 from broker.logs import get_logger
+from broker.policy.covenant import parse_covenant
 from broker.web import auth
 from broker.web.console_views import (
     ACTIONS_NL,
@@ -48,7 +52,7 @@ from broker.web.worker import BrokerWorker
 
 PAGE_SIZE = 25
 MAX_PAGE = 10_000
-MAX_UPLOAD_BYTES = 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_YAML_BYTES  # a covenant upload; the bounded loader's own limit
 _BSN = re.compile(r"\d{9}")
 _LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
@@ -369,6 +373,29 @@ def _current_covenant(broker: Broker, now: datetime, folder: Path) -> tuple[Path
     return path, activation.version
 
 
+# A covenant upload is parsed by the bounded loader (no aliases, at most MAX_YAML_BYTES) on a
+# pool thread before the broker's one worker thread sees it; the dry run itself stops at a
+# deadline. Either bound passed gives an error page, never a hung server.
+IMPACT_PARSE_SECONDS = 5.0
+IMPACT_RUN_SECONDS = 60.0
+_UPLOAD_LABEL = "geüpload bestand"
+
+
+async def _upload_problems(data: bytes) -> list[str]:
+    loop = asyncio.get_running_loop()
+    # run_in_executor, not anyio's to_thread: its cancellation returns at once (the bounded
+    # parse still finishes on its own), so wait_for is a real bound on the request
+    parsing = loop.run_in_executor(None, functools.partial(parse_covenant, data, _UPLOAD_LABEL))
+    try:
+        await asyncio.wait_for(parsing, IMPACT_PARSE_SECONDS)
+    except CovenantError as exc:
+        return exc.problems
+    except TimeoutError:
+        return [f"Het bestand kon niet binnen {IMPACT_PARSE_SECONDS:g} seconden worden "
+                "gelezen."]
+    return []
+
+
 @router.post("/impact")
 async def impact(request: Request, user: FgUser,
                  choice: Annotated[str, Form(max_length=500)] = "",
@@ -381,7 +408,10 @@ async def impact(request: Request, user: FgUser,
     data = await upload.read(MAX_UPLOAD_BYTES + 1) if upload and upload.filename else None
     problems: list[str] = []
     if data is not None and len(data) > MAX_UPLOAD_BYTES:
-        problems.append("Het bestand is groter dan 1 MiB.")
+        problems.append(f"Het bestand is groter dan {MAX_UPLOAD_BYTES // 1024} KiB.")
+    elif data is not None:
+        problems.extend(await _upload_problems(data))
+    deadline = time.monotonic() + IMPACT_RUN_SECONDS  # also counts time queued on the worker
     since_ms = None
     if since:
         try:
@@ -396,7 +426,7 @@ async def impact(request: Request, user: FgUser,
         with tempfile.TemporaryDirectory(dir=broker.settings.data_dir) as tmp:
             folder = Path(tmp)
             if data is not None:
-                proposed, label = folder / "proposed.yaml", "geüpload bestand"
+                proposed, label = folder / "proposed.yaml", _UPLOAD_LABEL
                 proposed.write_bytes(data)
             elif choice in files:
                 proposed, label = files[choice], choice
@@ -406,7 +436,8 @@ async def impact(request: Request, user: FgUser,
             current, version = _current_covenant(broker, now, folder)
             start = from_millis(since_ms) if since_ms is not None else None
             try:
-                examined, streams = lifecycle.policy_diff(broker, current, proposed, start)
+                examined, streams = lifecycle.policy_diff(broker, current, proposed, start,
+                                                          deadline)
             except CovenantError as exc:
                 return {"files": list(files), "problems": [
                     p.replace(str(proposed), label) for p in exc.problems]}
@@ -418,6 +449,10 @@ async def impact(request: Request, user: FgUser,
                            "streams": [s.as_json() for s in streams],
                            "since": since or None}}
 
-    found = await _worker(request).call(run)
+    try:  # the run stops itself at the deadline; this bounds the wait for the worker too
+        found = await asyncio.wait_for(_worker(request).call(run), IMPACT_RUN_SECONDS + 5)
+    except TimeoutError:
+        found = {"files": [], "problems": [
+            f"De berekening duurde langer dan {IMPACT_RUN_SECONDS:g} seconden en is gestopt."]}
     return _page(request, "impact.html", {"result": None, **found, "choice": choice},
                  status=422 if found["problems"] else 200)

@@ -198,7 +198,9 @@ def test_area_ban_goes_to_boas_of_the_banned_wijken_and_the_interventieteam(
 ])
 def test_area_ban_flows_only_within_its_validity(broker: Broker, now: str,
                                                  code: str | None) -> None:
-    ingest(broker, "om.gebiedsverbod", f.gebiedsverbod(), now=parse_instant(now))
+    # decided before the earliest ingest time: a decided_at after it is from_the_future
+    ingest(broker, "om.gebiedsverbod", f.gebiedsverbod(decided_at="2026-04-30T12:00:00Z"),
+           now=parse_instant(now))
     assert withheld_reason(broker, "interventieteam", "handhaving-gebiedsverbod") == code
 
 

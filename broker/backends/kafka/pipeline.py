@@ -177,7 +177,8 @@ class PartitionWorker:
                 try:
                     broker.source_keys.check(source, event_type, raw,
                                              header_bytes(record, SIGNATURE_HEADER))
-                    ok = validate(raw, source, event_type, broker.registry, broker.limits)
+                    ok = validate(raw, source, event_type, broker.registry, broker.limits,
+                                  now_ms=now_ms)
                 except InvalidEvent as bad:
                     out.quarantined.append(Quarantined(source, event_type, position, bad.code,
                                                        bad.reason, raw, now_ms))
