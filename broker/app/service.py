@@ -9,12 +9,13 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import Draft, draft, new_trace_id
+from broker.audit.entries import draft, new_trace_id
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import AuditReport
@@ -33,9 +34,9 @@ from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
-from broker.pipeline.ingest import Accepted, validate
-from broker.pipeline.port import EgressRecord, EventLog, NewEvent, Quarantined
+from broker.pipeline.port import EgressRecord, EventLog, NewEvent
 from broker.pipeline.signatures import load_source_keys
+from broker.pipeline.triage import Oversized, RawInput, Triage
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant, load_covenant, parse_covenant
 from broker.policy.decision import DecisionContext
@@ -236,7 +237,8 @@ class Broker:
                                      f"{', '.join(sorted(self.registry.event_types()))}")
         return full
 
-    def ingest(self, source: str, event_type: str, inputs: Iterable[tuple[str, bytes]],
+    def ingest(self, source: str, event_type: str,
+               inputs: Iterable[tuple[str, bytes | Oversized]],
                now: datetime, signatures: Mapping[str, bytes] | None = None) -> IngestReport:
         """`signatures`: the source's signature of an input, by its position (see
         broker/pipeline/signatures.py); required for a source with a public key."""
@@ -244,35 +246,15 @@ class Broker:
         signatures = signatures or {}
         now_ms = to_millis(now)
         report = IngestReport(source, event_type)
-        accepted: list[tuple[str, bytes, Accepted]] = []
-        quarantined: list[Quarantined] = []
-        for position, raw in inputs:
-            try:
-                self.source_keys.check(source, event_type, raw, signatures.get(position))
-                ok = validate(raw, source, event_type, self.registry, self.limits)
-            except InvalidEvent as bad:
-                quarantined.append(Quarantined(source, event_type, position, bad.code,
-                                               bad.reason, raw, now_ms))
-                continue
-            accepted.append((position, raw, ok))
-        known = self.log.duplicate_ids(event_type, [a.event_id for _, _, a in accepted])
-        events: list[NewEvent] = []
-        for position, raw, ok in accepted:
-            if ok.event_id in known:
-                quarantined.append(Quarantined(
-                    source, event_type, position, "duplicate_event",
-                    "an event with this event_id is already stored or earlier in this input",
-                    raw, now_ms))
-                continue
-            known.add(ok.event_id)
-            if ok.dropped_fields:
-                report.dropped_fields.append((position, ok.dropped_fields))
-            sealed = self.sealer.seal(ok.schema, ok.record, ok.event_id,
-                                      self.sealer.retention_until(event_type, now))
-            events.append(NewEvent(event_type, source, ok.event_id, sealed, new_trace_id()))
-        audits = [self._quarantine_audit(q) for q in quarantined]
-        quarantined = [self._seal_quarantined(q, now) for q in quarantined]
-        self.sealer.flush()  # the keys are durable before anything sealed under them
+        result = self.triage.triage(
+            (RawInput(source, event_type, position, raw, signatures.get(position))
+             for position, raw in inputs), now, self.log.duplicate_ids)
+        report.dropped_fields = [(e.position, e.dropped_fields) for e in result.events
+                                 if e.dropped_fields]
+        events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, new_trace_id())
+                  for e in result.events]
+        quarantined, audits = result.quarantined, result.audits
+        self.triage.flush_keys()
         self.log.append_ingest(events, quarantined, audits, now_ms)
         self.metrics.observe_input(event_type, len(events) + len(quarantined))
         self.metrics.observe_quarantine(q.reason_code for q in quarantined)
@@ -294,20 +276,12 @@ class Broker:
             latest = self.audit.store.latest_checkpoint()
             self.metrics.observe_checkpoint(latest.signed_ms if latest else None)
 
-    def _quarantine_audit(self, q: Quarantined) -> Draft:
-        return draft("quarantine", trace_id=None, start_ms=q.received_ms, source=q.source,
-                     event_type=q.declared_type, reason_code=q.reason_code, reason=q.reason,
-                     **self._covenant_fields(),
-                     delivered_commitment=commitment(self.keys.commitment_key(), q.raw),
-                     detail={"position": q.position, "bytes": str(len(q.raw))})
-
-    def _seal_quarantined(self, q: Quarantined, now: datetime) -> Quarantined:
-        """Bad input may hold personal data too: it is sealed under a per-day key."""
-        day = local_date(now, self.covenant.zone)
-        until = day + timedelta(days=self.settings.quarantine_retention_days)
-        raw = self.sealer.seal_blob(f"quarantine:{day.isoformat()}", until,
-                                    f"quarantine|{q.source}|{q.position}", q.raw)
-        return replace(q, raw=raw)
+    @cached_property
+    def triage(self) -> Triage:
+        """Raw input to stored-or-quarantined, as both backends do it."""
+        return Triage(self.registry, self.limits, self.source_keys, self.sealer,
+                      self.keys.commitment_key(), self._covenant_fields(), self.covenant.zone,
+                      self.settings.quarantine_retention_days)
 
     # -- decide -----------------------------------------------------------------------------
     def decide_pending(self, now: datetime) -> DecideCounts:
