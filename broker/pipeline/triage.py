@@ -7,14 +7,13 @@ quarantine record (sealed too: bad input may hold personal data) with its audit 
 The embedded ingest and the Kafka partition worker both call `Triage.triage`; what is left
 to them is where the result goes.
 
-An input over max_event_bytes is never kept whole: its record holds its length, SHA-256
-and the first PREFIX_BYTES bytes (issue 15, item 7), whether the caller read it as a bounded
-stream (an `Oversized`) or already has it in memory (a Kafka record value).
+An input over max_event_bytes is never kept whole (issue 15, item 7): its record holds its
+length, SHA-256 and its first PREFIX_BYTES bytes (broker/pipeline/ingest.py), whether the
+caller read it as a bounded stream (an `Oversized`) or has it in memory (a Kafka value).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -27,29 +26,10 @@ from broker.errors import InvalidEvent
 from broker.keys import commitment
 from broker.model.json_input import Limits
 from broker.model.schemas import SchemaRegistry
-from broker.pipeline.ingest import Accepted, validate
+from broker.pipeline.ingest import Accepted, Oversized, validate
 from broker.pipeline.port import Quarantined
 
-PREFIX_BYTES = 1024  # what an oversized input keeps: enough to tell what it was
-
-
-@dataclass(frozen=True)
-class Oversized:
-    """An input longer than the limit, as a bounded reader leaves it: never held whole."""
-
-    length: int
-    sha256: str  # hex, of the whole input
-    prefix: bytes  # its first PREFIX_BYTES bytes at most
-
-    @staticmethod
-    def of(raw: bytes) -> Oversized:
-        return Oversized(len(raw), hashlib.sha256(raw).hexdigest(), raw[:PREFIX_BYTES])
-
-    def bounded_form(self) -> bytes:
-        """What the quarantine stores in place of the input."""
-        return (f"oversized input: {self.length} bytes, sha256 {self.sha256}; the first "
-                f"{len(self.prefix)} bytes follow\n").encode() + self.prefix
-
+__all__ = ["Oversized", "RawInput", "Triage", "TriageResult", "TriagedEvent"]
 
 @dataclass(frozen=True)
 class RawInput:
