@@ -9,13 +9,13 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import draft, new_trace_id
+from broker.audit.entries import draft, new_trace_id, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import AuditReport
@@ -308,8 +308,9 @@ class Broker:
         batch = expiry.tombstones(due, self.decider_at(ctx).plans,
                                   self.registry.get("records.tombstone"),
                                   self.keys.commitment_key(), ctx)
-        for eg in batch.egress:  # LDV: a tombstone names the persons its release named
-            eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
+        # LDV: a tombstone names the persons its release named
+        batch.egress = [replace(eg, audit=with_subjects(
+            eg.audit, self._data_subjects_at([eg.event_offset]))) for eg in batch.egress]
         self.log.commit_decisions(batch, ctx.now_ms)
         self.metrics.observe_decisions(batch, 0, 0.0)  # tombstones: released, kind=tombstone
         return len(batch.egress)
@@ -416,8 +417,9 @@ class Broker:
         batch = erasure.notices(released, self.decider_at(ctx).plans,
                                 self.registry.get("records.tombstone"),
                                 self.keys.commitment_key(), ctx)
-        for eg in batch.egress:  # a notice names the persons its release named
-            eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
+        # a notice names the persons its release named
+        batch.egress = [replace(eg, audit=with_subjects(
+            eg.audit, self._data_subjects_at([eg.event_offset]))) for eg in batch.egress]
         batch.audits.append(draft(
             "erasure", trace_id=None, start_ms=ctx.now_ms, **self._covenant_fields(),
             data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn", "role": "erasure"}],

@@ -38,7 +38,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from broker.audit.entries import Draft, new_trace_id
+from broker.audit.entries import Draft, at_offset, new_trace_id
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka.egress import egress_headers, egress_key
 from broker.backends.kafka.io import (
@@ -221,10 +221,9 @@ class PartitionWorker:
                             eg.sealed_payload or eg.payload, key=egress_key(eg), partition=0,
                             headers=egress_headers(eg))
                     for eg in decisions.egress]
-        for eg, offset in zip(decisions.egress, tx.offsets(released), strict=True):
-            eg.audit["egress_offset"] = offset
         drafts: list[Draft] = list(triage.audits)
-        drafts += [eg.audit for eg in decisions.egress]
+        drafts += [at_offset(eg.audit, offset)  # the offset: the last step of a release draft
+                   for eg, offset in zip(decisions.egress, tx.offsets(released), strict=True)]
         drafts += decisions.audits
         # Waits for the acknowledgements of the keys sent above (and sends any others).
         self.broker.triage.flush_keys()
