@@ -357,7 +357,7 @@ class Broker:
         self.maintain(now)
         now_ms = to_millis(now)
         records = [r for r in self.log.read_egress(recipient, purpose, from_offset)
-                   if not self._past_retention(r, now_ms)][:limit]
+                   if not self.past_retention(r, now_ms)][:limit]
         delivered = [self.render(r) for r in records]
         purposes = [purpose] if purpose else self.log.streams(recipient)
         ck = self.keys.commitment_key()
@@ -381,7 +381,7 @@ class Broker:
         self.metrics.observe_audit(len(audits))
         return delivered
 
-    def _past_retention(self, record: EgressRecord, now_ms: int) -> bool:
+    def past_retention(self, record: EgressRecord, now_ms: int) -> bool:
         """A recipient's stream never carries a record older than its purpose's retention."""
         purpose = self.covenant.purposes.get(record.purpose)
         return purpose is not None and \
