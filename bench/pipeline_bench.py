@@ -66,7 +66,7 @@ import broker.audit.sequencer
 import broker.pipeline.decide
 from broker.app.demo import DAY, DaySynth
 from broker.app.service import Broker
-from broker.audit.entries import GENESIS, Draft, new_trace_id
+from broker.audit.entries import GENESIS, Draft, at_offset, new_trace_id
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.sqlite_store import SqliteAudit
 from broker.audit.tree import Frontier
@@ -408,9 +408,9 @@ def hot_run(hot: HotPath, batch: int, audit: str = "per_decision"
         drafts = []
         for eg in decided.egress:  # what a backend's commit does before sealing
             key = (eg.recipient, eg.purpose)
-            offset = eg.audit["egress_offset"] = offsets.get(key, 0)
+            offset = offsets.get(key, 0)
             offsets[key] = offset + 1
-            drafts.append(eg.audit)
+            drafts.append(at_offset(eg.audit, offset))
         drafts.extend(decided.audits)
         if audit == "none":
             continue

@@ -10,11 +10,12 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import Draft, draft, new_trace_id
+from broker.audit.entries import draft, new_trace_id, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import AuditReport
@@ -33,9 +34,9 @@ from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
-from broker.pipeline.ingest import Accepted, validate
-from broker.pipeline.port import EgressRecord, EventLog, NewEvent, Quarantined
+from broker.pipeline.port import EgressRecord, EventLog, NewEvent
 from broker.pipeline.signatures import load_source_keys
+from broker.pipeline.triage import Oversized, RawInput, Triage
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant, load_covenant, parse_covenant
 from broker.policy.decision import DecisionContext
@@ -237,7 +238,8 @@ class Broker:
                                      f"{', '.join(sorted(self.registry.event_types()))}")
         return full
 
-    def ingest(self, source: str, event_type: str, inputs: Iterable[tuple[str, bytes]],
+    def ingest(self, source: str, event_type: str,
+               inputs: Iterable[tuple[str, bytes | Oversized]],
                now: datetime, signatures: Mapping[str, bytes] | None = None) -> IngestReport:
         """`signatures`: the source's signature of an input, by its position (see
         broker/pipeline/signatures.py); required for a source with a public key."""
@@ -245,35 +247,15 @@ class Broker:
         signatures = signatures or {}
         now_ms = to_millis(now)
         report = IngestReport(source, event_type)
-        accepted: list[tuple[str, bytes, Accepted]] = []
-        quarantined: list[Quarantined] = []
-        for position, raw in inputs:
-            try:
-                self.source_keys.check(source, event_type, raw, signatures.get(position))
-                ok = validate(raw, source, event_type, self.registry, self.limits, now_ms=now_ms)
-            except InvalidEvent as bad:
-                quarantined.append(Quarantined(source, event_type, position, bad.code,
-                                               bad.reason, raw, now_ms))
-                continue
-            accepted.append((position, raw, ok))
-        known = self.log.duplicate_ids(event_type, [a.event_id for _, _, a in accepted])
-        events: list[NewEvent] = []
-        for position, raw, ok in accepted:
-            if ok.event_id in known:
-                quarantined.append(Quarantined(
-                    source, event_type, position, "duplicate_event",
-                    "an event with this event_id is already stored or earlier in this input",
-                    raw, now_ms))
-                continue
-            known.add(ok.event_id)
-            if ok.dropped_fields:
-                report.dropped_fields.append((position, ok.dropped_fields))
-            sealed = self.sealer.seal(ok.schema, ok.record, ok.event_id,
-                                      self.sealer.retention_until(event_type, now))
-            events.append(NewEvent(event_type, source, ok.event_id, sealed, new_trace_id()))
-        audits = [self._quarantine_audit(q) for q in quarantined]
-        quarantined = [self._seal_quarantined(q, now) for q in quarantined]
-        self.sealer.flush()  # the keys are durable before anything sealed under them
+        result = self.triage.triage(
+            (RawInput(source, event_type, position, raw, signatures.get(position))
+             for position, raw in inputs), now, self.log.duplicate_ids)
+        report.dropped_fields = [(e.position, e.dropped_fields) for e in result.events
+                                 if e.dropped_fields]
+        events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, new_trace_id())
+                  for e in result.events]
+        quarantined, audits = result.quarantined, result.audits
+        self.triage.flush_keys()
         self.log.append_ingest(events, quarantined, audits, now_ms)
         self.metrics.observe_input(event_type, len(events) + len(quarantined))
         self.metrics.observe_quarantine(q.reason_code for q in quarantined)
@@ -295,20 +277,12 @@ class Broker:
             latest = self.audit.store.latest_checkpoint()
             self.metrics.observe_checkpoint(latest.signed_ms if latest else None)
 
-    def _quarantine_audit(self, q: Quarantined) -> Draft:
-        return draft("quarantine", trace_id=None, start_ms=q.received_ms, source=q.source,
-                     event_type=q.declared_type, reason_code=q.reason_code, reason=q.reason,
-                     **self._covenant_fields(),
-                     delivered_commitment=commitment(self.keys.commitment_key(), q.raw),
-                     detail={"position": q.position, "bytes": str(len(q.raw))})
-
-    def _seal_quarantined(self, q: Quarantined, now: datetime) -> Quarantined:
-        """Bad input may hold personal data too: it is sealed under a per-day key."""
-        day = local_date(now, self.covenant.zone)
-        until = day + timedelta(days=self.settings.quarantine_retention_days)
-        raw = self.sealer.seal_blob(f"quarantine:{day.isoformat()}", until,
-                                    f"quarantine|{q.source}|{q.position}", q.raw)
-        return replace(q, raw=raw)
+    @cached_property
+    def triage(self) -> Triage:
+        """Raw input to stored-or-quarantined, as both backends do it."""
+        return Triage(self.registry, self.limits, self.source_keys, self.sealer,
+                      self.keys.commitment_key(), self._covenant_fields(), self.covenant.zone,
+                      self.settings.quarantine_retention_days)
 
     # -- decide -----------------------------------------------------------------------------
     def decide_pending(self, now: datetime) -> DecideCounts:
@@ -335,8 +309,9 @@ class Broker:
         batch = expiry.tombstones(due, self.decider_at(ctx).plans,
                                   self.registry.get("records.tombstone"),
                                   self.keys.commitment_key(), ctx)
-        for eg in batch.egress:  # LDV: a tombstone names the persons its release named
-            eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
+        # LDV: a tombstone names the persons its release named
+        batch.egress = [replace(eg, audit=with_subjects(
+            eg.audit, self._data_subjects_at([eg.event_offset]))) for eg in batch.egress]
         self.log.commit_decisions(batch, ctx.now_ms)
         self.metrics.observe_decisions(batch, 0, 0.0)  # tombstones: released, kind=tombstone
         return len(batch.egress)
@@ -383,7 +358,7 @@ class Broker:
         self.maintain(now)
         now_ms = to_millis(now)
         records = [r for r in self.log.read_egress(recipient, purpose, from_offset)
-                   if not self._past_retention(r, now_ms)][:limit]
+                   if not self.past_retention(r, now_ms)][:limit]
         delivered = [self.render(r) for r in records]
         purposes = [purpose] if purpose else self.log.streams(recipient)
         ck = self.keys.commitment_key()
@@ -407,7 +382,7 @@ class Broker:
         self.metrics.observe_audit(len(audits))
         return delivered
 
-    def _past_retention(self, record: EgressRecord, now_ms: int) -> bool:
+    def past_retention(self, record: EgressRecord, now_ms: int) -> bool:
         """A recipient's stream never carries a record older than its purpose's retention."""
         purpose = self.covenant.purposes.get(record.purpose)
         return purpose is not None and \
@@ -443,8 +418,9 @@ class Broker:
         batch = erasure.notices(released, self.decider_at(ctx).plans,
                                 self.registry.get("records.tombstone"),
                                 self.keys.commitment_key(), ctx)
-        for eg in batch.egress:  # a notice names the persons its release named
-            eg.audit["data_subjects"] = self._data_subjects_at([eg.event_offset])
+        # a notice names the persons its release named
+        batch.egress = [replace(eg, audit=with_subjects(
+            eg.audit, self._data_subjects_at([eg.event_offset]))) for eg in batch.egress]
         batch.audits.append(draft(
             "erasure", trace_id=None, start_ms=ctx.now_ms, **self._covenant_fields(),
             data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn", "role": "erasure"}],

@@ -1,6 +1,8 @@
 """Audit entries: drafts built by the pipeline, sealed into the hash chain by the sequencer.
 
-A draft is a plain dict of the audit_entry fields except seq, prev_hash and logged_at. The
+A draft is a read-only mapping of the audit_entry fields except seq, prev_hash and
+logged_at, made by `draft` and changed only by the steps that return a new one
+(`with_subjects`, and last the backend's `at_offset`), never edited in place. The
 sequencer of a backend (one SQLite transaction, or one Kafka producer per partition) seals
 drafts in order: each entry's bytes are the Avro single-object encoding of the audit_entry
 schema, and its prev_hash names the previous entry's chain hash.
@@ -15,6 +17,7 @@ prefix changes nothing for the chain: both are SHA-256 of an input fixed by the 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ from broker.audit.merkle import leaf_hash
 from broker.model.schemas import Schema
 
 GENESIS = "0" * 64
-Draft = dict[str, Any]
+Draft = Mapping[str, Any]  # read-only: a draft is changed by the steps below, never in place
 
 _DEFAULTS: dict[str, Any] = {
     "status": "OK",
@@ -65,7 +68,7 @@ def draft(name: str, *, trace_id: str | None, start_ms: int, end_ms: int | None 
     """A draft with LDV defaults; unknown field names are a programming error."""
     if not _FIELD_NAMES.issuperset(fields):
         raise TypeError(f"unknown audit fields: {sorted(set(fields) - _FIELD_NAMES)}")
-    out: Draft = dict(_DEFAULTS)
+    out: dict[str, Any] = dict(_DEFAULTS)
     out.update(fields)
     out["name"] = name
     out["trace_id"] = trace_id or new_trace_id()
@@ -73,6 +76,23 @@ def draft(name: str, *, trace_id: str | None, start_ms: int, end_ms: int | None 
     out["start_time"] = start_ms
     out["end_time"] = end_ms if end_ms is not None else start_ms
     return out
+
+
+def with_fields(entry: Draft, **fields: Any) -> Draft:
+    """A new draft: `entry` with some fields set (the same names `draft` takes)."""
+    if not _FIELD_NAMES.issuperset(fields):
+        raise TypeError(f"unknown audit fields: {sorted(set(fields) - _FIELD_NAMES)}")
+    return {**entry, **fields}
+
+
+def with_subjects(entry: Draft, subjects: list[dict[str, str]]) -> Draft:
+    """The step that names the persons a draft is about (LDV data_subjects)."""
+    return with_fields(entry, data_subjects=subjects)
+
+
+def at_offset(entry: Draft, egress_offset: int) -> Draft:
+    """The last step, the backend's: the stream offset it wrote the release at."""
+    return {**entry, "egress_offset": egress_offset}
 
 
 def chain_hash(data: bytes) -> str:

@@ -66,7 +66,7 @@ class ChainRead:
 
 def unsealed(record: Mapping[str, Any]) -> Draft:
     """A decoded entry without what a sequencer assigns; times as epoch milliseconds."""
-    out: Draft = {k: v for k, v in record.items() if k not in _SEALED}
+    out: dict[str, Any] = {k: v for k, v in record.items() if k not in _SEALED}
     for name in ("start_time", "end_time"):
         value = out[name]
         out[name] = value if isinstance(value, int) else to_millis(value)

@@ -12,9 +12,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from broker import logs
 from broker.app.erasure import IngressPurge, erase_subject
@@ -29,7 +30,7 @@ from broker.clock import now_utc, parse_instant
 from broker.config import Settings, load_settings
 from broker.crypto.keystore import fields_sealed
 from broker.errors import BrokerError, CovenantError, InputError
-from broker.pipeline.ingest import split_lines
+from broker.pipeline.ingest import read_lines
 from broker.pipeline.signatures import read_signature_file
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -170,20 +171,34 @@ def _read_input(name: str) -> bytes:
         raise InputError(f"{name}: cannot be read: {exc.strerror}") from None
 
 
+def _open_input(name: str) -> AbstractContextManager[BinaryIO]:
+    if name == "-":
+        return nullcontext(sys.stdin.buffer)
+    try:
+        return Path(name).open("rb")
+    except OSError as exc:
+        raise InputError(f"{name}: cannot be read: {exc.strerror}") from None
+
+
+def _signatures(args: argparse.Namespace) -> dict[int, bytes]:
+    return read_signature_file(args.signatures) if getattr(args, "signatures", None) else {}
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
-        data = _read_input(args.file)
-        signatures = (read_signature_file(args.signatures)
-                      if getattr(args, "signatures", None) else {})
         if settings.backend == "kafka":  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
-            return cli_kafka.ingest(args, broker, data, signatures)
-        inputs = ((f"line {n}", line) for n, line in split_lines(data))
-        report = broker.ingest(args.source, args.event_type, inputs, _now(args),
-                               {f"line {n}": sig for n, sig in signatures.items()})
+            data = _read_input(args.file)
+            return cli_kafka.ingest(args, broker, data, _signatures(args))
+        with _open_input(args.file) as stream:  # read as a stream: a line is bounded
+            signatures = _signatures(args)
+            inputs = ((f"line {n}", line) for n, line in
+                      read_lines(stream, settings.limits.max_event_bytes))
+            report = broker.ingest(args.source, args.event_type, inputs, _now(args),
+                                   {f"line {n}": sig for n, sig in signatures.items()})
     finally:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))

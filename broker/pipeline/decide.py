@@ -57,7 +57,8 @@ class Decider:
         header = plans.covenant.covenant
         self.covenant_id, self.covenant_version = header.id, header.version
         self._personal_cache: dict[tuple[str, str], dict[str, str]] = {}
-        self._audit_base: dict[int, tuple[Plan, Draft]] = {}  # keyed by id(plan), plan held
+        # keyed by id(plan), plan held
+        self._audit_base: dict[int, tuple[Plan, dict[str, Any]]] = {}
 
     def open(self, stored: StoredEvent) -> Opened:
         """The event as stored: sealed fields opened, erased ones None and named."""
@@ -122,7 +123,7 @@ class Decider:
         """Default deny for an event the pipeline cannot process: every plan withholds,
         audited with status ERROR (a technical failure), and the log moves on."""
         reason = f"the event could not be processed ({type(exc).__name__}); nothing released"
-        out = []
+        out: list[Draft] = []
         shared = self._event_part(stored, [], ctx)
         for plan in self.plans.plans_for(stored.event_type):
             audit = self._audit(plan, shared)
@@ -167,7 +168,7 @@ class Decider:
         return found
 
     def _release(self, plan: Plan, stored: StoredEvent, opened: Opened, decision: Release,
-                 audit: Draft, ctx: DecisionContext) -> NewEgress:
+                 audit: dict[str, Any], ctx: DecisionContext) -> NewEgress:
         payload = plan.view_schema.encode(decision.view)
         audit.update(decision="release", fields_released=list(decision.fields_released),
                      fields_withheld=list(decision.fields_withheld),
@@ -202,17 +203,18 @@ class Decider:
                 "source": stored.source, "event_type": stored.event_type,
                 "event_id": stored.event_id, "event_offset": stored.offset}
 
-    def _audit(self, plan: Plan, shared: Draft, span_id: str | None = None) -> Draft:
+    def _audit(self, plan: Plan, shared: Draft, span_id: str | None = None
+               ) -> dict[str, Any]:
         """The decision's draft: the plan's part made once (by `draft`), the event's part
         once per event (`_event_part`), a span of its own."""
         found = self._audit_base.get(id(plan))
         if found is None:
-            found = self._audit_base[id(plan)] = (plan, draft(
+            found = self._audit_base[id(plan)] = (plan, dict(draft(
                 "decide", trace_id="-", start_ms=0, covenant_id=self.covenant_id,
                 covenant_version=self.covenant_version, purpose=plan.purpose,
                 legal_basis=plan.legal_basis, recipient=plan.recipient,
-                policy_hash=plan.policy_hash))
-        out = found[1].copy()
+                policy_hash=plan.policy_hash)))
+        out = found[1].copy()  # built here in steps; handed out read-only
         out.update(shared)
         if not out["trace_id"]:
             out["trace_id"] = new_trace_id()

@@ -7,11 +7,12 @@ quarantines it with an audit record. Nothing here raises past one event.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from broker.errors import InvalidEvent
 from broker.model.codec import MARKER
@@ -24,6 +25,28 @@ from broker.model.json_input import (
     past_instant_paths,
 )
 from broker.model.schemas import Schema, SchemaRegistry
+
+PREFIX_BYTES = 1024  # what an oversized input keeps: enough to tell what it was
+LINE_MARGIN = 4096  # a line's surrounding whitespace the bounded reader still holds
+CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """An input longer than the limit, as the bounded reader leaves it: never held whole."""
+
+    length: int
+    sha256: str  # hex, of the whole input
+    prefix: bytes  # its first PREFIX_BYTES bytes at most
+
+    @staticmethod
+    def of(raw: bytes) -> Oversized:
+        return Oversized(len(raw), hashlib.sha256(raw).hexdigest(), raw[:PREFIX_BYTES])
+
+    def bounded_form(self) -> bytes:
+        """What the quarantine stores in place of the input."""
+        return (f"oversized input: {self.length} bytes, sha256 {self.sha256}; the first "
+                f"{len(self.prefix)} bytes follow\n").encode() + self.prefix
 
 
 @dataclass(frozen=True)
@@ -118,3 +141,77 @@ def split_lines(data: bytes) -> Iterable[tuple[int, bytes]]:
         stripped = line.strip()
         if stripped:
             yield number, stripped
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Overflow:
+    """The rest of a line past the reader's bound: counted and hashed, not kept."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.length = 0
+        self.prefix = b""
+
+    def add(self, piece: bytes) -> None:
+        if not self.length:  # leading whitespace is not part of the input, as in split_lines
+            piece = piece.lstrip()
+        self.hash.update(piece)
+        self.length += len(piece)
+        if len(self.prefix) < PREFIX_BYTES:
+            self.prefix += piece[:PREFIX_BYTES - len(self.prefix)]
+
+    def done(self) -> Oversized | None:
+        return Oversized(self.length, self.hash.hexdigest(), self.prefix) \
+            if self.length else None
+
+
+def read_lines(stream: Readable, max_line_bytes: int, chunk_bytes: int = CHUNK_BYTES
+               ) -> Iterator[tuple[int, bytes | Oversized]]:
+    """`split_lines` over a stream, holding at most max_line_bytes + LINE_MARGIN of a line
+    (plus one read chunk): a longer line comes out as an `Oversized` (its length and
+    SHA-256 from its first non-blank byte to its end, trailing blanks included, and its
+    first PREFIX_BYTES), so one huge line cannot take the memory a whole-file read would
+    (issue 15, item 7)."""
+    bound = max_line_bytes + LINE_MARGIN
+    buffer = bytearray()
+    overflow: _Overflow | None = None
+    number = 0
+
+    def line() -> bytes | Oversized | None:
+        nonlocal overflow
+        if overflow is not None:
+            out: bytes | Oversized | None = overflow.done()
+            overflow = None
+        else:
+            out = bytes(buffer).strip()
+        buffer.clear()
+        return out
+
+    while chunk := stream.read(chunk_bytes):
+        start = 0
+        while start <= len(chunk):
+            newline = chunk.find(b"\n", start)
+            piece = chunk[start:len(chunk) if newline < 0 else newline]
+            if overflow is not None:
+                overflow.add(piece)
+            elif len(buffer) + len(piece) <= bound:
+                buffer += piece
+            else:  # past the bound: keep no more of this line
+                overflow = _Overflow()
+                overflow.add(bytes(buffer))
+                overflow.add(piece)
+                buffer.clear()
+            if newline < 0:
+                break
+            number += 1
+            out = line()
+            if out:
+                yield number, out
+            start = newline + 1
+    if buffer or overflow is not None:
+        out = line()
+        if out:
+            yield number + 1, out

@@ -174,7 +174,7 @@ def _available(broker: Broker, recipient: str, purpose: str, from_offset: int,
     """Offsets a read would return now: looked at, not delivered, so not an access."""
     now_ms = to_millis(now)
     return [r.offset for r in broker.log.read_egress(recipient, purpose, from_offset)
-            if not broker._past_retention(r, now_ms)]  # the same rule as consume
+            if not broker.past_retention(r, now_ms)]  # the same rule as consume
 
 
 @router.get("/streams", response_model=StreamList, responses=_AUTH_ERRORS,

@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from broker.audit.entries import Draft
+from broker.audit.entries import Draft, at_offset
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.sqlite_store import SqliteAudit
 from broker.audit.sqlite_tx import (
@@ -231,8 +231,7 @@ class SqliteEventLog:
                              eg.sealed_payload or eg.payload, eg.event_offset, eg.ref,
                              eg.expires_on.isoformat() if eg.expires_on else None,
                              eg.released_ms, eg.tombstone_for))
-                eg.audit["egress_offset"] = offset
-                drafts.append(eg.audit)
+                drafts.append(at_offset(eg.audit, offset))
                 written.append(_egress_record(eg, offset))
             db.executemany(
                 "INSERT INTO egress (recipient, purpose, egress_offset, event_type, kind, "

@@ -52,13 +52,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker.app.service import Broker
 from broker.audit.entries import Draft, draft
 from broker.backends.kafka.acl import PrincipalMap, covenant_layout
 from broker.backends.kafka.topics import Layout
 from broker.clock import to_millis
 from broker.errors import InputError
 from broker.logs import get_logger
+from broker.pipeline.core import PipelineCore
 from broker.pipeline.ingest import source_of
 
 DENIAL_MARK = "is Denied operation"
@@ -324,7 +324,7 @@ def state_file_for(data_dir: Path, log_file: Path) -> Path:
     return data_dir / "authorizer" / f"{digest}.json"
 
 
-def auditor_for(broker: Broker, principals: PrincipalMap) -> DenialAuditor:
+def auditor_for(broker: PipelineCore, principals: PrincipalMap) -> DenialAuditor:
     covenant = broker.covenant
     layout = covenant_layout(broker.settings.kafka, covenant, broker.registry.event_types())
     header = covenant.covenant
@@ -338,7 +338,7 @@ def auditor_for(broker: Broker, principals: PrincipalMap) -> DenialAuditor:
 
 
 def audit_denials(
-    broker: Broker,
+    broker: PipelineCore,
     log_file: Path,
     principals: PrincipalMap,
     now: datetime,

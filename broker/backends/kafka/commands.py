@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from broker.audit.entries import Draft
+from broker.audit.entries import Draft, at_offset
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka.egress import egress_headers, egress_key, to_egress_record
 from broker.backends.kafka.errors import retrying
@@ -168,10 +168,10 @@ class CommandWriter:
                        for eg in todo]
             offsets = tx.offsets(futures)
             for eg, offset in zip(todo, offsets, strict=True):
-                eg.audit["egress_offset"] = offset
                 tx.send(names.expiry, str(offset).encode(), partition=0,
                         key=f"{eg.recipient}/{eg.purpose}/{eg.tombstone_for}".encode())
-            tx.audit([eg.audit for eg in todo] + batch.audits)
+            tx.audit([at_offset(eg.audit, offset)
+                      for eg, offset in zip(todo, offsets, strict=True)] + batch.audits)
             return list(zip(todo, offsets, strict=True))
 
         written = self.run("writing expiry tombstones", body)

@@ -13,12 +13,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from broker.app.service import Broker
 from broker.backends.kafka.errors import kafka_errors
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import close_quietly, headers
 from broker.backends.kafka.pipeline import home_partition
 from broker.errors import StorageError
+from broker.pipeline.core import PipelineCore
 from broker.pipeline.signatures import SIGNATURE_HEADER
 
 SEND_TIMEOUT_S = 60.0
@@ -43,7 +43,7 @@ def event_id_of(line: bytes) -> str | None:
     return event_id.lower() if isinstance(event_id, str) and event_id else None
 
 
-def produce_lines(broker: Broker, source: str, event_type: str,
+def produce_lines(broker: PipelineCore, source: str, event_type: str,
                   lines: Iterable[tuple[int, bytes]],
                   signatures: Mapping[int, bytes] | None = None) -> ProduceReport:
     if not isinstance(broker.log, KafkaEventLog):

@@ -38,8 +38,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from broker.app.service import Broker
-from broker.audit.entries import Draft, new_trace_id
+from broker.audit.entries import Draft, at_offset, new_trace_id
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka.egress import egress_headers, egress_key
 from broker.backends.kafka.io import (
@@ -54,11 +53,12 @@ from broker.backends.kafka.io import (
 from broker.backends.kafka.keys import KafkaKeyStore
 from broker.backends.kafka.topics import Layout
 from broker.config.kafka import store_position
-from broker.errors import InvalidEvent
+from broker.pipeline.core import PipelineCore
 from broker.pipeline.decide import DecideCounts
-from broker.pipeline.ingest import source_of, validate
+from broker.pipeline.ingest import source_of
 from broker.pipeline.port import DecisionBatch, Quarantined, StoredEvent
 from broker.pipeline.signatures import SIGNATURE_HEADER
+from broker.pipeline.triage import RawInput, TriagedEvent
 from broker.policy.decision import DecisionContext
 
 CONSUMER = "serve"
@@ -83,25 +83,18 @@ class BatchCounts:
 
 
 @dataclass
-class _Event:
-    event_type: str
-    source: str
-    event_id: str
-    payload: bytes
-    position: str
-    foreign_trace: str | None
+class _Batch:
+    """A batch judged by the core's triage, with what only Kafka does: forwarding."""
 
-
-@dataclass
-class _Triage:
-    events: list[_Event] = field(default_factory=list)
-    quarantined: list[Quarantined] = field(default_factory=list)
+    events: list[TriagedEvent] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)  # sealed
+    audits: list[Draft] = field(default_factory=list)  # the quarantine records' drafts
     forwards: list[tuple[str, str, Any]] = field(default_factory=list)  # topic, id, record
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per tp
 
 
 class PartitionWorker:
-    def __init__(self, index: int, broker: Broker, layout: Layout, clients: Clients) -> None:
+    def __init__(self, index: int, broker: PipelineCore, layout: Layout, clients: Clients) -> None:
         self.index = index
         self.broker = broker
         self.layout = layout
@@ -162,49 +155,37 @@ class PartitionWorker:
             self.seen.setdefault(event.event_type, set()).add(event.event_id)
         return counts
 
-    def _triage(self, batch: dict[TopicPartition, list[Any]], ctx: DecisionContext) -> _Triage:
-        broker, out, now_ms = self.broker, _Triage(), ctx.now_ms
-        batch_ids: set[tuple[str, str]] = set()
+    def _triage(self, batch: dict[TopicPartition, list[Any]], ctx: DecisionContext) -> _Batch:
+        out = _Batch()
+        inputs: list[RawInput] = []
+        by_position: dict[str, tuple[str, Any]] = {}  # position -> (topic, record)
         for tp in sorted(batch, key=lambda t: t.topic):
             records = batch[tp]
             event_type = self.layout.names.event_type_of_ingress(tp.topic)
             for record in records:
                 # Only the owner may write an ingress topic (ACLs); a producer that names
                 # another source in the header is refused as the embedded ingest does.
-                source = header(record, "source") or source_of(event_type)
-                raw = bytes(record.value or b"")
                 position = f"{tp.topic}:{tp.partition}:{record.offset}"
-                try:
-                    broker.source_keys.check(source, event_type, raw,
-                                             header_bytes(record, SIGNATURE_HEADER))
-                    ok = validate(raw, source, event_type, broker.registry, broker.limits,
-                                  now_ms=now_ms)
-                except InvalidEvent as bad:
-                    out.quarantined.append(Quarantined(source, event_type, position, bad.code,
-                                                       bad.reason, raw, now_ms))
-                    continue
-                if home_partition(ok.event_id, self.layout.cfg.partitions) != self.index:
-                    out.forwards.append((tp.topic, ok.event_id, record))
-                    continue
-                if (ok.event_id in self.seen.get(event_type, ())
-                        or (event_type, ok.event_id) in batch_ids):
-                    out.quarantined.append(Quarantined(
-                        source, event_type, position, "duplicate_event",
-                        "an event with this event_id is already stored or earlier in this "
-                        "input", raw, now_ms))
-                    continue
-                batch_ids.add((event_type, ok.event_id))
-                # Stored as the embedded backend stores it: personal fields sealed under
-                # their subject's data key (crypto-shreddable), since the store is forever.
-                sealed = broker.sealer.seal(ok.schema, ok.record, ok.event_id,
-                                            broker.sealer.retention_until(event_type, ctx.now))
-                out.events.append(_Event(event_type, source, ok.event_id, sealed, position,
-                                         header(record, "traceparent")))
+                by_position[position] = (tp.topic, record)
+                inputs.append(RawInput(header(record, "source") or source_of(event_type),
+                                       event_type, position, bytes(record.value or b""),
+                                       header_bytes(record, SIGNATURE_HEADER),
+                                       header(record, "traceparent")))
             if records:
                 out.offsets[tp] = records[-1].offset + 1
+        partitions = self.layout.cfg.partitions
+        result = self.broker.triage.triage(
+            inputs, ctx.now,
+            lambda event_type, ids: {i for i in ids if i in self.seen.get(event_type, ())},
+            lambda event_id: home_partition(event_id, partitions) == self.index)
+        out.events, out.quarantined, out.audits = (result.events, result.quarantined,
+                                                   result.audits)
+        for item, event_id in result.elsewhere:  # sent on to the partition that judges it
+            topic, record = by_position[item.position]
+            out.forwards.append((topic, event_id, record))
         return out
 
-    def _write(self, tx: Transaction, triage: _Triage, ctx: DecisionContext,
+    def _write(self, tx: Transaction, triage: _Batch, ctx: DecisionContext,
                counts: BatchCounts) -> None:
         names, p = self.layout.names, self.index
         self._send_keys()  # the keys sealing at ingest created; acknowledged during the flush
@@ -212,14 +193,13 @@ class PartitionWorker:
         futures = [tx.send(names.store, e.payload, key=e.event_id.encode(), partition=p,
                            headers=headers(event_type=e.event_type, source=e.source,
                                            trace_id=trace, ingress=e.position,
-                                           ingested_ms=ctx.now_ms, traceparent=e.foreign_trace))
+                                           ingested_ms=ctx.now_ms, traceparent=e.traceparent))
                    for e, trace in zip(triage.events, trace_ids, strict=True)]
-        for q in triage.quarantined:
-            raw = self.broker._seal_quarantined(q, ctx.now).raw  # bad input may be personal
+        for q in triage.quarantined:  # sealed by the triage: bad input may be personal
             tx.send(names.quarantine, self.quarantine_schema.encode({
                 "received_at": q.received_ms, "source": q.source,
                 "declared_type": q.declared_type, "position": q.position,
-                "reason_code": q.reason_code, "reason": q.reason, "raw": raw}),
+                "reason_code": q.reason_code, "reason": q.reason, "raw": q.raw}),
                 partition=p, headers=headers(reason_code=q.reason_code))
         for topic, event_id, record in triage.forwards:
             forwarded = [(k, v) for k, v in record.headers or () if k != "forwarded-from"]
@@ -227,7 +207,7 @@ class PartitionWorker:
                 *forwarded, ("forwarded-from", f"{record.partition}:{record.offset}".encode())])
         n = self.layout.cfg.partitions
         stored = [StoredEvent(store_position(offset, p, n), e.event_type, e.source,
-                              e.event_id, e.payload, trace, ctx.now_ms, e.foreign_trace)
+                              e.event_id, e.payload, trace, ctx.now_ms, e.traceparent)
                   for e, trace, offset in zip(triage.events, trace_ids, tx.offsets(futures),
                                               strict=True)]
         # The covenant version and pseudonym key versions in force at the decision time.
@@ -241,15 +221,12 @@ class PartitionWorker:
                             eg.sealed_payload or eg.payload, key=egress_key(eg), partition=0,
                             headers=egress_headers(eg))
                     for eg in decisions.egress]
-        for eg, offset in zip(decisions.egress, tx.offsets(released), strict=True):
-            eg.audit["egress_offset"] = offset
-        drafts: list[Draft] = [self._quarantine_audit(q) for q in triage.quarantined]
-        drafts += [eg.audit for eg in decisions.egress]
+        drafts: list[Draft] = list(triage.audits)
+        drafts += [at_offset(eg.audit, offset)  # the offset: the last step of a release draft
+                   for eg, offset in zip(decisions.egress, tx.offsets(released), strict=True)]
         drafts += decisions.audits
-        # Data keys are buffered by the key store: they must be durable before anything
-        # sealed under them commits, or a crash leaves stored events nobody can open. This
-        # waits for the acknowledgements of the keys sent above (and sends any others).
-        self.broker.sealer.flush()
+        # Waits for the acknowledgements of the keys sent above (and sends any others).
+        self.broker.triage.flush_keys()
         tx.audit(drafts)
         counts.stored = len(stored)
         counts.quarantined = len(triage.quarantined)
@@ -262,10 +239,6 @@ class PartitionWorker:
         keys = self.broker.data_keys
         if isinstance(keys, KafkaKeyStore):
             keys.send_new()
-
-    def _quarantine_audit(self, q: Quarantined) -> Draft:
-        # The same entry the embedded ingest writes, so both backends audit bad input alike.
-        return self.broker._quarantine_audit(q)
 
 
 def group_by_index(records: dict[TopicPartition, list[Any]]

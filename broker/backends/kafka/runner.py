@@ -42,7 +42,6 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, TopicPartition
 
-from broker.app.service import Broker
 from broker.backends.kafka.acl import PrincipalMap
 from broker.backends.kafka.acl_denials import DenialAuditor, audit_denials, auditor_for
 from broker.backends.kafka.errors import kafka_errors, retrying
@@ -54,6 +53,7 @@ from broker.backends.kafka.purge import PurgeState, purge_consumed
 from broker.clock import now_utc
 from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
+from broker.pipeline.core import PipelineCore
 
 JOIN_TIMEOUT_S = 120.0
 IDLE_SWEEP_INTERVAL_S = 5.0
@@ -115,7 +115,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
 
 
 class Server:
-    def __init__(self, broker: Broker, *, now: datetime | None = None,
+    def __init__(self, broker: PipelineCore, *, now: datetime | None = None,
                  until_idle: bool = False, metrics_listen: str | None = None,
                  denials: DenialTail | None = None) -> None:
         if not isinstance(broker.log, KafkaEventLog):
@@ -490,7 +490,7 @@ class Server:
             return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
 
 
-def serve(broker: Broker, *, now: datetime | None, until_idle: bool,
+def serve(broker: PipelineCore, *, now: datetime | None, until_idle: bool,
           metrics_listen: str | None = None, denials: DenialTail | None = None) -> ServeReport:
     return Server(broker, now=now, until_idle=until_idle, metrics_listen=metrics_listen,
                   denials=denials).run()

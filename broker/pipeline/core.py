@@ -1,0 +1,62 @@
+"""What a long-running backend process needs from the application core.
+
+The Kafka runner, its partition workers, its ingress producer and its authorizer-denial
+auditor run the core's use cases but must not import the application (broker/app/): the
+layers run downwards only. They depend on this Protocol instead; `broker.app.service.Broker`
+satisfies it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from broker.config import Settings
+from broker.crypto.keystore import DataKeyStore, DestroyedKey
+from broker.metrics import BrokerMetrics
+from broker.model.schemas import SchemaRegistry
+from broker.pipeline.decide import Decider
+from broker.pipeline.port import EventLog
+from broker.pipeline.triage import Triage
+from broker.policy.control import ControlState
+from broker.policy.covenant import Covenant
+from broker.policy.decision import DecisionContext
+
+
+class PipelineCore(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def covenant(self) -> Covenant: ...
+
+    @property
+    def registry(self) -> SchemaRegistry: ...
+
+    @property
+    def log(self) -> EventLog: ...  # the audit appender too (append_audit)
+
+    @property
+    def data_keys(self) -> DataKeyStore: ...
+
+    @property
+    def metrics(self) -> BrokerMetrics: ...
+
+    @property
+    def logger(self) -> Any: ...  # a bound structlog logger
+
+    @property
+    def triage(self) -> Triage: ...  # raw input to stored-or-quarantined; flush_keys()
+
+    def resolve_type(self, source: str, event_type: str) -> str: ...
+
+    def context(self, now: datetime, control: ControlState | None = None
+                ) -> DecisionContext: ...
+
+    def decider_at(self, ctx: DecisionContext, version: int | None = None) -> Decider: ...
+
+    def sweep_expiries(self, now: datetime) -> int: ...
+
+    def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]: ...
+
+    def observe_checkpoint(self) -> None: ...
