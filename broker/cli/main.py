@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import logs
+from broker.app.assembly import declares
 from broker.app.service import Broker, IngestReport
 from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
@@ -29,6 +30,7 @@ from broker.config import Settings, load_settings
 from broker.crypto.keystore import fields_sealed
 from broker.errors import BrokerError, CovenantError, InputError
 from broker.pipeline.ingest import split_lines
+from broker.pipeline.port import PartitionChains
 from broker.pipeline.signatures import read_signature_file
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -175,7 +177,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         data = _read_input(args.file)
         signatures = (read_signature_file(args.signatures)
                       if getattr(args, "signatures", None) else {})
-        if settings.backend == "kafka":  # produce to the ingress topic; `serve` decides
+        if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             return cli_kafka.ingest(args, broker, data, signatures)
@@ -264,11 +266,11 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.backend != "kafka" or args.audit_command != "verify":
+    if not declares(settings.backend, PartitionChains) or args.audit_command != "verify":
         return cli_audit.run(args, settings)  # the verifiable log: broker/cli/audit.py
     broker = Broker(settings)
     try:
-        if settings.backend == "kafka":  # one hash chain per audit partition
+        if broker.backend.partition_chains is not None:  # one hash chain per audit partition
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             return cli_kafka.audit_verify(args, broker)
@@ -320,13 +322,11 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
 def _purge_ingress(broker: Broker) -> int | None:
     """On Kafka: delete the ingress records serve has consumed (the raw input) now; None
     on the embedded backend, which keeps no raw input."""
-    from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
-    from broker.backends.kafka.purge import purge_once  # noqa: PLC0415 - Kafka only
-
-    if not isinstance(broker.log, KafkaEventLog):
+    purge = broker.backend.purge
+    if purge is None:
         return None
     try:
-        return len(purge_once(broker.log.clients, broker.log.layout))
+        return purge.purge_consumed_ingress()
     except BrokerError as exc:  # the erasure itself is done; serve purges at its interval
         broker.logger.warning("ingress purge failed", error=str(exc))
         return None
