@@ -260,10 +260,10 @@ class PortContract:
             "politie", "politie.woninginbraak", 2)
         assert sum(report.partitions.values()) == 2
 
-    def test_ingress_purge_purges_consumed_input_once(self, port: PortUnderTest) -> None:
+    def test_ingress_purge_purges_only_consumed_input(self, port: PortUnderTest) -> None:
         purge = port.broker.backend.purge
         if purge is None:
             pytest.skip("this backend keeps no raw input")
+        assert purge.purge_consumed_ingress() == 0  # nothing consumed yet
         port.release([f.woninginbraak(address={"wijk": "noord"})])
-        assert purge.purge_consumed_ingress() >= 1
-        assert purge.purge_consumed_ingress() == 0  # nothing consumed since
+        assert purge.purge_consumed_ingress() == 1  # the one partition serve consumed
