@@ -28,7 +28,8 @@ class TestKafkaPort(PortContract):
                     source, event_type = source_and_type(event)
                     ingress.publish(source, event_type,
                                     [(number, json.dumps(event).encode())])
-                serve(broker, now=NOW, until_idle=True)
+                report = serve(broker, now=NOW, until_idle=True)
+                assert report.consumed == len(events), report  # serve stopped early
 
             try:
                 yield PortUnderTest(broker, release)
