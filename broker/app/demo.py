@@ -229,7 +229,7 @@ def _summary(broker: Broker, reports: list[tuple[Step, IngestReport]], tombstone
     schema = broker.registry.get("records.audit_entry")
     decisions: Counter[tuple[str, str, str]] = Counter()
     reasons: dict[tuple[str, str], Counter[str]] = {}
-    for _, data in broker.log.audit_rows():
+    for data in broker.log.audit_entries():
         entry = schema.decode(data)
         if entry["name"] != "decide":
             continue

@@ -1,6 +1,7 @@
-"""The broker assembled: settings, schemas, covenant, keys and a backend, behind the
-operations the CLI (and later the HTTP API) offers. Data flows top to bottom:
-ingest -> store -> decide -> egress + audit, with expiry sweeps and audited reads.
+"""The broker's use cases over settings, schemas, covenant, keys and an assembled backend
+(broker/app/assembly.py), behind the operations the CLI and the HTTP API offer. Data flows
+top to bottom: ingest -> store -> decide -> egress + audit, with expiry sweeps and audited
+reads.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.entries import draft, new_trace_id, with_subjects
 from broker.audit.service import AuditLog, audit_setup
-from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import AuditReport
-from broker.backends.embedded.event_log import SqliteEventLog
 from broker.clock import local_date, to_millis
 from broker.config import Settings
-from broker.crypto.kek import FileKek
-from broker.crypto.keystore import DataKeyStore, DestroyedKey, SqliteKeyStore, fields_detail
+from broker.crypto.keystore import DataKeyStore, DestroyedKey, fields_detail
 from broker.crypto.sealing import Sealer
 from broker.errors import InvalidEvent, StorageError, UnknownSourceError
 from broker.keys import KeyStore, commitment
@@ -34,7 +33,7 @@ from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
-from broker.pipeline.port import EgressRecord, EventLog, NewEvent
+from broker.pipeline.port import DecisionSink, EgressRecord, EventLog, NewEvent, StoreWriter
 from broker.pipeline.signatures import load_source_keys
 from broker.pipeline.triage import Oversized, RawInput, Triage
 from broker.policy.control import ControlState
@@ -43,6 +42,9 @@ from broker.policy.decision import DecisionContext
 from broker.policy.plan import PlanSet, compile_plans
 
 DECIDER = "decide"
+
+SERVE_DECIDES = ("on the Kafka backend, `ingest` produces to the ingress topics and "
+                 "`covenant-broker serve --backend kafka` validates, stores and decides")
 
 
 @dataclass
@@ -113,35 +115,13 @@ class Broker:
         self.source_keys = load_source_keys(
             {name: source.public_key for name, source in settings.sources.items()},
             self.covenant.sources, self.registry.event_types())
-        self.log: EventLog
-        self.audit: AuditLog | None = None  # the verifiable audit log's reading side
-        self.data_keys: DataKeyStore
-        self.integrated: IntegratedAuditDb | None = None  # Kafka: `audit integrate` writes it
         setup = audit_setup(settings, self.covenant.covenant.id, self.keys,
                             self.registry.get("records.audit_entry"))
-        if settings.backend == "kafka":  # imported only when chosen: the embedded default
-            from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - needs no Kafka
-            from broker.backends.kafka.keys import KafkaKeyStore  # noqa: PLC0415 - needs no Kafka
-
-            kafka_log = KafkaEventLog(settings.kafka, self.registry, self.plans)
-            self.log = kafka_log
-            try:  # the compacted key topic, shared by every process of the deployment
-                self.data_keys = KafkaKeyStore(kafka_log.clients, kafka_log.layout.names.keys,
-                                               self.registry.get("records.data_key"),
-                                               FileKek(self.keys))
-            except BaseException:
-                kafka_log.close()
-                raise
-            # The audit chains sequenced into one verifiable log (broker/backends/
-            # kafka_audit_integrator.py): prove, query and subject-report read it.
-            self.integrated = IntegratedAuditDb(settings.data_dir, setup.sequencer)
-            self.audit = setup.audit_log(self.integrated.audit)
-        else:
-            embedded = SqliteEventLog(settings.data_dir / "broker.db",
-                                      self.registry.get("records.audit_entry"), setup.sequencer)
-            self.log, self.audit = embedded, setup.audit_log(embedded.audit)
-            self.data_keys = SqliteKeyStore(settings.data_dir / "keystore.db",
-                                            FileKek(self.keys))
+        self.backend: Backend = assemble(Parts(settings, self.registry, self.plans, self.keys,
+                                               setup))
+        self.log: EventLog = self.backend.log
+        self.audit: AuditLog | None = self.backend.audit  # the audit log's reading side
+        self.data_keys: DataKeyStore = self.backend.data_keys
         self.sealer = Sealer(self.registry, self.data_keys, self.keys.subject_key(),
                              self._retention_by_type(), settings.default_retention_days,
                              self.covenant.zone)
@@ -152,10 +132,20 @@ class Broker:
         self.metrics = BrokerMetrics()  # its own registry: see broker/metrics.py
 
     def close(self) -> None:
-        self.log.close()
-        self.data_keys.close()
-        if self.integrated is not None:
-            self.integrated.close()
+        self.backend.close()
+
+    @property
+    def writer(self) -> StoreWriter:
+        """The synchronous store writer; a backend without one decides in `serve`."""
+        if self.backend.writer is None:
+            raise StorageError(SERVE_DECIDES)
+        return self.backend.writer
+
+    @property
+    def decisions(self) -> DecisionSink:
+        if self.backend.decisions is None:
+            raise StorageError(SERVE_DECIDES)
+        return self.backend.decisions
 
     def _retention_by_type(self) -> dict[str, int]:
         """The longest retention among the purposes that may use each event type."""
@@ -167,10 +157,7 @@ class Broker:
 
     # -- the decision context ---------------------------------------------------------------
     def control_state(self) -> ControlState:
-        events = getattr(self.log, "control_events", None)
-        if events is None:  # a backend that keeps theme switches only
-            return ControlState.fold(self.log.theme_switches())
-        return ControlState.from_events(events())
+        return ControlState.from_events(self.log.control_events())
 
     def context(self, now: datetime, control: ControlState | None = None) -> DecisionContext:
         control = control if control is not None else self.control_state()
@@ -193,7 +180,7 @@ class Broker:
         return ", ".join(str(v) for v in sorted(known))
 
     def _stored_covenant(self, sha256: str) -> Covenant:
-        document = self.log.document(sha256) if hasattr(self.log, "document") else None
+        document = self.log.document(sha256)
         if document is None:
             raise StorageError(f"covenant text {sha256} is missing from the control log")
         return parse_covenant(document.decode("utf-8"), f"<covenant {sha256[:12]}>")
@@ -249,14 +236,14 @@ class Broker:
         report = IngestReport(source, event_type)
         result = self.triage.triage(
             (RawInput(source, event_type, position, raw, signatures.get(position))
-             for position, raw in inputs), now, self.log.duplicate_ids)
+             for position, raw in inputs), now, self.writer.duplicate_ids)
         report.dropped_fields = [(e.position, e.dropped_fields) for e in result.events
                                  if e.dropped_fields]
         events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, new_trace_id())
                   for e in result.events]
         quarantined, audits = result.quarantined, result.audits
         self.triage.flush_keys()
-        self.log.append_ingest(events, quarantined, audits, now_ms)
+        self.writer.append_ingest(events, quarantined, audits, now_ms)
         self.metrics.observe_input(event_type, len(events) + len(quarantined))
         self.metrics.observe_quarantine(q.reason_code for q in quarantined)
         self.metrics.observe_audit(len(audits))
@@ -290,7 +277,7 @@ class Broker:
         counts = DecideCounts()
         ctx = self.context(now)
         while True:
-            events = self.log.read_store(self.log.position(DECIDER),
+            events = self.log.read_store(self.decisions.position(DECIDER),
                                          self.settings.decide_batch_size)
             if not events:
                 return counts
@@ -298,7 +285,7 @@ class Broker:
             batch = self.decider_at(ctx).decide(events, ctx, DECIDER, counts)
             seconds = time.perf_counter() - started
             self.sealer.flush()
-            self.log.commit_decisions(batch, ctx.now_ms)
+            self.decisions.commit_decisions(batch, ctx.now_ms)
             self.metrics.observe_decisions(batch, len(events), seconds)
 
     def sweep_expiries(self, now: datetime) -> int:
@@ -312,7 +299,7 @@ class Broker:
         # LDV: a tombstone names the persons its release named
         batch.egress = [replace(eg, audit=with_subjects(
             eg.audit, self._data_subjects_at([eg.event_offset]))) for eg in batch.egress]
-        self.log.commit_decisions(batch, ctx.now_ms)
+        self.log.write_tombstones(batch, ctx.now_ms)
         self.metrics.observe_decisions(batch, 0, 0.0)  # tombstones: released, kind=tombstone
         return len(batch.egress)
 
@@ -427,7 +414,7 @@ class Broker:
             decision="destroy_keys", reason_code="erasure_request", reason=scrub(reason),
             detail={"keys": str(len(destroyed)), **fields_detail(destroyed),
                     "notices": str(len(batch.egress))}))
-        written = self.log.commit_decisions(batch, ctx.now_ms)
+        written = self.log.write_tombstones(batch, ctx.now_ms)
         self.metrics.observe_decisions(batch, 0, 0.0)  # notices: released, kind=tombstone
         self.metrics.observe_audit(len(batch.audits))
         notices: dict[str, int] = {}
@@ -443,7 +430,7 @@ class Broker:
         embedded backend, by a scan of every audit partition on Kafka (its integrated log
         is only as recent as the last `audit integrate`)."""
         schema = self.registry.get("records.audit_entry")
-        if self.audit is not None and self.settings.backend != "kafka":
+        if self.audit is not None and self.backend.audit_is_live:
             store = self.audit.store
             rows: Iterable[bytes] = (data for _, data in store.audit_entries_at(
                 store.subject_seqs(bytes.fromhex(pseudonym))))
@@ -466,4 +453,8 @@ class Broker:
     def verify_audit(self) -> AuditReport | ChainReport:
         if self.audit is not None:  # chain, Merkle tree, checkpoints and their consistency
             return self.audit.verify()
-        return verify_chain(self.registry.get("records.audit_entry"), self.log.audit_rows())
+        if self.backend.chain is None:
+            raise StorageError("this backend keeps one audit chain per partition; "
+                               "`covenant-broker audit verify` checks each of them")
+        return verify_chain(self.registry.get("records.audit_entry"),
+                            self.backend.chain.audit_rows())

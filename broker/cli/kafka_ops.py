@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from broker.app.assembly import declares
 from broker.app.service import Broker
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import pending_verdict
@@ -24,6 +25,7 @@ from broker.config import Settings
 from broker.errors import ConfigError, InputError
 from broker.metrics import parse_listen
 from broker.pipeline.ingest import split_lines
+from broker.pipeline.port import IngressPublisher
 
 EXIT_OK, EXIT_FINDINGS = 0, 1
 
@@ -33,14 +35,15 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 
 def _kafka_log(broker: Broker) -> KafkaEventLog:
-    if not isinstance(broker.log, KafkaEventLog):
+    log = broker.backend.capability(KafkaEventLog)
+    if log is None:
         raise ConfigError("this command needs the Kafka backend: pass --backend kafka "
                           "--bootstrap-servers HOST:PORT, or set backend: kafka")
-    return broker.log
+    return log
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.backend != "kafka":
+    if not declares(settings.backend, IngressPublisher):
         raise ConfigError("serve runs the Kafka pipeline: pass --backend kafka "
                           "--bootstrap-servers HOST:PORT (the embedded backend decides "
                           "synchronously in `ingest`)")
@@ -93,9 +96,9 @@ def ingest(args: argparse.Namespace, broker: Broker, data: bytes,
 
 
 def _integrated(broker: Broker) -> IntegratedAuditDb:
-    if broker.integrated is None:
+    if broker.backend.integrated is None:
         raise ConfigError("this command needs the Kafka backend's integrated audit log")
-    return broker.integrated
+    return broker.backend.integrated
 
 
 def audit_verify(args: argparse.Namespace, broker: Broker) -> int:

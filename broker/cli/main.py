@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from broker import logs
+from broker.app.assembly import declares
 from broker.app.erasure import IngressPurge, erase_subject
 from broker.app.service import Broker, IngestReport
 from broker.cli import acl as cli_acl
@@ -31,6 +32,7 @@ from broker.config import Settings, load_settings
 from broker.crypto.keystore import fields_sealed
 from broker.errors import BrokerError, CovenantError, InputError
 from broker.pipeline.ingest import read_lines
+from broker.pipeline.port import PartitionChains
 from broker.pipeline.signatures import read_signature_file
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -188,7 +190,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
-        if settings.backend == "kafka":  # produce to the ingress topic; `serve` decides
+        if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             data = _read_input(args.file)
@@ -286,11 +288,11 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.backend != "kafka" or args.audit_command != "verify":
+    if not declares(settings.backend, PartitionChains) or args.audit_command != "verify":
         return cli_audit.run(args, settings)  # the verifiable log: broker/cli/audit.py
     broker = Broker(settings)
     try:
-        if settings.backend == "kafka":  # one hash chain per audit partition
+        if broker.backend.partition_chains is not None:  # one hash chain per audit partition
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             return cli_kafka.audit_verify(args, broker)
@@ -343,13 +345,10 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
 def _purge_ingress(broker: Broker) -> IngressPurge | None:
     """On Kafka: the purge of the ingress records serve has consumed (the raw input); None
     on the embedded backend, which keeps no raw input."""
-    from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
-    from broker.backends.kafka.purge import purge_once  # noqa: PLC0415 - Kafka only
-
-    if not isinstance(broker.log, KafkaEventLog):
+    purge = broker.backend.purge
+    if purge is None:
         return None
-    log = broker.log
-    return lambda: len(purge_once(log.clients, log.layout))
+    return purge.purge_consumed_ingress
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

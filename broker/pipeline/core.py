@@ -9,21 +9,36 @@ satisfies it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from broker.config import Settings
 from broker.crypto.keystore import DataKeyStore, DestroyedKey
 from broker.metrics import BrokerMetrics
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline.decide import Decider
-from broker.pipeline.port import EventLog
+from broker.pipeline.port import EventLog, IngressPublisher
 from broker.pipeline.triage import Triage
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant
 from broker.policy.decision import DecisionContext
 
 
+T = TypeVar("T")
+
+
+class AssembledBackend(Protocol):
+    """The assembled backend as a backend's own modules see it (broker/app/assembly.py)."""
+
+    @property
+    def ingress(self) -> IngressPublisher | None: ...
+
+    def capability(self, kind: type[T]) -> T | None: ...
+
+
 class PipelineCore(Protocol):
+    @property
+    def backend(self) -> AssembledBackend: ...
+
     @property
     def settings(self) -> Settings: ...
 

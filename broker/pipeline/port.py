@@ -1,16 +1,26 @@
-"""The event log port: what the pipeline needs from a backend, and the rows it exchanges.
+"""The event log port: what the pipeline needs from a backend, split by capability, and
+the rows it exchanges.
 
-Each backend (embedded SQLite, Kafka) implements EventLog. The methods that take audit
-drafts are atomic: the rows and their audit entries are written together or not at all.
+The capabilities widen the way eventsourcing's recorders do: every backend reads the store,
+egress and control log, appends audit entries and writes tombstones (`EventLog`); the
+embedded backend also writes the store and decides synchronously (`StoreWriter`,
+`DecisionSink`); the Kafka backend instead publishes raw input to ingress for `serve`
+(`IngressPublisher`) and keeps one audit chain per partition (`PartitionChains`). A backend
+class names the capabilities it implements as its bases, and implements all of each;
+broker/app/assembly.py hands them out, the optional ones as `X | None`.
+
+The methods that take audit drafts are atomic: the rows and their audit entries are written
+together or not at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
+from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
 from broker.policy.control import ControlEvent, ThemeSwitch
 
@@ -94,18 +104,46 @@ class DecisionBatch:
     audits: list[Draft] = field(default_factory=list)  # withheld decisions and the like
 
 
-class EventLog(Protocol):
-    def append_ingest(self, events: list[NewEvent], quarantined: list[Quarantined],
-                      audits: list[Draft], now_ms: int) -> list[StoredEvent]: ...
+@dataclass
+class IngressReport:
+    """What publishing raw input to ingress did (`ingest` on a backend that decides in
+    `serve`)."""
 
-    def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]: ...
+    source: str
+    event_type: str
+    topic: str
+    produced: int = 0
+    partitions: dict[int, int] = field(default_factory=dict)
 
-    def read_store(self, after: int, limit: int) -> list[StoredEvent]: ...
 
-    def position(self, consumer: str) -> int: ...
+def check_tombstone_batch(batch: DecisionBatch) -> None:
+    """A tombstone batch (expiry, erasure notices) moves no consumer position and holds
+    tombstones only: the decide step's records go through DecisionSink."""
+    if batch.position >= 0:
+        raise ValueError(f"a tombstone batch carries no consumer position (got "
+                         f"{batch.position}); decisions go through commit_decisions")
+    kinds = sorted({eg.kind for eg in batch.egress} - {"tombstone"})
+    if kinds:
+        raise ValueError(f"a tombstone batch holds tombstones only (got {', '.join(kinds)})")
 
-    def commit_decisions(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]: ...
 
+# -- every backend ----------------------------------------------------------------------------
+class StoreReader(Protocol):
+    def read_store(self, after: int, limit: int) -> list[StoredEvent]:
+        """Stored events with a store offset after `after`, in offset order."""
+        ...
+
+    def quarantine_count(self) -> int: ...
+
+
+class TombstoneWriter(Protocol):
+    def write_tombstones(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
+        """Expiry tombstones or erasure notices with their audit entries, atomically; the
+        batch moves no consumer position (check_tombstone_batch)."""
+        ...
+
+
+class EgressReader(Protocol):
     def read_egress(self, recipient: str, purpose: str | None,
                     from_offset: int) -> list[EgressRecord]: ...
 
@@ -119,6 +157,8 @@ class EventLog(Protocol):
         ends yet (expiry or erasure notice), in the order given."""
         ...
 
+
+class ControlLog(Protocol):
     def append_theme_switch(self, theme: str, on: bool, effective_ms: int,
                             audit: Draft, now_ms: int) -> ThemeSwitch: ...
 
@@ -131,14 +171,63 @@ class EventLog(Protocol):
 
     def document(self, sha256: str) -> bytes | None: ...
 
-    def append_audit(self, audits: list[Draft], now_ms: int) -> None: ...
 
-    def audit_rows(self) -> Iterator[tuple[int, bytes]]: ...
+class AuditAppender(Protocol):
+    def append_audit(self, audits: list[Draft], now_ms: int) -> None: ...
 
     def audit_entries(self) -> Iterator[bytes]:
         """Every audit entry (on Kafka: partition by partition)."""
         ...
 
-    def quarantine_count(self) -> int: ...
+
+class EventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, AuditAppender,
+               Protocol):
+    """What every backend's event log implements."""
 
     def close(self) -> None: ...
+
+
+# -- the synchronous pipeline (embedded) ------------------------------------------------------
+class StoreWriter(Protocol):
+    def append_ingest(self, events: list[NewEvent], quarantined: list[Quarantined],
+                      audits: list[Draft], now_ms: int) -> list[StoredEvent]: ...
+
+    def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]: ...
+
+
+class DecisionSink(Protocol):
+    """The decide step's output recorded atomically with the store position it consumed,
+    so a batch is decided exactly once."""
+
+    def position(self, consumer: str) -> int: ...
+
+    def commit_decisions(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]: ...
+
+
+class AuditChain(Protocol):
+    """The audit log as one hash chain, by sequence number."""
+
+    def audit_rows(self) -> Iterator[tuple[int, bytes]]: ...
+
+
+# -- the asynchronous pipeline (Kafka) --------------------------------------------------------
+class IngressPublisher(Protocol):
+    """`ingest` publishes raw input and returns; a long-running `serve` validates, stores
+    and decides."""
+
+    def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
+                signatures: Mapping[int, bytes] | None = None) -> IngressReport: ...
+
+
+class IngressPurge(Protocol):
+    """The backend keeps raw input (in plaintext) until purged."""
+
+    def purge_consumed_ingress(self) -> int:
+        """Delete the raw input `serve` consumed; the number of partitions purged."""
+        ...
+
+
+class PartitionChains(Protocol):
+    """The audit log as one hash chain per audit partition."""
+
+    def verify_audit_partitions(self) -> dict[int, ChainReport]: ...

@@ -329,14 +329,16 @@ async def verify_now(request: Request, user: FgUser,
 
 def _kafka_sources(broker: Broker) -> dict[str, Any]:
     """Kafka: the audit chains against the integrated log, as `audit verify` checks them."""
-    if broker.integrated is None:
+    integrated = broker.backend.integrated
+    if integrated is None:
         return {}
     from broker.backends.kafka.audit_integrator import check_integrated  # noqa: PLC0415
     from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
 
-    if not isinstance(broker.log, KafkaEventLog):
+    log = broker.backend.capability(KafkaEventLog)  # the chains the integrated log covers
+    if log is None:
         return {}
-    check = check_integrated(broker.log, broker.integrated)
+    check = check_integrated(log, integrated)
     return {"pending": sum(check.pending.values()), "problem": check.problem}
 
 

@@ -30,12 +30,21 @@ from broker.audit.sqlite_tx import (
 from broker.errors import StorageError
 from broker.model.schemas import Schema
 from broker.pipeline.port import (
+    AuditAppender,
+    AuditChain,
+    ControlLog,
     DecisionBatch,
+    DecisionSink,
+    EgressReader,
     EgressRecord,
     NewEgress,
     NewEvent,
     Quarantined,
     StoredEvent,
+    StoreReader,
+    StoreWriter,
+    TombstoneWriter,
+    check_tombstone_batch,
 )
 from broker.policy.control import ControlEvent, ThemeSwitch
 
@@ -103,8 +112,10 @@ CREATE TABLE IF NOT EXISTS documents (
 _IMMUTABLE = ("store", "egress", "audit", "control", "documents")
 
 
-class SqliteEventLog:
-    """EventLog on SQLite. One instance per process; writers in other processes serialise."""
+class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, EgressReader,
+                     ControlLog, AuditAppender, AuditChain):
+    """The whole port on SQLite, the synchronous pipeline included. One instance per
+    process; writers in other processes serialise."""
 
     def __init__(self, path: Path, audit_schema: Schema,
                  sequencer: AuditSequencer | None = None) -> None:
@@ -244,6 +255,10 @@ class SqliteEventLog:
                            "ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
                            (batch.consumer, batch.position))
         return written
+
+    def write_tombstones(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
+        check_tombstone_batch(batch)
+        return self.commit_decisions(batch, now_ms)
 
     # -- egress ----------------------------------------------------------------------------
     _EGRESS_COLS = ("recipient, purpose, egress_offset, event_type, kind, payload, "

@@ -1,11 +1,11 @@
 """The event log port on Kafka, for commands: consume, control, expiry sweeps, verification.
 
-The embedded backend's synchronous pipeline (append_ingest, duplicate_ids, position) has no
-counterpart here: on Kafka, `ingest` produces to the ingress topics and `serve`
-(broker/backends/kafka/runner.py, broker/backends/kafka/pipeline.py) validates, stores and
-decides, one
-transaction per partition and batch. Those port methods refuse with a message that says so.
-read_store works: it reads the store topic by store position (offset * N + partition).
+The embedded backend's synchronous pipeline (StoreWriter, DecisionSink) has no counterpart
+here, and this class does not declare it: on Kafka, `ingest` publishes to the ingress
+topics (IngressPublisher) and `serve` (broker/backends/kafka/runner.py,
+broker/backends/kafka/pipeline.py) validates, stores and decides, one transaction per
+partition and batch. read_store works: it reads the store topic by store position
+(offset * N + partition).
 
 Reads are read_committed: a record is visible once its transaction committed, and a
 consume reads each stream up to its last stable offset at the time of the read.
@@ -13,7 +13,7 @@ consume reads each stream up to its last stable offset at the time of the read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 from typing import Any
 
@@ -26,23 +26,28 @@ from broker.backends.kafka.commands import CommandWriter, ControlReader, ExpiryI
 from broker.backends.kafka.egress import to_egress_record
 from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.io import Clients, header, last_committed, read_all, read_range
+from broker.backends.kafka.purge import purge_once
 from broker.backends.kafka.topics import Layout, ensure_topics
 from broker.config.kafka import KafkaConfig, split_position, store_position
-from broker.errors import StorageError
 from broker.logs import get_logger
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline.port import (
+    AuditAppender,
+    ControlLog,
     DecisionBatch,
+    EgressReader,
     EgressRecord,
-    NewEvent,
-    Quarantined,
+    IngressPublisher,
+    IngressPurge,
+    IngressReport,
+    PartitionChains,
     StoredEvent,
+    StoreReader,
+    TombstoneWriter,
+    check_tombstone_batch,
 )
 from broker.policy.control import ControlEvent, ThemeSwitch
 from broker.policy.plan import PlanSet
-
-_SERVE_DECIDES = ("on the Kafka backend, `ingest` produces to the ingress topics and "
-                  "`covenant-broker serve --backend kafka` validates, stores and decides")
 
 
 def open_layout(cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> Layout:
@@ -62,7 +67,8 @@ def open_layout(cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> L
     return layout
 
 
-class KafkaEventLog:
+class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, AuditAppender,
+                    PartitionChains, IngressPurge, IngressPublisher):
     def __init__(self, cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> None:
         self.cfg = cfg
         self.layout = open_layout(cfg, registry, plans)
@@ -79,13 +85,16 @@ class KafkaEventLog:
         with kafka_errors("closing the reader"):
             self.reader.close()
 
-    # -- the synchronous pipeline belongs to serve on Kafka --------------------------------
-    def append_ingest(self, events: list[NewEvent], quarantined: list[Quarantined],
-                      audits: list[Draft], now_ms: int) -> list[StoredEvent]:
-        raise StorageError(_SERVE_DECIDES)
+    # -- ingress: serve validates, stores and decides ---------------------------------------
+    def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
+                signatures: Mapping[int, bytes] | None = None) -> IngressReport:
+        # imported here: the producer side pulls in the partition worker's module
+        from broker.backends.kafka.ingress import produce  # noqa: PLC0415 - import cycle
 
-    def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]:
-        raise StorageError(_SERVE_DECIDES)
+        return produce(self, source, event_type, lines, signatures)
+
+    def purge_consumed_ingress(self) -> int:
+        return len(purge_once(self.clients, self.layout))
 
     def read_store(self, after: int, limit: int) -> list[StoredEvent]:
         """Stored events with a store position after `after`, in position order.
@@ -106,9 +115,6 @@ class KafkaEventLog:
         events = [_stored_event(record, store_position(record.offset, tp.partition, n))
                   for tp, records in found.items() for record in records]
         return sorted(events, key=lambda e: e.offset)[:limit]
-
-    def position(self, consumer: str) -> int:
-        raise StorageError(_SERVE_DECIDES)
 
     # -- expiry ----------------------------------------------------------------------------
     def expiring(self, before: date) -> list[EgressRecord]:
@@ -137,9 +143,8 @@ class KafkaEventLog:
                     out.append(record)
         return out
 
-    def commit_decisions(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
-        if batch.position >= 0 or any(eg.kind != "tombstone" for eg in batch.egress):
-            raise StorageError(_SERVE_DECIDES)
+    def write_tombstones(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
+        check_tombstone_batch(batch)
         self.logger.info("writing expiry tombstones", due=len(batch.egress))
         return self.commands.write_tombstones(batch)
 
@@ -190,10 +195,6 @@ class KafkaEventLog:
     # -- audit -----------------------------------------------------------------------------
     def append_audit(self, audits: list[Draft], now_ms: int) -> None:
         self.commands.append_audit(audits)
-
-    def audit_rows(self) -> Iterator[tuple[int, bytes]]:
-        raise StorageError("on the Kafka backend the audit log is one hash chain per audit "
-                           "partition; verify it with verify_audit_partitions()")
 
     def audit_entries(self) -> Iterator[bytes]:
         tps = [TopicPartition(self.layout.names.audit, p)

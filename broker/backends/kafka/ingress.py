@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker.backends.kafka.errors import kafka_errors
-from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import close_quietly, headers
 from broker.backends.kafka.pipeline import home_partition
 from broker.errors import StorageError
 from broker.pipeline.core import PipelineCore
+from broker.pipeline.port import IngressReport
 from broker.pipeline.signatures import SIGNATURE_HEADER
+
+if TYPE_CHECKING:  # the event log imports this module when it publishes
+    from broker.backends.kafka.event_log import KafkaEventLog
 
 SEND_TIMEOUT_S = 60.0
 
-
-@dataclass
-class ProduceReport:
-    source: str
-    event_type: str
-    topic: str
-    produced: int = 0
-    partitions: dict[int, int] = field(default_factory=dict)
+ProduceReport = IngressReport  # the name this module's callers know
 
 
 def event_id_of(line: bytes) -> str | None:
@@ -46,10 +42,16 @@ def event_id_of(line: bytes) -> str | None:
 def produce_lines(broker: PipelineCore, source: str, event_type: str,
                   lines: Iterable[tuple[int, bytes]],
                   signatures: Mapping[int, bytes] | None = None) -> ProduceReport:
-    if not isinstance(broker.log, KafkaEventLog):
+    publisher = broker.backend.ingress
+    if publisher is None:
         raise StorageError("produce_lines needs the Kafka backend")
-    log = broker.log
-    full = broker.resolve_type(source, event_type)
+    return publisher.publish(source, broker.resolve_type(source, event_type), lines,
+                             signatures)
+
+
+def produce(log: KafkaEventLog, source: str, full: str, lines: Iterable[tuple[int, bytes]],
+            signatures: Mapping[int, bytes] | None = None) -> ProduceReport:
+    """KafkaEventLog.publish: the lines of a resolved event type to its ingress topic."""
     topic = log.layout.names.ingress(full)
     report = ProduceReport(source, full, topic)
     producer = log.clients.producer()

@@ -236,8 +236,8 @@ class PartitionWorker:
     def _send_keys(self) -> None:
         """Start writing the data keys created so far; their acknowledgement then overlaps
         this transaction's own flushes instead of adding a round trip of its own."""
-        keys = self.broker.data_keys
-        if isinstance(keys, KafkaKeyStore):
+        keys = self.broker.backend.capability(KafkaKeyStore)
+        if keys is not None:
             keys.send_new()
 
 

@@ -118,11 +118,12 @@ class Server:
     def __init__(self, broker: PipelineCore, *, now: datetime | None = None,
                  until_idle: bool = False, metrics_listen: str | None = None,
                  denials: DenialTail | None = None) -> None:
-        if not isinstance(broker.log, KafkaEventLog):
+        log = broker.backend.capability(KafkaEventLog)
+        if log is None:
             raise StorageError("serve runs the Kafka pipeline: pass --backend kafka and "
                                "--bootstrap-servers HOST:PORT (or set backend: kafka)")
         self.broker = broker
-        self.log: KafkaEventLog = broker.log
+        self.log: KafkaEventLog = log
         self.layout = self.log.layout
         self.cfg = self.layout.cfg
         self.now = now
