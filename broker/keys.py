@@ -340,7 +340,10 @@ class KeyStore:
                 if name in CORE_KEYS and held:
                     raise KeyFileError(self._lost(path, name, "this data dir already holds "
                                                               + ", ".join(held)))
-                create_private(path, kind.generate())
+                if not create_private(path, kind.generate()):  # the name is taken, yet
+                    raise KeyFileError(  # unreadable: a link to nothing
+                        f"{path}: a link to a file that does not exist; restore the key it "
+                        "pointed to, or remove the link on a fresh data dir")
                 value = read_private(path)
             found = kind.key_id(value, path)
             if recorded is not None and recorded != found:

@@ -322,3 +322,13 @@ def test_a_core_key_is_not_made_beside_existing_data(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match=r"already holds broker\.db"):
         store.initialise()
     assert not (tmp_path / "keys" / "kek.key").exists()
+
+
+def test_a_dangling_link_in_a_keys_place_is_refused_and_nothing_is_made_through_it(
+        tmp_path: Path) -> None:
+    keys, target = tmp_path / "keys", tmp_path / "elsewhere.key"
+    keys.mkdir(mode=0o700)
+    (keys / "subject.key").symlink_to(target)
+    with pytest.raises(KeyFileError, match="a link to a file that does not exist"):
+        KeyStore(keys).subject_key()
+    assert not target.exists()
