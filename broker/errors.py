@@ -18,6 +18,16 @@ class ConfigError(BrokerError):
     """A configuration file or setting is invalid; the message names the file and key."""
 
 
+class KeyFileError(ConfigError):
+    """A key file is missing, replaced or malformed where data depends on it: restore it
+    from backup (broker/keys.py never makes a new one there)."""
+
+
+class UnsafeFileError(ConfigError):
+    """A secret or personal-data file (or its directory) that others could read or that
+    another user owns; the message names the file, its mode and the fix."""
+
+
 class CovenantError(BrokerError):
     """A covenant file is invalid; `problems` holds one `file:key: problem` line each."""
 

@@ -19,13 +19,14 @@ from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.entries import draft, new_trace_id, with_subjects
 from broker.audit.service import AuditLog, audit_setup
+from broker.audit.sqlite_integrated import DB_NAME as INTEGRATED_DB
 from broker.audit.verify import AuditReport
 from broker.clock import local_date, to_millis
 from broker.config import Settings
 from broker.crypto.keystore import DataKeyStore, DestroyedKey, fields_detail
 from broker.crypto.sealing import Sealer
 from broker.errors import InvalidEvent, StorageError, UnknownSourceError
-from broker.keys import KeyStore, commitment
+from broker.keys import KeyStore, commitment, private_dir
 from broker.logs import add_personal_keys, get_logger, scrub
 from broker.metrics import BrokerMetrics
 from broker.model.json_input import Limits
@@ -42,6 +43,8 @@ from broker.policy.decision import DecisionContext
 from broker.policy.plan import PlanSet, compile_plans
 
 DECIDER = "decide"
+# What the data dir holds under its keys (events, data keys, the Kafka integrated audit).
+_DATA_FILES = ("broker.db", "keystore.db", INTEGRATED_DB)
 
 SERVE_DECIDES = ("on the Kafka backend, `ingest` produces to the ingress topics and "
                  "`covenant-broker serve --backend kafka` validates, stores and decides")
@@ -71,6 +74,16 @@ class ErasureReport:
 
     destroyed: list[DestroyedKey]
     notices: dict[str, int] = field(default_factory=dict)  # "recipient/purpose" -> notices
+    # Records the audit says were released about the person and that no tombstone has
+    # closed yet (not expired, not noticed by an earlier erasure).
+    releases_open: int = 0
+
+    @property
+    def keys_missing(self) -> bool:
+        """Released data under this person, yet no data key to destroy: the keys were lost
+        or replaced (a restored key store, another subject key), so the erasure may not
+        have made anything unreadable. The CLI reports it and exits 1."""
+        return self.releases_open > 0 and not self.destroyed
 
 
 @dataclass(frozen=True)
@@ -106,8 +119,12 @@ class Broker:
         self.policy_path = settings.policy_file()
         self.covenant: Covenant = load_covenant(self.policy_path)
         self.policy_sha = hashlib.sha256(self.policy_path.read_bytes()).hexdigest()
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.keys = KeyStore(settings.data_dir / "keys")
+        private_dir(settings.data_dir)  # personal data and keys: the user's alone, 0700
+        # The keys first, before any database exists: a fresh data dir gets all its keys
+        # now; one that holds data refuses a missing or replaced key (broker/keys.py).
+        self.keys = KeyStore(settings.data_dir / "keys",
+                             [settings.data_dir / name for name in _DATA_FILES])
+        self.keys.initialise()
         self.plans: PlanSet = compile_plans(self.covenant, self.registry,
                                             self.keys.pseudonym_key, str(self.policy_path))
         self.limits = Limits(settings.limits.max_string_bytes, settings.limits.max_event_bytes,
@@ -402,6 +419,7 @@ class Broker:
         ctx = self.context(now)
         released = self.log.without_tombstone(erasure.released_in(
             self._entries_about(pseudonym), pseudonym))
+        releases_open = sum(1 for record in released if record.kind == "record")
         batch = erasure.notices(released, self.decider_at(ctx).plans,
                                 self.registry.get("records.tombstone"),
                                 self.keys.commitment_key(), ctx)
@@ -423,7 +441,7 @@ class Broker:
             notices[stream] = notices.get(stream, 0) + 1
         self.logger.info("subject erased", keys=len(destroyed), notices=len(written),
                          streams=len(notices))
-        return ErasureReport(destroyed, notices)
+        return ErasureReport(destroyed, notices, releases_open)
 
     def _entries_about(self, pseudonym: str) -> Iterator[dict[str, Any]]:
         """Audit entries that may name the subject: through the subject index on the

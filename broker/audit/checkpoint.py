@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from broker.audit.merkle import (
     verify_inclusion,
 )
 from broker.errors import TrustAnchorError
+from broker.keys import new_signing_pem, read_or_create_private, signing_key_from_pem
 
 __all__ = [
     "ALG_ED25519",
@@ -417,44 +417,12 @@ def check_inclusion(
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the Ed25519 key in PEM (PKCS#8, unencrypted) at `path`, creating it if absent.
 
-    A new key file is created atomically-exclusive (O_CREAT|O_EXCL, no symlink follow)
-    with mode 0600. Error messages name the file, never its contents.
+    The file rule and the atomic creation are broker/keys.py's: refused unless 0600 and
+    the user's; a new key is written to a 0600 temporary file, fsynced and linked into
+    place under a lock, so concurrent first use ends with one key and no reader sees half
+    a file. Error messages name the file, never its contents.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        return _load_signing_key(path)
-    try:
-        os.fchmod(fd, 0o600)  # independent of the umask
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        view = memoryview(pem)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return key
-
-
-def _load_signing_key(path: Path) -> Ed25519PrivateKey:
-    data = path.read_bytes()
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise ValueError(f"{path}: not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 private key")
-    return key
+    return signing_key_from_pem(read_or_create_private(path, new_signing_pem), path)
 
 
 def export_public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:

@@ -17,7 +17,6 @@ from broker.audit.checkpoint import (
     CheckpointSigner,
     VerifierKey,
     export_public_key_pem,
-    load_or_create_signing_key,
     open_checkpoint,
     parse_verifier_key,
 )
@@ -27,7 +26,8 @@ from broker.audit.store import AuditStore, QueryFilter
 from broker.audit.subject_report import subject_report
 from broker.audit.verify import AuditReport, Verdict, verdict, verify_log
 from broker.config import Settings
-from broker.keys import KeyStore
+from broker.errors import KeyFileError
+from broker.keys import KeyStore, signing_key_from_pem
 from broker.model.render import to_json
 from broker.model.schemas import Schema
 
@@ -37,9 +37,13 @@ def default_origin(log_id: str | None, covenant_id: str) -> str:
 
 
 def load_signer(keys: KeyStore, origin: str) -> CheckpointSigner:
-    """The checkpoint signer; its key file (separate from the data keys) is made once, 0600."""
-    keys.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return CheckpointSigner(load_or_create_signing_key(keys.signing_key_path), origin)
+    """The checkpoint signer; its key file (separate from the data keys) is kept like them:
+    made once, 0600, recorded in the key manifest and refused when missing or replaced."""
+    try:
+        key = signing_key_from_pem(keys.signing_key_pem(), keys.signing_key_path)
+    except ValueError as exc:  # the manifest's id check parses it first: a safeguard
+        raise KeyFileError(str(exc)) from None
+    return CheckpointSigner(key, origin)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from broker.audit.sequencer import AuditSequencer
 from broker.audit.sqlite_store import SqliteAudit
 from broker.audit.sqlite_tx import AUDIT_TABLE, append_only, read_rows, write_transaction
 from broker.errors import StorageError
+from broker.keys import private_db
 
 DB_NAME = "audit-kafka.db"
 LOCK_NAME = "audit-kafka.lock"
@@ -49,9 +50,7 @@ class IntegratedAuditDb:
     def __init__(self, data_dir: Path, sequencer: AuditSequencer) -> None:
         self.path = data_dir / DB_NAME
         self._lock: int | None = None
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            self.path.touch(mode=0o600)  # pseudonyms and decisions: owner only
+        private_db(self.path)  # pseudonyms and decisions: owner only, 0600 from the start
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -35,7 +35,7 @@ from broker.cli.verify_options import add_verify_options, read_text, verify_pinn
 from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
 from broker.config import Settings
 from broker.errors import ConfigError, InputError, StorageError
-from broker.keys import keyed_pseudonym
+from broker.keys import keyed_pseudonym, write_private
 from broker.model.schemas import SchemaRegistry
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -142,7 +142,16 @@ def _write_json(payload: dict[str, Any], out: Path | None, compact: bool) -> Non
     if out is None:
         print(text)
     else:
-        out.write_text(text + "\n", encoding="utf-8")
+        _write_out(out, (text + "\n").encode())
+
+
+def _write_out(path: Path, data: bytes) -> None:
+    """A report or export file: it names people (pseudonyms, disclosures), so it is
+    created 0600 from the start (broker/keys.py), like every personal-data file."""
+    try:
+        write_private(path, data)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be written: {exc.strerror}") from None
 
 
 # -- operator ------------------------------------------------------------------------------
@@ -354,7 +363,7 @@ def _subject_report(args: argparse.Namespace, broker: Broker, audit: AuditLog) -
     generated = iso_instant(parse_instant(args.now) if args.now else now_utc())
     report = audit.subject_report(pseudonym, id_type, generated, describe)
     if args.html is not None:
-        args.html.write_text(render_html(report, covenant.zone), encoding="utf-8")
+        _write_out(args.html, render_html(report, covenant.zone).encode())
     if args.out is not None:
         _write_json(report, args.out, compact=False)
     if args.json:

@@ -324,22 +324,30 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         broker.close()
     seconds = time.perf_counter() - started
     purged = outcome.ingress_partitions_purged
-    destroyed, notices = outcome.erased.destroyed, outcome.erased.notices
+    erased = outcome.erased
+    destroyed, notices = erased.destroyed, erased.notices
     fields = fields_sealed(destroyed)  # None on Kafka: the key topic keeps no counts
     payload = {"keys_destroyed": len(destroyed), "fields_unrecoverable": fields,
                "retention_dates": sorted({k.retention_until.isoformat() for k in destroyed}),
                "erasure_notices": dict(sorted(notices.items())),
                "ingress_partitions_purged": purged,
+               "releases_open": erased.releases_open, "keys_missing": erased.keys_missing,
                "seconds": round(seconds, 4)}
     told = ("; erasure notices: " + ", ".join(f"{n} to {stream}"
                                               for stream, n in sorted(notices.items()))
             if notices else "; no recipient needed an erasure notice")
     unrecoverable = "" if fields is None else f", {fields} sealed fields unrecoverable"
-    _emit(args, payload, (f"erased: {len(destroyed)} data keys destroyed{unrecoverable}"
-          if destroyed else
-          "no data keys left for this person (already erased or never stored)")
-          + f"{told} ({seconds * 1000:.1f} ms)")
-    return EXIT_OK
+    if erased.keys_missing:
+        headline = (f"erasure INCOMPLETE: {erased.releases_open} releases recorded, 0 keys "
+                    "destroyed: the audit names this person in released records, but no data "
+                    "key of theirs was found to destroy (keys lost or replaced: a restored "
+                    "key store or subject key?), so their data may still be readable")
+    elif destroyed:
+        headline = f"erased: {len(destroyed)} data keys destroyed{unrecoverable}"
+    else:
+        headline = "no data keys left for this person (already erased or never stored)"
+    _emit(args, payload, headline + f"{told} ({seconds * 1000:.1f} ms)")
+    return EXIT_FINDINGS if erased.keys_missing else EXIT_OK
 
 
 def _purge_ingress(broker: Broker) -> IngressPurge | None:

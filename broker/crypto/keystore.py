@@ -29,6 +29,7 @@ from broker.crypto.kek import KeyEncryptionKey
 from broker.crypto.key_ids import new_key_id
 from broker.crypto.sealing import DataKeys
 from broker.errors import StorageError
+from broker.keys import private_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -90,9 +91,7 @@ class SqliteKeyStore:
         self._counts: dict[str, int] = {}
         self._data_version = -1
         self._checked_at = 0.0
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.touch(mode=0o600)
+        private_db(path)  # wrapped keys: owner only, 0600 from the start
         try:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             self.db.execute("PRAGMA journal_mode=WAL")

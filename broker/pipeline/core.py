@@ -22,7 +22,6 @@ from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant
 from broker.policy.decision import DecisionContext
 
-
 T = TypeVar("T")
 
 

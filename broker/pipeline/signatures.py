@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.errors import ConfigError, InputError, InvalidEvent
+from broker.keys import create_private, read_private
 from broker.pipeline.ingest import source_of, split_lines
 
 SIGNATURE_HEADER = "cb-sig"
@@ -79,7 +80,7 @@ def load_public_key(path: Path, where: str) -> Ed25519PublicKey:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_private(path), password=None)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read: {exc.strerror}") from None
     except (ValueError, TypeError):
@@ -97,14 +98,10 @@ def keygen(stem: Path) -> tuple[Path, Path]:
         if path.exists():
             raise InputError(f"{path}: exists; not overwriting a key")
     private.parent.mkdir(parents=True, exist_ok=True)
-    private.touch(mode=0o600)
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    if not create_private(private, pem):  # 0600 from the start, written whole or not at all
+        raise InputError(f"{private}: exists; not overwriting a key")
     public.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

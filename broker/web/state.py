@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.errors import StorageError
+from broker.keys import private_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_token (
@@ -66,9 +67,7 @@ class WebState:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / FILE_NAME
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            self.path.touch(mode=0o600)
+        private_db(self.path)  # accounts and sessions: owner only, 0600 from the start
         with self._db() as db:
             db.executescript(_SCHEMA)
 

@@ -622,6 +622,7 @@ def test_signing_key_is_created_with_mode_0600_and_reused(tmp_path: Path) -> Non
 def test_signing_key_file_with_another_key_type_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "ec.pem"
     ec_key = ec.generate_private_key(ec.SECP256R1())
+    path.touch(mode=0o600)  # a key file passes the mode rule only when 0600
     path.write_bytes(
         ec_key.private_bytes(
             serialization.Encoding.PEM,
@@ -635,6 +636,7 @@ def test_signing_key_file_with_another_key_type_is_rejected(tmp_path: Path) -> N
 
 def test_garbage_key_file_is_rejected_without_echoing_it(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pem"
+    path.touch(mode=0o600)  # a key file passes the mode rule only when 0600
     path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXZhbHVl\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ValueError, match="not an unencrypted PEM private key") as caught:
         load_or_create_signing_key(path)

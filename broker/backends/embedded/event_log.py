@@ -28,6 +28,7 @@ from broker.audit.sqlite_tx import (
     write_transaction,
 )
 from broker.errors import StorageError
+from broker.keys import private_db
 from broker.model.schemas import Schema
 from broker.pipeline.port import (
     AuditAppender,
@@ -121,9 +122,7 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
                  sequencer: AuditSequencer | None = None) -> None:
         self.path = path
         self.audit_schema = audit_schema
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            path.touch(mode=0o600)  # the store holds personal data: owner only
+        private_db(path)  # the store holds personal data: owner only, 0600 from the start
         try:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             self.db.execute("PRAGMA journal_mode=WAL")
