@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker import cli
+from broker.audit import verify_derived
 from broker.audit.store import QueryFilter
 from tests.unit.audit_support import audit_of, build_log, copy_log, open_broker, tampering, verify
 
@@ -28,6 +29,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("derived") / "data"
     build_log(path)
     return path
+
+
+@pytest.fixture(autouse=True, params=["one pass", "ranges of 8 on workers"])
+def ranges(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways the check runs: one pass, and seq ranges in worker processes (a large
+    log's path, here with ranges small enough for the 39-entry log to have five)."""
+    if request.param != "one pass":
+        monkeypatch.setattr(verify_derived, "_RANGE", 8)
 
 
 @pytest.fixture
