@@ -13,6 +13,7 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from broker import cli
 from broker.audit import verify_derived
+from broker.audit.report_html import render_html
 from broker.audit.store import QueryFilter
 from tests.unit.audit_support import audit_of, build_log, copy_log, open_broker, tampering, verify
 
@@ -207,3 +209,13 @@ def test_any_single_edit_is_reported_or_changes_no_output(template: Path, tmp_pa
     else:
         assert report.problem is not None
         assert report.problem.startswith(("audit_index seq", "audit_subject seq"))
+
+
+def test_a_subject_report_states_the_checkpoint_it_is_complete_up_to(log: Path) -> None:
+    person = pseudonyms(log)[0].hex()
+    verified = verify(log)
+    assert verified.unsigned == 0
+    with open_broker(log) as broker:
+        report = audit_of(broker).subject_report(person, "bsn", "2026-05-10T12:00:00Z")
+    assert report["complete_up_to"] == {"size": verified.signed_size, "root": verified.root}
+    assert verified.root in render_html(report, ZoneInfo("Europe/Amsterdam"))
