@@ -43,7 +43,7 @@ def valid_pseudonym(text: str) -> bool:
     return bool(_PSEUDONYM.fullmatch(text))
 
 
-def _section(entry: dict[str, Any]) -> str:
+def section_of(entry: dict[str, Any]) -> str:
     decision = entry.get("decision")
     if decision in ("release", "expire", "erase"):
         return "disclosures"
@@ -123,7 +123,7 @@ def subject_report(store: AuditStore, schema: Schema, *, pseudonym: str, id_type
         else:
             item["proof"] = None
             unsigned += 1
-        report[_section(entry)].append(item)
+        report[section_of(entry)].append(item)
     report["summary"] = {**{section: len(report[section]) for section in SECTIONS},
                          "not_yet_signed": unsigned}
     return report

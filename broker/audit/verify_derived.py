@@ -23,6 +23,8 @@ import fastavro
 
 from broker.audit import verify_bulk
 from broker.audit.sequencer import subject_keys
+from broker.audit.store import AuditStore
+from broker.audit.subject_report import SECTIONS, section_of
 from broker.clock import to_millis
 from broker.model.codec import MARKER
 from broker.model.schemas import Schema
@@ -180,4 +182,31 @@ def _compare(entry_rows: Iterator[tuple[int, bytes]], index: Iterator[tuple[Any,
     if pending_subject is not None:
         return (f"audit_subject seq {pending_subject[0]}: a row for an entry that is not in "
                 "the log")
+    return None
+
+
+def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any]
+                      ) -> str | None:
+    """Re-derive a subject report's entries from the log up to the checkpoint it states it
+    is complete up to, by a scan (never the index), and name the first difference."""
+    person = str(report["subject"]["pseudonym"])
+    size = int(report["complete_up_to"]["size"])
+    stated = {int(item["seq"]): section for section in SECTIONS
+              for item in report.get(section) or [] if int(item["seq"]) < size}
+    decode = _projecting_decoder(schema)
+    derived: dict[int, str] = {}
+    for seq, data in store.audit_entries(0):
+        if seq >= size:
+            break
+        entry = decode(data)
+        if any(s["pseudonym"] == person for s in entry.get("data_subjects") or ()):
+            derived[seq] = section_of(entry)
+    for seq in sorted(set(stated) | set(derived)):
+        if seq not in stated:
+            return f"entry {seq}: names the person, the report leaves it out"
+        if seq not in derived:
+            return f"entry {seq}: in the report, but the entry does not name the person"
+        if stated[seq] != derived[seq]:
+            return (f"entry {seq}: the report lists it under {stated[seq]}, the entry is "
+                    f"{derived[seq]}")
     return None

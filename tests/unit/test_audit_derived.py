@@ -219,3 +219,21 @@ def test_a_subject_report_states_the_checkpoint_it_is_complete_up_to(log: Path) 
         report = audit_of(broker).subject_report(person, "bsn", "2026-05-10T12:00:00Z")
     assert report["complete_up_to"] == {"size": verified.signed_size, "root": verified.root}
     assert verified.root in render_html(report, ZoneInfo("Europe/Amsterdam"))
+
+
+def test_a_report_made_from_an_edited_index_differs_from_the_log(log: Path) -> None:
+    person = pseudonyms(log)[0]
+    with open_broker(log) as broker:
+        audit = audit_of(broker)
+        honest = audit.subject_report(person.hex(), "bsn", "2026-05-10T12:00:00Z")
+        assert verify_derived.report_difference(audit.store, audit.schema, honest) is None
+    with tampering(log) as db:
+        first = db.execute("SELECT MIN(seq) FROM audit_subject WHERE pseudonym = ?",
+                           (person,)).fetchone()[0]
+        db.execute("DELETE FROM audit_subject WHERE pseudonym = ?", (person,))
+    with open_broker(log) as broker:
+        audit = audit_of(broker)
+        lying = audit.subject_report(person.hex(), "bsn", "2026-05-10T12:00:00Z")
+        assert lying["summary"]["disclosures"] == 0
+        assert verify_derived.report_difference(audit.store, audit.schema, lying) == (
+            f"entry {first}: names the person, the report leaves it out")
