@@ -7,6 +7,7 @@ reads.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -466,6 +467,27 @@ class Broker:
                       **self._covenant_fields(), decision=None,
                       detail={"kind": "theme", "theme": theme, "state": "on" if on else "off"})
         self.log.append_theme_switch(theme, on, to_millis(now), audit, to_millis(now))
+
+    # -- lifecycle of a long-running process -------------------------------------------------
+    def record_process(self, name: str, now: datetime) -> None:
+        """A `broker_start` or `broker_stop` entry: which build ran under which covenant
+        and configuration, so an auditor can tell what code made the entries between.
+
+        Only long-running processes (`web`, `serve`) write these: a short CLI command
+        would double the log with start/stop pairs around every ingest or query.
+        """
+        if name not in ("broker_start", "broker_stop"):
+            raise ValueError(f"not a process lifecycle entry: {name}")
+        try:
+            version = importlib.metadata.version("covenant-broker")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        config = hashlib.sha256(self.settings.model_dump_json().encode("utf-8")).hexdigest()
+        self.log.append_audit([draft(
+            name, trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
+            decision=None, policy_hash=self.plans.policy_hash,
+            detail={"broker_version": version, "covenant_hash": self.plans.policy_hash,
+                    "config_hash": config})], to_millis(now))
 
     # -- audit ------------------------------------------------------------------------------
     def verify_audit(self) -> AuditReport | ChainReport:

@@ -156,6 +156,9 @@ def render_html(report: dict[str, Any], zone: ZoneInfo) -> str:
         "audit verify-report</code>.</p>",
         f"<p>Logboek: <code>{escape(report['origin'])}</code><br>Openbare sleutel: "
         f"<code>{escape(report['verifier_key'])}</code></p>",
+        "<p>Volledig tot en met controlepunt: "
+        f"{int(report['complete_up_to']['size'])} regels, boomwortel "
+        f"<code>{escape(str(report['complete_up_to']['root']))}</code></p>",
         "<p>Ondertekend controlepunt:</p>",
         f"<pre>{escape(report['checkpoint'] or 'nog geen')}</pre>",
         "</body></html>",

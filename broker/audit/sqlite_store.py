@@ -311,6 +311,15 @@ class SqliteAudit:
         return [int(r[0]) for r in self._read(
             "SELECT seq FROM audit_subject WHERE pseudonym = ? ORDER BY seq", (pseudonym,))]
 
+    # -- the derived tables, for `audit verify` to re-derive (broker.audit.verify_derived) --
+    def index_rows(self) -> Iterator[tuple[Any, ...]]:
+        return self._stream(self.db, "SELECT seq, name, recipient, purpose, decision, "
+                            "event_type, start_time FROM audit_index ORDER BY seq", ())
+
+    def subject_rows(self) -> Iterator[tuple[int, bytes]]:
+        return self._stream(self.db, "SELECT seq, pseudonym FROM audit_subject "
+                            "ORDER BY seq, pseudonym", ())
+
 
 class SqliteChunkReader:
     """Stored audit entries and tree nodes by range, on a read-only connection of its own."""

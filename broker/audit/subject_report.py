@@ -23,8 +23,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.audit.bundles import BundleError, inclusion_item
-from broker.audit.checkpoint import VerifierKey, check_inclusion, open_checkpoint
-from broker.audit.merkle import VerificationError, leaf_hash
+from broker.audit.checkpoint import (
+    VerifierKey,
+    check_inclusion,
+    open_checkpoint,
+    parse_verifier_key,
+)
+from broker.audit.merkle import EMPTY_ROOT, VerificationError, leaf_hash
 from broker.audit.store import AuditStore
 from broker.model.render import to_json
 from broker.model.schemas import Schema
@@ -38,7 +43,7 @@ def valid_pseudonym(text: str) -> bool:
     return bool(_PSEUDONYM.fullmatch(text))
 
 
-def _section(entry: dict[str, Any]) -> str:
+def section_of(entry: dict[str, Any]) -> str:
     decision = entry.get("decision")
     if decision in ("release", "expire", "erase"):
         return "disclosures"
@@ -92,6 +97,11 @@ def subject_report(store: AuditStore, schema: Schema, *, pseudonym: str, id_type
         "verifier_key": verifier_key,
         "checkpoint": latest.note if latest else None,
         "tree_size": latest.size if latest else 0,
+        # What the report is complete up to, for an auditor with the log to re-derive it.
+        "complete_up_to": {
+            "size": latest.size if latest else 0,
+            "root": (open_checkpoint(latest.note, parse_verifier_key(verifier_key), origin)
+                     .root.hex() if latest else EMPTY_ROOT.hex())},
         **{section: [] for section in SECTIONS},
     }
     unsigned = 0
@@ -113,7 +123,7 @@ def subject_report(store: AuditStore, schema: Schema, *, pseudonym: str, id_type
         else:
             item["proof"] = None
             unsigned += 1
-        report[_section(entry)].append(item)
+        report[section_of(entry)].append(item)
     report["summary"] = {**{section: len(report[section]) for section in SECTIONS},
                          "not_yet_signed": unsigned}
     return report

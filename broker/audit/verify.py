@@ -17,11 +17,13 @@ Entries after the last checkpoint are covered by the chain only; the report coun
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from broker.audit import verify_bulk
+from broker.audit import verify_bulk, verify_derived
 from broker.audit.checkpoint import (
     Checkpoint,
     VerifierKey,
@@ -280,6 +282,18 @@ def verify_log(store: AuditStore, schema: Schema, verifier: VerifierKey, origin:
     In bulk on every core when the store can be read in chunks (`verify_bulk`); where
     that finds anything at all, or `bulk` is off, the exact walk names the first problem.
     """
+    report = _verify_entries(store, schema, verifier, origin, trusted, bulk=bulk)
+    if report.ok and hasattr(store, "index_rows"):
+        # The entries are proven: now what reports read instead of them (verify_derived).
+        derived = verify_derived.derived_problem(cast("verify_derived.DerivedRows", store),
+                                                 schema)
+        if derived is not None:
+            return dataclasses.replace(report, problem=derived)
+    return report
+
+
+def _verify_entries(store: AuditStore, schema: Schema, verifier: VerifierKey, origin: str,
+                    trusted: Sequence[Checkpoint] = (), *, bulk: bool = True) -> AuditReport:
     if bulk:
         report = _verify_in_bulk(store, schema, verifier, origin, trusted)
         if report is not None:

@@ -105,12 +105,18 @@ def create_app(settings: Settings, options: WebOptions | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running[0] += 1
+        if running[0] == 1:  # the process starts serving: one broker_start (issue 15.11)
+            await worker.call(lambda b: b.record_process("broker_start", options.clock()))
         try:
             yield
         finally:
             running[0] -= 1
             if not running[0]:  # the last one out closes the broker
-                worker.close()
+                try:
+                    await worker.call(lambda b: b.record_process("broker_stop",
+                                                                 options.clock()))
+                finally:
+                    worker.close()
 
     app = _routes(FastAPI(title="covenant-broker delivery API", version="1",
                           description=API_DESCRIPTION, docs_url=None, redoc_url=None,
