@@ -14,20 +14,37 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-
-from broker.pipeline.port import DecisionBatch
 
 # Decide time of one event: tens of microseconds (embedded) to tens of milliseconds (a
 # slow key store); the upper buckets catch stalls.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5)
+
+
+class _Release(Protocol):
+    @property
+    def purpose(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+
+class Decisions(Protocol):
+    """What the metrics read of a committed decide batch (broker/pipeline/port.py's
+    DecisionBatch); named here so the ground does not import the pipeline."""
+
+    @property
+    def egress(self) -> Sequence[_Release]: ...
+    @property
+    def audits(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 class BrokerMetrics:
@@ -72,7 +89,7 @@ class BrokerMetrics:
         for code, n in Tally(reason_codes).items():
             self.quarantined.labels(code).inc(n)
 
-    def observe_decisions(self, batch: DecisionBatch, events: int, seconds: float) -> None:
+    def observe_decisions(self, batch: Decisions, events: int, seconds: float) -> None:
         """A committed decide batch: releases, withholds, their audit entries and latency."""
         for (purpose, recipient, kind), n in Tally(
                 (eg.purpose, eg.recipient, eg.kind) for eg in batch.egress).items():
