@@ -101,7 +101,14 @@ def private_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, mode=0o700)
     except FileExistsError:
-        require_private(path, directory=True)
+        st = path.stat()
+        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                and stat.S_IMODE(st.st_mode) & 0o077 and not any(path.iterdir())):
+            # An empty directory made ready for the broker (`mkdir data`) holds nothing
+            # yet: it is closed before anything is written into it, not refused.
+            path.chmod(0o700)
+            return
+        require_private(path, st, directory=True)
 
 
 def private_db(path: Path) -> None:

@@ -70,7 +70,7 @@ class Scenario:
     def __init__(self, root: Path, keys: Path, kafka: KafkaEnv | None) -> None:
         self.kafka = kafka
         self.data_dir = kafka.data_dir if kafka else root / "data"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # it holds keys
         shutil.copytree(keys, self.data_dir / "keys")
         self.files = root / "inputs"
         self.files.mkdir()

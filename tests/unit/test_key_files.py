@@ -34,6 +34,7 @@ from broker.keys import (
     create_private,
     new_signing_pem,
     private_db,
+    private_dir,
     write_private,
 )
 from broker.model.schemas import SchemaRegistry
@@ -332,3 +333,19 @@ def test_a_dangling_link_in_a_keys_place_is_refused_and_nothing_is_made_through_
     with pytest.raises(KeyFileError, match="a link to a file that does not exist"):
         KeyStore(keys).subject_key()
     assert not target.exists()
+
+
+def test_an_empty_data_dir_made_ready_by_hand_is_closed_not_refused(tmp_path: Path) -> None:
+    """`mkdir data` (0755 under the usual umask) before the first run: nothing is in it
+    yet, so the broker closes it to 0700 before writing; one that holds files is refused."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o755)
+    fresh.chmod(0o755)
+    private_dir(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    used = tmp_path / "used"
+    used.mkdir(mode=0o700)
+    (used / "broker.db").write_bytes(b"")
+    used.chmod(0o755)
+    with pytest.raises(UnsafeFileError, match="chmod 700"):
+        private_dir(used)

@@ -158,6 +158,9 @@ def headers(**values: object) -> list[Header]:
     return [(k, str(v).encode("utf-8")) for k, v in values.items() if v is not None]
 
 
+END_OFFSET_ATTEMPTS = 5
+
+
 def end_offsets(consumer: KafkaConsumer, tps: Sequence[TopicPartition]) -> dict[Any, int]:
     """The last stable offset of each partition (read_committed consumers).
 
@@ -168,7 +171,16 @@ def end_offsets(consumer: KafkaConsumer, tps: Sequence[TopicPartition]) -> dict[
         for topic in sorted({tp.topic for tp in tps}):
             if not consumer.partitions_for_topic(topic):
                 raise TransientBackendError(f"topic {topic} is not (yet) known to Kafka")
-        return dict(consumer.end_offsets(list(tps)))
+        for attempt in range(END_OFFSET_ATTEMPTS):
+            try:
+                return dict(consumer.end_offsets(list(tps)))
+            except KeyError:  # a partition whose leader the metadata has not caught up on
+                if attempt == END_OFFSET_ATTEMPTS - 1:
+                    break
+                consumer._client.cluster.request_update()
+                time.sleep(0.2 * (attempt + 1))
+        raise TransientBackendError("listing end offsets: a partition's leader is not (yet) "
+                                    "known to this client")
 
 
 def wait_visible(consumer: KafkaConsumer, written: dict[TopicPartition, int],
