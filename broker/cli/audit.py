@@ -31,6 +31,7 @@ from broker.audit.store import QueryFilter
 from broker.audit.subject_report import SECTIONS, valid_pseudonym, verify_subject_report
 from broker.audit.tree import MissingNodeError
 from broker.audit.verify import Verdict
+from broker.audit.verify_derived import report_difference
 from broker.cli.verify_options import add_verify_options, read_text, verify_pinned
 from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
 from broker.config import Settings
@@ -89,6 +90,10 @@ def add_commands(commands: Any, global_options: GlobalOptions) -> None:
     pin(check_cons, True)
     check_report = sub("verify-report", "check every proof in a subject report offline")
     check_report.add_argument("report", type=Path)
+    check_report.add_argument("--against-log", action="store_true",
+                              help="also re-derive the person's entries from this data "
+                                   "dir's log up to the checkpoint the report states and "
+                                   "compare (finds entries a report leaves out)")
     pin(check_report, True)
     query = sub("query", "audit entries by recipient, purpose, decision, type and time")
     query.add_argument("--recipient")
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if command == "verify-consistency":
         return _verify_consistency(args)
     if command == "verify-report":
-        return _verify_report(args)
+        return _verify_report(args, settings)
     broker = Broker(settings)
     try:
         if command == "integrate":  # the Kafka audit chains into the verifiable log
@@ -283,17 +288,36 @@ def _verify_consistency(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verify_report(args: argparse.Namespace) -> int:
+def _verify_report(args: argparse.Namespace, settings: Settings) -> int:
     verifier, origin = _pinned(args)
     try:
-        proven = verify_subject_report(load_bundle(read_text(args.report, "report")),
-                                       verifier, origin)
+        report = load_bundle(read_text(args.report, "report"))
+        proven = verify_subject_report(report, verifier, origin)
     except BundleError as exc:
         _verdict(args, False, {"problem": str(exc)}, f"report NOT proven: {exc}")
         return EXIT_FINDINGS
+    if args.against_log:  # proofs show each item is in the log, not that none is missing
+        difference = _against_log(settings, report)
+        if difference is not None:
+            _verdict(args, False, {"problem": difference, "proven": proven},
+                     f"report NOT complete: {difference}")
+            return EXIT_FINDINGS
     _verdict(args, True, {"proven": proven, "origin": origin},
              f"report proven: {proven} items are in the log {origin} as signed")
     return EXIT_OK
+
+
+def _against_log(settings: Settings, report: dict[str, Any]) -> str | None:
+    if not isinstance(report.get("complete_up_to"), dict):
+        raise InputError("the report states no checkpoint it is complete up to "
+                         "(`complete_up_to`): make it again with `audit subject-report`")
+    broker = Broker(settings)
+    try:
+        if broker.audit is None:
+            raise ConfigError("--against-log needs a backend with an audit store")
+        return report_difference(broker.audit.store, broker.audit.schema, report)
+    finally:
+        broker.close()
 
 
 def _verdict(args: argparse.Namespace, ok: bool, payload: dict[str, Any], text: str) -> None:

@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.audit.checkpoint import pinned_verifier_key, trusted_checkpoint_note
+from broker.cli.verify_options import read_text
 from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
 from broker.config import Settings
 from broker.errors import InputError
@@ -55,6 +57,14 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
     web.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES,
                      metavar="N", help="largest covenant upload on the policy-impact page "
                      f"(default {DEFAULT_MAX_UPLOAD_BYTES}, at most {MAX_BODY_LIMIT})")
+    web.add_argument("--pinned-key", metavar="KEY|FILE",
+                     help="the audit verifier key the FG pinned (from `audit public-key`, "
+                     "kept outside the data dir): the Verificatie page checks against it, "
+                     "not against the data dir's own key")
+    web.add_argument("--origin", help="with a PEM --pinned-key: the log's origin")
+    web.add_argument("--trusted-checkpoint", type=Path, action="append", default=[],
+                     metavar="FILE", help="a signed checkpoint the FG kept (repeatable): "
+                     "the log must still extend it, so a rollback or rewrite shows")
     sub = web.add_subparsers(dest="web_command", metavar="{token,fg-user}")
 
     def nested(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -174,7 +184,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                          proposal_dirs=list(args.proposals),
                          max_body_bytes=args.max_body_bytes,
                          max_upload_bytes=args.max_upload_bytes,
-                         trusted_proxies=tuple(args.trusted_proxy))
+                         trusted_proxies=tuple(args.trusted_proxy),
+                         pinned_key=(pinned_verifier_key(args.pinned_key, args.origin,
+                                                         "--pinned-key")
+                                     if args.pinned_key else None),
+                         trusted_checkpoints=tuple(
+                             trusted_checkpoint_note(read_text(path, "trusted checkpoint"),
+                                                     f"--trusted-checkpoint {path}")
+                             for path in args.trusted_checkpoint))
     app = create_app(settings, options)
     print(f"covenant-broker web: http://{host}:{port}/console/ (FG console), "
           f"http://{host}:{port}/v1/ (recipient API), http://{host}:{port}/openapi.json",

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from broker.app.service import Broker
+from broker.audit.checkpoint import VerifierKey
 from broker.clock import now_utc
 from broker.config import Settings
 from broker.errors import InputError
@@ -81,6 +82,11 @@ class WebOptions:
     # Peers whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes (cli/web.py); none
     # by default, so the client address the login throttle counts is the TCP peer's.
     trusted_proxies: tuple[str, ...] = ()
+    # The privacy officer's trust anchors for the Verificatie page, kept outside what the
+    # broker writes: a verifier key and signed checkpoints. Without them the page checks
+    # the log against the data dir's own key and says that this proves little.
+    pinned_key: VerifierKey | None = None
+    trusted_checkpoints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:

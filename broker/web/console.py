@@ -26,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 
 from broker.app import lifecycle
 from broker.app.service import Broker
+from broker.audit.checkpoint import verifier_key_string
 from broker.audit.entries import draft
 from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
@@ -300,7 +301,12 @@ async def verification(request: Request, user: FgUser) -> HTMLResponse:
         return out
 
     found = await _worker(request).call(status)
-    return _page(request, "verify.html", {**found, "last": request.app.state.last_verify})
+    options = request.app.state.options
+    return _page(request, "verify.html", {
+        **found, "last": request.app.state.last_verify,
+        "pinned_key": (verifier_key_string(options.pinned_key.name, options.pinned_key.public_key)
+                       if options.pinned_key else None),
+        "trusted_checkpoints": len(options.trusted_checkpoints)})
 
 
 @router.post("/verificatie")
@@ -314,7 +320,10 @@ async def verify_now(request: Request, user: FgUser,
         if audit is None:
             return None
         started = time.perf_counter()
-        result = audit.verify().as_json()
+        pinned = request.app.state.options.pinned_key
+        result = audit.verify_pinned(pinned, None, request.app.state.options.trusted_checkpoints,
+                                     require_signed=False).as_json()
+        result["pinned"] = pinned is not None
         sources = _kafka_sources(broker)
         problem = result["problem"] or sources.pop("problem", None)
         result.update(sources, ok=problem is None, problem=problem)

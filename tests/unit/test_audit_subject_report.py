@@ -267,3 +267,23 @@ def test_the_subject_index_is_used_not_a_scan(log: Path,
         pseudonym = keyed_pseudonym(broker.keys.subject_key(), f"bsn:{BANNED}")
         report = audit.subject_report(pseudonym, "bsn", "2026-05-23T08:00:00Z")
         assert len(report["disclosures"]) == 6
+
+
+def test_verify_report_against_the_log_finds_an_item_the_report_leaves_out(
+        log: Path, facts: dict[str, Any], tmp_path: Path) -> None:
+    """The proofs show each item is in the log; only a re-derivation from the log shows
+    that none is missing (issue 15 finding 1: a report made from an edited index)."""
+    report = json_report(log, VICTIMS[0])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    args = ("audit", "verify-report", str(path), "--public-key", facts["key"], "--against-log")
+    code, out, _ = report_for(log, *args)
+    assert code == 0, out
+    left_out = report["disclosures"].pop(0)
+    path.write_text(json.dumps(report))
+    code, out, _ = report_for(log, "audit", "verify-report", str(path), "--public-key",
+                              facts["key"])
+    assert code == 0, out  # every remaining item still proves: the proofs cannot tell
+    code, out, _ = report_for(log, *args)
+    assert code == 1
+    assert f"entry {left_out['seq']}: names the person, the report leaves it out" in out

@@ -394,3 +394,34 @@ def test_a_copied_session_cookie_is_worthless_once_the_session_ended(web: Web) -
     assert _with_cookie(web, copied) == 200
     web.clock.advance(minutes=2)  # past the 8-hour lifetime, whatever the cookie says
     assert _with_cookie(web, copied) == 303
+
+
+def test_verification_without_a_pinned_key_warns_that_it_proves_little(web: Web) -> None:
+    web.login()
+    page = web.client.get("/console/verificatie").text
+    assert "Geen sleutel vastgepind" in page
+    assert "--pinned-key" in page
+
+
+def test_verification_checks_against_the_key_the_fg_pinned(tmp_path: Path) -> None:
+    """Issue 15 finding 10: a data dir whose signing key was replaced and whose log was
+    re-signed verifies against its own key; against the key the FG pinned it does not.
+    Here the pin is another signer's key (the log was signed by a key the FG never saw)."""
+    from broker.audit.checkpoint import parse_verifier_key
+    from tests.unit.audit_support import other_signer
+
+    origin = "covenant-broker/amstelveen-veiligheid"
+    foreign = parse_verifier_key(other_signer(origin).verifier_key())
+    for pin, intact in ((foreign, False), (None, True)):
+        data = tmp_path / ("foreign" if pin else "own")
+        for web in open_web(data, pinned_key=pin):
+            own = parse_verifier_key(web.run(lambda b: b.audit.verifier_key()))
+            csrf = web.login()
+            web.run(lambda b: b.log.audit.checkpoint(only_if_appended=False))
+            done = web.client.post("/console/verificatie", data={"csrf": csrf}).text
+            assert ('class="tag on">intact</span>' in done) is intact
+            assert ("NIET intact</span>" in done) is not intact
+            assert ("vastgepind</span>" in done) is (pin is not None)
+            if pin is None:  # the same log, pinned to its real key: intact, and says so
+                break
+        assert own.public_key != foreign.public_key

@@ -148,6 +148,8 @@ def test_web_refuses_a_bad_limit_or_proxy_on_the_command_line(
         assert "max_body_bytes must be between 1 and" in capsys.readouterr().err
         assert cli.main([*base, "--trusted-proxy", "proxy.example"]) == 2
         assert "not 'proxy.example'" in capsys.readouterr().err
+        assert cli.main([*base, "--pinned-key", "garbage"]) == 2  # could not run, no traceback
+        assert "--pinned-key" in capsys.readouterr().err
     finally:
         logs.unconfigure()
 
