@@ -96,19 +96,24 @@ def require_private(path: Path, st: os.stat_result | None = None, *,
                               f"(chmod {want:o} {path})")
 
 
-def private_dir(path: Path) -> None:
-    """Create the directory 0700 (its parents as usual), or check an existing one."""
+def private_dir(path: Path, *, close_if_open: bool = False) -> bool:
+    """Create the directory 0700 (its parents as usual), or check an existing one.
+
+    With `close_if_open` (the data dir, at start): a directory of the user's own that
+    others may list is closed to 0700 instead of refused, and True says so. Its files are
+    checked one by one (0600 each, keys/ 0700), so a data dir someone made with `mkdir`
+    or copied with a config inside is made private rather than a reason not to run.
+    """
     try:
         path.mkdir(parents=True, mode=0o700)
     except FileExistsError:
         st = path.stat()
-        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-                and stat.S_IMODE(st.st_mode) & 0o077 and not any(path.iterdir())):
-            # An empty directory made ready for the broker (`mkdir data`) holds nothing
-            # yet: it is closed before anything is written into it, not refused.
+        if (close_if_open and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                and stat.S_IMODE(st.st_mode) & 0o077):
             path.chmod(0o700)
-            return
+            return True
         require_private(path, st, directory=True)
+    return False
 
 
 def private_db(path: Path) -> None:

@@ -120,7 +120,8 @@ class Broker:
         self.policy_path = settings.policy_file()
         self.covenant: Covenant = load_covenant(self.policy_path)
         self.policy_sha = hashlib.sha256(self.policy_path.read_bytes()).hexdigest()
-        private_dir(settings.data_dir)  # personal data and keys: the user's alone, 0700
+        # personal data and keys: the user's alone, 0700 (see broker/keys.py)
+        closed = private_dir(settings.data_dir, close_if_open=True)
         # The keys first, before any database exists: a fresh data dir gets all its keys
         # now; one that holds data refuses a missing or replaced key (broker/keys.py).
         self.keys = KeyStore(settings.data_dir / "keys",
@@ -147,6 +148,8 @@ class Broker:
         self._versions: dict[tuple[str, tuple[tuple[str, int], ...]], Decider] = {}
         self.logger = get_logger(covenant=self.covenant.covenant.id,
                                  covenant_version=self.covenant.covenant.version)
+        if closed:
+            self.logger.warning("data dir was open to others; closed to 0700")
         self.metrics = BrokerMetrics()  # its own registry: see broker/metrics.py
 
     def close(self) -> None:

@@ -171,7 +171,7 @@ def test_erasing_a_person_twice_is_not_an_incident(used: Path) -> None:
 @pytest.mark.parametrize(("target", "mode"), [
     ("keys/checkpoint-signing.pem", 0o644), ("keys/kek.key", 0o640),
     ("keys/subject.key", 0o604), ("keys/pseudonym.informatie-politie.key", 0o644),
-    ("keys", 0o755), ("broker.db", 0o644), ("keystore.db", 0o640), (".", 0o750),
+    ("keys", 0o755), ("broker.db", 0o644), ("keystore.db", 0o640),
 ])
 def test_a_loose_mode_is_refused_naming_the_file_and_the_fix(used: Path, target: str,
                                                              mode: int) -> None:
@@ -335,17 +335,22 @@ def test_a_dangling_link_in_a_keys_place_is_refused_and_nothing_is_made_through_
     assert not target.exists()
 
 
-def test_an_empty_data_dir_made_ready_by_hand_is_closed_not_refused(tmp_path: Path) -> None:
-    """`mkdir data` (0755 under the usual umask) before the first run: nothing is in it
-    yet, so the broker closes it to 0700 before writing; one that holds files is refused."""
-    fresh = tmp_path / "fresh"
+def test_a_data_dir_open_to_others_is_closed_at_start_its_contents_still_checked(
+        used: Path) -> None:
+    """`mkdir data` (0755 under the usual umask) or a copied data dir: the broker closes
+    the directory itself to 0700 rather than refusing to run; every file and keys/ in it
+    are still held to the rule (the cases above)."""
+    used.chmod(0o750)
+    done = run("consume", "--recipient", "boa-hor-noord", data=used)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(used.stat().st_mode) == 0o700
+    fresh = used.parent / "fresh"
     fresh.mkdir(mode=0o755)
     fresh.chmod(0o755)
-    private_dir(fresh)
+    assert private_dir(fresh, close_if_open=True) is True
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
-    used = tmp_path / "used"
-    used.mkdir(mode=0o700)
-    (used / "broker.db").write_bytes(b"")
-    used.chmod(0o755)
+    other = used.parent / "other"
+    other.mkdir(mode=0o755)
+    other.chmod(0o755)
     with pytest.raises(UnsafeFileError, match="chmod 700"):
-        private_dir(used)
+        private_dir(other)  # any other private directory stays refused
