@@ -7,9 +7,9 @@ The generator walks the Avro schema in schemas/events/, so a field added to a sc
 generated too; the overrides below only make values realistic (BSNs, postcodes, wijken,
 Amstelland municipalities) so that conditions pass often enough to be worth testing.
 
-`anchor_ms` puts every instant within a few weeks and every date within about a year of
-one moment (the decision time a test has in mind), so max-age and validity windows are
-met about as often as they are missed.
+`anchor_ms` puts every instant within a few weeks before (and at most the clock-skew bound
+after) and every date within about a year of one moment (the decision time a test has in
+mind), so max-age and validity windows are met about as often as they are missed.
 
 Also here, for the policy-engine unit tests: `plant` (put a value at a dotted path of a
 JSON event), `fixed_key` (deterministic pseudonym keys) and `decoded` (a JSON event as the
@@ -77,10 +77,15 @@ def municipalities() -> Strategy:
     return st.one_of(inside, st.sampled_from(["Amsterdam", "Haarlem", "Utrecht"]), text)
 
 
+SKEW_MS = 300_000  # max_clock_skew_s's default
+
+
 def millis(anchor_ms: int | None, spread_days: int = 30) -> st.SearchStrategy[int]:
     if anchor_ms is None:
         return st.integers(EARLIEST_MS, LATEST_MS)
-    return st.integers(max(0, anchor_ms - spread_days * DAY_MS), anchor_ms + DAY_MS)
+    # No later than the default clock-skew bound after the anchor: ingest quarantines an
+    # instant further ahead as from_the_future (it records when something happened).
+    return st.integers(max(0, anchor_ms - spread_days * DAY_MS), anchor_ms + SKEW_MS)
 
 
 def json_instant(ms: int) -> Strategy:
