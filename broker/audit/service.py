@@ -107,10 +107,6 @@ class AuditLog:
                 return AuditReport(0, "", "", 0, 0, f"trusted checkpoint {number}: {exc}")
         return verify_log(self.store, self.schema, verifier, origin, trusted)
 
-    def pinned(self, verifier_key: str | None, origin: str | None) -> tuple[VerifierKey, str]:
-        verifier = parse_verifier_key(verifier_key or self.verifier_key())
-        return verifier, origin or verifier.name
-
     # -- bundles ----------------------------------------------------------------------------
     def prove(self, index: int) -> dict[str, Any]:
         return inclusion_bundle(self.store, self.schema, self.origin, index)
