@@ -1,6 +1,6 @@
 """Audit entries: drafts built by the pipeline, sealed into the hash chain by the sequencer.
 
-A draft is a read-only mapping of the audit_entry fields except seq, prev_hash and
+A draft is a read-only TypedDict of the audit_entry fields except seq, prev_hash and
 logged_at, made by `draft` and changed only by the steps that return a new one
 (`with_subjects`, and last the backend's `at_offset`), never edited in place. The
 sequencer of a backend (one SQLite transaction, or one Kafka producer per partition) seals
@@ -17,15 +17,87 @@ prefix changes nothing for the chain: both are SHA-256 of an input fixed by the 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
+
+from typing_extensions import ReadOnly, Unpack
 
 from broker.audit.merkle import leaf_hash
 from broker.model.schemas import Schema
 
 GENESIS = "0" * 64
-Draft = Mapping[str, Any]  # read-only: a draft is changed by the steps below, never in place
+
+
+class DataSubject(TypedDict):
+    """One person a draft is about: a keyed pseudonym, never the identifier (LDV)."""
+
+    pseudonym: str
+    id_type: str
+    role: str
+
+
+class DraftFields(TypedDict, total=False):
+    """The audit_entry fields a step may set: every field but seq, prev_hash, logged_at
+    (the sequencer's) and the span identity `draft` makes."""
+
+    status: str
+    parent_span_id: str | None
+    foreign_trace_id: str | None
+    foreign_span_id: str | None
+    covenant_id: str | None
+    covenant_version: int | None
+    purpose: str | None
+    legal_basis: str | None
+    recipient: str | None
+    data_subjects: list[DataSubject] | list[dict[str, str]]
+    decision: str | None
+    reason_code: str | None
+    reason: str | None
+    fields_released: list[str]
+    fields_withheld: list[str]
+    policy_hash: str | None
+    source: str | None
+    event_type: str | None
+    event_id: str | None
+    event_offset: int | None
+    egress_offset: int | None
+    delivered_commitment: str | None
+    detail: dict[str, str]
+
+
+class Draft(TypedDict):
+    """A draft audit entry, read-only: changed by the steps below, which return a new one.
+    Every audit_entry field but seq, prev_hash and logged_at (the sequencer's)."""
+
+    name: ReadOnly[str]
+    status: ReadOnly[str]
+    trace_id: ReadOnly[str]
+    span_id: ReadOnly[str]
+    parent_span_id: ReadOnly[str | None]
+    foreign_trace_id: ReadOnly[str | None]
+    foreign_span_id: ReadOnly[str | None]
+    start_time: ReadOnly[int]
+    end_time: ReadOnly[int]
+    covenant_id: ReadOnly[str | None]
+    covenant_version: ReadOnly[int | None]
+    purpose: ReadOnly[str | None]
+    legal_basis: ReadOnly[str | None]
+    recipient: ReadOnly[str | None]
+    data_subjects: ReadOnly[list[DataSubject] | list[dict[str, str]]]
+    decision: ReadOnly[str | None]
+    reason_code: ReadOnly[str | None]
+    reason: ReadOnly[str | None]
+    fields_released: ReadOnly[list[str]]
+    fields_withheld: ReadOnly[list[str]]
+    policy_hash: ReadOnly[str | None]
+    source: ReadOnly[str | None]
+    event_type: ReadOnly[str | None]
+    event_id: ReadOnly[str | None]
+    event_offset: ReadOnly[int | None]
+    egress_offset: ReadOnly[int | None]
+    delivered_commitment: ReadOnly[str | None]
+    detail: ReadOnly[dict[str, str]]
+
 
 _DEFAULTS: dict[str, Any] = {
     "status": "OK",
@@ -64,7 +136,7 @@ def new_span_id() -> str:
 
 
 def draft(name: str, *, trace_id: str | None, start_ms: int, end_ms: int | None = None,
-          **fields: Any) -> Draft:
+          **fields: Unpack[DraftFields]) -> Draft:
     """A draft with LDV defaults; unknown field names are a programming error."""
     if not _FIELD_NAMES.issuperset(fields):
         raise TypeError(f"unknown audit fields: {sorted(set(fields) - _FIELD_NAMES)}")
@@ -75,24 +147,24 @@ def draft(name: str, *, trace_id: str | None, start_ms: int, end_ms: int | None 
     out["span_id"] = new_span_id()
     out["start_time"] = start_ms
     out["end_time"] = end_ms if end_ms is not None else start_ms
-    return out
+    return cast(Draft, out)
 
 
-def with_fields(entry: Draft, **fields: Any) -> Draft:
+def with_fields(entry: Draft, **fields: Unpack[DraftFields]) -> Draft:
     """A new draft: `entry` with some fields set (the same names `draft` takes)."""
     if not _FIELD_NAMES.issuperset(fields):
         raise TypeError(f"unknown audit fields: {sorted(set(fields) - _FIELD_NAMES)}")
-    return {**entry, **fields}
+    return cast(Draft, {**entry, **fields})
 
 
-def with_subjects(entry: Draft, subjects: list[dict[str, str]]) -> Draft:
+def with_subjects(entry: Draft, subjects: list[DataSubject] | list[dict[str, str]]) -> Draft:
     """The step that names the persons a draft is about (LDV data_subjects)."""
     return with_fields(entry, data_subjects=subjects)
 
 
 def at_offset(entry: Draft, egress_offset: int) -> Draft:
     """The last step, the backend's: the stream offset it wrote the release at."""
-    return {**entry, "egress_offset": egress_offset}
+    return cast(Draft, {**entry, "egress_offset": egress_offset})
 
 
 def chain_hash(data: bytes) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from broker.audit.chain import ChainReport
 from broker.audit.entries import GENESIS, Draft
@@ -71,7 +71,7 @@ def unsealed(record: Mapping[str, Any]) -> Draft:
         value = out[name]
         out[name] = value if isinstance(value, int) else to_millis(value)
     out["detail"] = dict(out["detail"])
-    return out
+    return cast(Draft, out)
 
 
 def source_draft(record: Mapping[str, Any], data: bytes, partition: int) -> Draft:

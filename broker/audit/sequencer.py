@@ -14,8 +14,9 @@ an uncommitted entry.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from broker.audit.checkpoint import Checkpoint, CheckpointSigner
 from broker.audit.entries import Draft, seal
@@ -63,7 +64,7 @@ class SealedAudit:
     checkpoint: SignedCheckpoint | None = None  # when this entry completes N more entries
 
 
-def subject_keys(entry: Draft) -> list[bytes]:
+def subject_keys(entry: Mapping[str, Any]) -> list[bytes]:
     """The distinct pseudonyms of an entry's data subjects, as index keys."""
     keys: list[bytes] = []
     for subject in entry.get("data_subjects") or ():

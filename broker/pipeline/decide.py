@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
 from broker.clock import from_millis
@@ -112,7 +112,7 @@ class Decider:
                 audit.update(decision="withhold", reason_code=decision.code,
                              reason=decision.reason,
                              fields_withheld=[*plan.fields_released, *plan.fields_withheld])
-                audits.append(audit)
+                audits.append(cast(Draft, audit))  # complete: handed out read-only
                 withheld += 1
         counts.released += released
         counts.withheld += withheld
@@ -130,7 +130,7 @@ class Decider:
             audit.update(status="ERROR", decision="withhold", reason_code="processing_error",
                          reason=reason,
                          fields_withheld=[*plan.fields_released, *plan.fields_withheld])
-            out.append(audit)
+            out.append(cast(Draft, audit))
             counts.withheld += 1
         if not out:
             out.append(draft("decide", trace_id=stored.trace_id, start_ms=ctx.now_ms,
@@ -180,7 +180,7 @@ class Decider:
         ref: Any = decision.view.get("ref")
         return NewEgress(plan.recipient, plan.purpose, stored.event_type, "record", payload,
                          stored.offset, ref if isinstance(ref, str) else None, expires,
-                         ctx.now_ms, audit, sealed_payload=sealed)
+                         ctx.now_ms, cast(Draft, audit), sealed_payload=sealed)
 
     def _seal(self, plan: Plan, stored: StoredEvent, opened: Opened, decision: Release,
               payload: bytes) -> bytes:
@@ -196,14 +196,14 @@ class Decider:
 
     @staticmethod
     def _event_part(stored: StoredEvent, subjects: list[dict[str, str]],
-                    ctx: DecisionContext) -> Draft:
+                    ctx: DecisionContext) -> dict[str, Any]:
         """The draft fields every decision on one event shares, made once per event."""
         return {"trace_id": stored.trace_id, "start_time": ctx.now_ms, "end_time": ctx.now_ms,
                 "foreign_trace_id": stored.foreign_trace, "data_subjects": subjects,
                 "source": stored.source, "event_type": stored.event_type,
                 "event_id": stored.event_id, "event_offset": stored.offset}
 
-    def _audit(self, plan: Plan, shared: Draft, span_id: str | None = None
+    def _audit(self, plan: Plan, shared: dict[str, Any], span_id: str | None = None
                ) -> dict[str, Any]:
         """The decision's draft: the plan's part made once (by `draft`), the event's part
         once per event (`_event_part`), a span of its own."""

@@ -3,6 +3,9 @@ one; the backend's offset is the last step. The sealed bytes are those of the fi
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mypy.api
 import pytest
 
 from broker.audit.entries import GENESIS, at_offset, draft, seal, with_fields, with_subjects
@@ -27,13 +30,36 @@ def test_the_steps_return_new_drafts_and_leave_the_earlier_one_as_it_was() -> No
 
 def test_a_step_refuses_a_field_the_audit_entry_does_not_have() -> None:
     with pytest.raises(TypeError, match="unknown audit fields"):
-        with_fields(draft("decide", trace_id=None, start_ms=1), egress_ofset=3)
+        with_fields(draft("decide", trace_id=None, start_ms=1), egress_ofset=3)  # type: ignore[call-arg]
+
+
+_MISUSE = """
+from broker.audit.entries import draft, with_fields
+d = draft("decide", trace_id=None, start_ms=1)
+d["decision"] = "release"
+with_fields(d, egress_ofset=3)
+with_fields(d, event_offset="seven")
+"""
+
+
+def test_the_type_checker_refuses_an_in_place_edit_a_misspelt_field_and_a_wrong_type(
+        tmp_path: Path) -> None:
+    """The draft is typed (a TypedDict with read-only items), so mypy, which CI runs strict
+    on broker/, catches what the runtime check above catches only when the line runs."""
+    misuse = tmp_path / "misuse.py"
+    misuse.write_text(_MISUSE)
+    out, _, status = mypy.api.run(["--strict", "--no-incremental", "--follow-imports=silent",
+                                   str(misuse)])
+    assert status == 1, out
+    assert 'ReadOnly TypedDict key "decision"' in out, out
+    assert '"egress_ofset"' in out, out
+    assert 'event_offset' in out and '"str"' in out, out
 
 
 def test_the_entry_bytes_are_the_same_as_an_in_place_edit_gave() -> None:
     schema = _schema()
     base = draft("decide", trace_id="t" * 32, start_ms=1, recipient="r", purpose="p")
-    edited = dict(base)  # what the backends did before: edit the dict in place
+    edited: dict[str, object] = dict(base)  # what the backends did before: edit the dict in place
     edited["data_subjects"] = SUBJECTS
     edited["egress_offset"] = 7
     stepped = at_offset(with_subjects(base, SUBJECTS), 7)
