@@ -53,7 +53,8 @@ def test_the_type_checker_refuses_an_in_place_edit_a_misspelt_field_and_a_wrong_
     assert status == 1, out
     assert 'ReadOnly TypedDict key "decision"' in out, out
     assert '"egress_ofset"' in out, out
-    assert 'event_offset' in out and '"str"' in out, out
+    assert 'event_offset' in out, out
+    assert '"str"' in out, out
 
 
 def test_the_entry_bytes_are_the_same_as_an_in_place_edit_gave() -> None:
