@@ -32,7 +32,8 @@ _DECISIONS = {"release": "verstrekt", "withhold": "niet verstrekt",
               "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist"}
 _ACTIONS = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
             "erasure": "verwijdering", "quarantine": "geweigerde invoer",
-            "control": "beheerhandeling"}
+            "control": "beheerhandeling",
+            "party_read": "opgevraagd door een convenantpartij (de bron van de gegevens)"}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;max-width:60rem;
