@@ -189,6 +189,17 @@ def _compare(entry_rows: Iterator[tuple[int, bytes]], index: Iterator[tuple[Any,
     return None
 
 
+def _lifts_up_to(restriction: Any) -> int | None:
+    """The log size whose lifts a report applied: 0 when it states no restriction (a
+    report from before them), None when the statement is malformed."""
+    if restriction is None:
+        return 0
+    value = restriction.get("lifts_up_to") if isinstance(restriction, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
 def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any],
                       confidential: frozenset[tuple[str, int]] = frozenset()) -> str | None:
     """Re-derive a subject report's entries from the log up to the checkpoint it states it
@@ -202,7 +213,13 @@ def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any],
     person = str(report["subject"]["pseudonym"])
     size = int(report["complete_up_to"]["size"])
     restriction = report.get("restriction")
-    lifts_up_to = int(restriction["lifts_up_to"]) if isinstance(restriction, dict) else 0
+    lifts_up_to = _lifts_up_to(restriction)
+    if lifts_up_to is None:
+        return "the report's restriction states no log size whose lifts it applied"
+    if restriction is not None and lifts_up_to < size:
+        # Fewer lifts than the report claims to be complete for would hide lifted entries.
+        return (f"the report applies the lifts of the first {lifts_up_to} entries only, "
+                f"but states it is complete up to {size}")
     revealed = isinstance(restriction, dict) and restriction.get("revealed") is True
     items = [item for section in SECTIONS for item in report.get(section) or []
              if int(item["seq"]) < size]

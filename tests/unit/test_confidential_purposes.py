@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import strategies as st
 
 from broker import cli
 from broker.app import confidential
@@ -257,3 +258,57 @@ def test_the_fg_console_shows_restricted_entries_marked(log: tuple[Path, Path]) 
     assert "Er geldt een beperking" in page.text
     assert SECRET in page.text  # the FG sees which purpose
     assert '<span class="tag off">beperkt</span>' in page.text
+
+
+def test_a_report_applying_fewer_lifts_than_it_covers_is_not_complete(
+        log: tuple[Path, Path], tmp_path: Path) -> None:
+    """A report may not hide lifted entries by claiming to apply only older lifts."""
+    assert lift(log, "propose", "A. de Vries")[0] == 0
+    assert lift(log, "approve", "B. Jansen")[0] == 0
+    found = report(log)
+    for section in ("disclosures", "withheld", "accesses", "other"):
+        found[section] = [i for i in found[section] if i["purpose"] != SECRET]
+    found["restriction"].update(applies=True, lifts_up_to=0)
+    code, out = verified_against_log(log, found, tmp_path)
+    assert code == 1
+    assert "applies the lifts of the first 0 entries only" in out
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=12), inner, max_size=3), max_leaves=6)
+
+
+def test_any_restriction_statement_is_checked_never_crashes(log: tuple[Path, Path]) -> None:
+    """verify-report reads a report an attacker may have made: whatever its restriction
+    statement and restricted marks hold, the re-derivation answers (consistent or the
+    first difference) and never fails with an exception."""
+    from hypothesis import HealthCheck, given, settings
+
+    from broker.audit.verify_derived import report_difference
+
+    data, policy = log
+    genuine = report(log)
+    broker = Broker(settings_for(data, policy=policy))
+    try:
+        audit, pairs = audit_of(broker), confidential.confidential_pairs(broker)
+        assert report_difference(audit.store, audit.schema, genuine, pairs) is None
+
+        @given(restriction=_JSON | st.fixed_dictionaries(
+                   {"lifts_up_to": _JSON, "revealed": _JSON, "applies": _JSON}),
+               marks=st.lists(_JSON, max_size=4))
+        @settings(max_examples=150, deadline=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+        def check(restriction: Any, marks: list[Any]) -> None:
+            crafted = json.loads(json.dumps(genuine))
+            crafted["restriction"] = restriction
+            for item, mark in zip(crafted["disclosures"], marks, strict=False):
+                item["restricted"] = mark
+            found = report_difference(audit.store, audit.schema, crafted, pairs)
+            assert found is None or isinstance(found, str)
+            if not isinstance(restriction, dict) and restriction is not None:
+                assert found is not None  # a statement that is not one is not accepted
+
+        check()
+    finally:
+        broker.close()
