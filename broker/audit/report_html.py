@@ -32,7 +32,8 @@ _DECISIONS = {"release": "verstrekt", "withhold": "niet verstrekt",
               "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist"}
 _ACTIONS = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
             "erasure": "verwijdering", "quarantine": "geweigerde invoer",
-            "control": "beheerhandeling"}
+            "control": "beheerhandeling",
+            "party_read": "opgevraagd door een convenantpartij (de bron van de gegevens)"}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;max-width:60rem;
@@ -98,6 +99,9 @@ def _item(item: dict[str, Any], zone: ZoneInfo) -> str:
     rows += [_row("Soort melding", _text(item.get("event_type"))),
              _row("Volgnummer in het logboek", _text(item["seq"])),
              _row("Vastgelegd op", escape(_when(item.get("logged_at"), zone)))]
+    if item.get("restricted"):
+        rows.append(_row("Beperking", "ja — deze regel valt onder een beperking en staat "
+                         "niet in het overzicht voor de betrokkene"))
     proof = item.get("proof")
     if proof:
         hashes = "\n".join(proof["inclusion_proof"]) or "(leeg: de boom heeft één blad)"
@@ -140,6 +144,15 @@ def render_html(report: dict[str, Any], zone: ZoneInfo) -> str:
         f"<tr><th>Opgehaald</th><td>{summary['accesses']}</td></tr>",
         "</table>",
     ]
+    if (report.get("restriction") or {}).get("applies"):
+        # Neither which purpose nor how many: the same words for every person.
+        parts.append(
+            "<p class=muted><strong>Beperking.</strong> Voor sommige verwerkingen onder het "
+            "convenant geldt op dit moment een beperking van het inzagerecht, bijvoorbeeld "
+            "in het belang van een lopend strafrechtelijk onderzoek. Verstrekkingen die "
+            "daaronder vallen staan niet in dit overzicht. Of dat voor u zo is, kan dit "
+            "overzicht niet zeggen. Is de beperking opgeheven, dan staan ze in een nieuw "
+            "overzicht.</p>")
     for key, title, intro in _SECTIONS:
         items = report[key]
         if key == "other" and not items:

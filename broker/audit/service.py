@@ -124,7 +124,10 @@ class AuditLog:
             yield entry
 
     def subject_report(self, pseudonym: str, id_type: str, generated_at: str,
-                       describe: Mapping[str, str] | None = None) -> dict[str, Any]:
+                       describe: Mapping[str, str] | None = None,
+                       confidential: frozenset[tuple[str, int]] = frozenset(),
+                       reveal_restricted: bool = False) -> dict[str, Any]:
         return subject_report(self.store, self.schema, pseudonym=pseudonym, id_type=id_type,
                               origin=self.origin, verifier_key=self.verifier_key(),
-                              generated_at=generated_at, describe=describe)
+                              generated_at=generated_at, describe=describe,
+                              confidential=confidential, reveal_restricted=reveal_restricted)

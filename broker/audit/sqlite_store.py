@@ -292,6 +292,9 @@ class SqliteAudit:
         if where.until_ms is not None:
             clauses.append("i.start_time < ?")
             args.append(where.until_ms)
+        if where.after_seq is not None:
+            clauses.append("i.seq > ?")
+            args.append(where.after_seq)
         sql = "SELECT a.seq, a.entry FROM audit_index i JOIN audit a ON a.seq = i.seq"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)

@@ -30,6 +30,7 @@ class QueryFilter:
     name: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
+    after_seq: int | None = None  # only entries with a higher seq: a page's cursor
 
 
 class AuditStore(Protocol):

@@ -9,6 +9,13 @@ really names the pseudonym, then sorted into:
   withheld     decisions that did not release (with the reason)
   accesses     a recipient retrieving records about the person
   other        anything else naming the person (an erasure, for example)
+Entries under a confidential purpose (a running criminal investigation, say) are left out
+until a four-eyes lift for that purpose and covenant version is in the log
+(broker/app/confidential.py). The report says whether a restriction applies, never which
+purpose nor how many entries: `applies` depends on the covenant and the lifts only, not on
+the person, so its presence tells nothing about them. It states the rule and the log size
+whose lift entries it applied, so an auditor with the log re-derives the same report
+(`report_difference`). The FG's own view (`reveal_restricted`) keeps such entries, marked.
 Each item carries its inclusion proof against the latest signed checkpoint, so the report
 can be checked offline (`verify_subject_report`). The proof holds the entry's exact bytes,
 except when the entry also names other persons (a victim and a suspect of one event):
@@ -30,13 +37,48 @@ from broker.audit.checkpoint import (
     parse_verifier_key,
 )
 from broker.audit.merkle import EMPTY_ROOT, VerificationError, leaf_hash
-from broker.audit.store import AuditStore
+from broker.audit.store import AuditStore, QueryFilter
 from broker.model.render import to_json
 from broker.model.schemas import Schema
 
 REPORT_FORMAT = "covenant-broker/subject-report/v1"
 SECTIONS = ("disclosures", "withheld", "accesses", "other")
 _PSEUDONYM = re.compile(r"[0-9a-f]{32}")
+# The audit detail kinds of the two steps of a lift; the approval is the lift itself.
+LIFT_PROPOSAL_KIND = "confidential_lift_proposal"
+LIFT_KIND = "confidential_lift"
+RESTRICTION_RULE = ("an entry is left out when its purpose is confidential under its "
+                    "covenant_version and no control entry of kind confidential_lift for that "
+                    "purpose and version has a seq below lifts_up_to")
+Pairs = frozenset[tuple[str, int]]
+
+
+def lift_of(entry: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The (purpose, covenant version) a lift entry lifts; None for any other entry."""
+    detail = entry.get("detail") or {}
+    purpose, version = entry.get("purpose"), entry.get("covenant_version")
+    if entry.get("name") != "control" or detail.get("kind") != LIFT_KIND or \
+            purpose is None or version is None:
+        return None
+    return str(purpose), int(version)
+
+
+def restricted_by(entry: Mapping[str, Any], restricted: Pairs) -> bool:
+    purpose, version = entry.get("purpose"), entry.get("covenant_version")
+    return purpose is not None and version is not None and \
+        (str(purpose), int(version)) in restricted
+
+
+def lifted_pairs(store: AuditStore, schema: Schema, up_to: int) -> set[tuple[str, int]]:
+    """The lifts among the entries below seq `up_to`, through the index (control entries)."""
+    out: set[tuple[str, int]] = set()
+    for seq, data in store.query(QueryFilter(name="control")):
+        if seq >= up_to:
+            break
+        lift = lift_of(to_json(schema.decode(data)))
+        if lift is not None:
+            out.add(lift)
+    return out
 
 
 def valid_pseudonym(text: str) -> bool:
@@ -83,11 +125,19 @@ def _item(entry: dict[str, Any], roles: list[str], describe: Mapping[str, str]
 
 def subject_report(store: AuditStore, schema: Schema, *, pseudonym: str, id_type: str,
                    origin: str, verifier_key: str, generated_at: str,
-                   describe: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The report as a JSON-ready dict; `describe` maps "recipient:x"/"purpose:y" to text."""
+                   describe: Mapping[str, str] | None = None, confidential: Pairs = frozenset(),
+                   reveal_restricted: bool = False) -> dict[str, Any]:
+    """The report as a JSON-ready dict; `describe` maps "recipient:x"/"purpose:y" to text.
+
+    `confidential` is (purpose, covenant version) of every confidential purpose; those not
+    lifted in the log are left out, or with `reveal_restricted` (the FG's view) kept and
+    marked `restricted`.
+    """
     if not valid_pseudonym(pseudonym):
         raise ValueError("a subject pseudonym is 32 lowercase hex digits")
     describe = describe or {}
+    lifts_up_to = store.audit_size()
+    restricted = frozenset(confidential - lifted_pairs(store, schema, lifts_up_to))
     latest = store.latest_checkpoint()
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
@@ -102,6 +152,9 @@ def subject_report(store: AuditStore, schema: Schema, *, pseudonym: str, id_type
             "size": latest.size if latest else 0,
             "root": (open_checkpoint(latest.note, parse_verifier_key(verifier_key), origin)
                      .root.hex() if latest else EMPTY_ROOT.hex())},
+        # Whether entries may be left out, and by which rule: the same for every person.
+        "restriction": {"applies": bool(restricted), "rule": RESTRICTION_RULE,
+                        "lifts_up_to": lifts_up_to, "revealed": reveal_restricted},
         **{section: [] for section in SECTIONS},
     }
     unsigned = 0
@@ -112,7 +165,12 @@ def subject_report(store: AuditStore, schema: Schema, *, pseudonym: str, id_type
                  if s["pseudonym"] == pseudonym]
         if not roles:
             continue  # the index named an entry that does not name the person: not theirs
+        hidden = restricted_by(entry, restricted)
+        if hidden and not reveal_restricted:
+            continue  # a restriction applies: left out, and not counted anywhere
         item = _item(entry, roles, describe)
+        if hidden:
+            item["restricted"] = True
         if latest is not None and seq < latest.size:
             item["proof"] = inclusion_item(store, seq, data, latest)
             if any(s["pseudonym"] != pseudonym for s in entry.get("data_subjects") or ()):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from broker.app.confidential import confidential_pairs
 from broker.app.service import Broker
 from broker.audit.bundles import (
     BundleError,
@@ -315,7 +316,8 @@ def _against_log(settings: Settings, report: dict[str, Any]) -> str | None:
     try:
         if broker.audit is None:
             raise ConfigError("--against-log needs a backend with an audit store")
-        return report_difference(broker.audit.store, broker.audit.schema, report)
+        return report_difference(broker.audit.store, broker.audit.schema, report,
+                                 confidential_pairs(broker))
     finally:
         broker.close()
 
@@ -385,7 +387,8 @@ def _subject_report(args: argparse.Namespace, broker: Broker, audit: AuditLog) -
     describe.update({f"purpose:{name}": p.description for name, p in covenant.purposes.items()
                      if p.description})
     generated = iso_instant(parse_instant(args.now) if args.now else now_utc())
-    report = audit.subject_report(pseudonym, id_type, generated, describe)
+    report = audit.subject_report(pseudonym, id_type, generated, describe,
+                                  confidential_pairs(broker))
     if args.html is not None:
         _write_out(args.html, render_html(report, covenant.zone).encode())
     if args.out is not None:
@@ -397,6 +400,9 @@ def _subject_report(args: argparse.Namespace, broker: Broker, audit: AuditLog) -
         print(f"subject {pseudonym}: {summary['disclosures']} disclosures, "
               f"{summary['withheld']} withheld, {summary['accesses']} accesses"
               + (f", {summary['other']} other" if summary["other"] else ""))
+        if report["restriction"]["applies"]:
+            print("  a restriction applies: entries under a confidential purpose are left "
+                  "out until lifted")
         for section in SECTIONS:
             for item in report[section]:
                 print(f"  [{section}] #{item['seq']} {item['time']} {item['action']} "

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.app import lifecycle
+from broker.app import confidential, lifecycle
 from broker.app.service import Broker, Delivered
 from broker.clock import now_utc, parse_instant
 from broker.config import Settings
@@ -25,6 +25,20 @@ def add_policy_commands(policy_cmds: Any, options: AddOptions) -> None:
     activate.add_argument("file", type=Path)
     activate.add_argument("--approver", action="append", default=[], required=True,
                           help="an approving official; give it twice or more (four eyes)")
+    lift = policy_cmds.add_parser(
+        "lift", help="lift the restriction on a confidential purpose (four eyes: one "
+        "proposes, another approves)")
+    lift_cmds = lift.add_subparsers(dest="lift_command", required=True)
+    for step, text in (("propose", "propose lifting the restriction (first pair of eyes)"),
+                       ("approve", "approve another person's proposal: the restriction "
+                        "ends and the purpose's entries show in subject reports")):
+        parser = lift_cmds.add_parser(step, help=text, description=text)
+        options(parser, True)
+        parser.add_argument("--purpose", required=True)
+        parser.add_argument("--covenant-version", type=int, required=True,
+                            help="the covenant version whose restriction ends")
+        parser.add_argument("--approver", required=True,
+                            help="the official who proposes or approves")
     diff = policy_cmds.add_parser(
         "diff", help="dry run: what a proposed covenant would release differently")
     options(diff, True)
@@ -63,6 +77,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
             _print(args, {"activated": version, "file": str(args.file)},
                    f"covenant version {version} active from {_now(args).isoformat()}")
             return 0
+        if args.policy_command == "lift":
+            return _lift(args, broker)
         since = parse_instant(args.since) if args.since else None
         examined, impact = lifecycle.policy_diff(broker, args.current, args.proposed, since)
     finally:
@@ -82,6 +98,25 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
             print(f"    fields added: {', '.join(sorted(s.fields_added))}")
         if s.fields_removed:
             print(f"    fields removed: {', '.join(sorted(s.fields_removed))}")
+    return 0
+
+
+def _lift(args: argparse.Namespace, broker: Broker) -> int:
+    where = f"{args.purpose} (covenant version {args.covenant_version})"
+    if args.lift_command == "propose":
+        confidential.propose_lift(broker, args.purpose, args.covenant_version, args.approver,
+                                  _now(args))
+        _print(args, {"proposed": args.purpose, "covenant_version": args.covenant_version,
+                      "by": args.approver},
+               f"lift of the restriction on {where} proposed by {args.approver}; another "
+               "person approves it with `policy lift approve`")
+        return 0
+    first, second = confidential.approve_lift(broker, args.purpose, args.covenant_version,
+                                              args.approver, _now(args))
+    _print(args, {"lifted": args.purpose, "covenant_version": args.covenant_version,
+                  "approvers": [first, second]},
+           f"restriction on {where} lifted by {first} and {second}: its entries show in "
+           "subject reports from now on")
     return 0
 
 

@@ -249,7 +249,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from broker.policy.lint import lint_all, write_views  # noqa: PLC0415 - only this command
 
-    if args.policy_command in ("activate", "diff"):
+    if args.policy_command in ("activate", "diff", "lift"):
         return cli_lifecycle.cmd_policy(args, settings)
     if args.policy_command == "views":
         written = write_views(settings, write=args.write)

@@ -4,6 +4,8 @@ credentials.
   web --listen 127.0.0.1:8080          serve (either backend); --now pins the clock
   web token create --recipient R       print a new API token once (only its hash is kept)
   web token list | revoke ID
+  web party-token create --party P     a covenant party's read token (party read API), once
+  web party-token list | revoke ID
   web fg-user create NAME              prompts twice, or --password-stdin
 """
 
@@ -65,7 +67,7 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
     web.add_argument("--trusted-checkpoint", type=Path, action="append", default=[],
                      metavar="FILE", help="a signed checkpoint the FG kept (repeatable): "
                      "the log must still extend it, so a rollback or rewrite shows")
-    sub = web.add_subparsers(dest="web_command", metavar="{token,fg-user}")
+    sub = web.add_subparsers(dest="web_command", metavar="{token,party-token,fg-user}")
 
     def nested(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
@@ -81,6 +83,17 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
     nested(tokens, "list", "the tokens by id, recipient and state (never the token)")
     revoke = nested(tokens, "revoke", "revoke a token by its id")
     revoke.add_argument("token_id")
+    parties = nested(sub, "party-token", "covenant party read tokens (what was disclosed "
+                     "from the party's events)").add_subparsers(dest="party_token_command",
+                                                                 required=True)
+    party_create = nested(parties, "create", "print a new read token for one source party, "
+                          "once")
+    party_create.add_argument("--party", required=True, help="a source of the covenant")
+    party_create.add_argument("--label", default="",
+                              help="what the token is for (no personal data)")
+    nested(parties, "list", "the party tokens by id, party and state (never the token)")
+    party_revoke = nested(parties, "revoke", "revoke a party token by its id")
+    party_revoke.add_argument("token_id")
     users = nested(sub, "fg-user", "privacy-officer accounts of the console").add_subparsers(
         dest="fg_command", required=True)
     user = nested(users, "create", "create an FG account, or set its password")
@@ -94,6 +107,8 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.web_command == "token":
         return _tokens(args, settings, WebState(settings.data_dir))
+    if args.web_command == "party-token":
+        return _party_tokens(args, settings, WebState(settings.data_dir))
     if args.web_command == "fg-user":
         return _fg_user(args, WebState(settings.data_dir))
     return _serve(args, settings)
@@ -137,6 +152,41 @@ def _tokens(args: argparse.Namespace, settings: Settings, state: Any) -> int:
     for row in rows:
         print(json.dumps(row) if args.json else
               f"{row['token_id']}  {row['recipient']:<20} {row['created']}  "
+              f"{'revoked ' + row['revoked'] if row['revoked'] else 'active'}  {row['label']}")
+    return EXIT_OK
+
+
+def _party_tokens(args: argparse.Namespace, settings: Settings, state: Any) -> int:
+    from broker.web import auth  # noqa: PLC0415 - the web stack only when used
+
+    now_ms = to_millis(_clock(args)())
+    action = args.party_token_command
+    if action == "create":
+        covenant = load_covenant(settings.policy_file())
+        if args.party not in covenant.sources:
+            raise InputError(f"unknown source party {args.party!r}; the covenant's sources are "
+                             f"{', '.join(covenant.sources)}")
+        made = auth.create_party_token(state, args.party, args.label, now_ms)
+        if args.json:
+            print(json.dumps({"token": made.token, "token_id": made.token_id,
+                              "party": args.party}))
+        else:
+            print(made.token)
+            print(f"party token id {made.token_id} for {args.party}: shown once, only its "
+                  "hash is kept", file=sys.stderr)
+        return EXIT_OK
+    if action == "revoke":
+        if not state.revoke_party_token(args.token_id, now_ms):
+            raise InputError(f"no active party token with id {args.token_id!r}")
+        print(f"party token {args.token_id} revoked")
+        return EXIT_OK
+    rows = [{"token_id": t.token_id, "party": t.party, "label": t.label,
+             "created": iso_instant(from_millis(t.created_ms)),
+             "revoked": iso_instant(from_millis(t.revoked_ms)) if t.revoked_ms else None}
+            for t in state.party_tokens()]
+    for row in rows:
+        print(json.dumps(row) if args.json else
+              f"{row['token_id']}  {row['party']:<20} {row['created']}  "
               f"{'revoked ' + row['revoked'] if row['revoked'] else 'active'}  {row['label']}")
     return EXIT_OK
 

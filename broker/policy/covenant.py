@@ -21,6 +21,7 @@ from pydantic import (
     Discriminator,
     Field,
     PositiveInt,
+    StrictBool,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -211,6 +212,12 @@ class Purpose(_Strict):
     )
     recipients: list[RecipientRule] = Field(min_length=1)
     fields: dict[str, FieldRule] = Field(min_length=1)
+    # A running criminal investigation (Wpg), say: its disclosures stay out of subject
+    # reports until two approvers lift the restriction (broker/app/confidential.py).
+    # Strict: a quoted "yes" or "false" is a mistake, not a truthy string.
+    confidential: StrictBool = Field(
+        default=False, description="leave this purpose's entries out of subject reports "
+        "until an audited four-eyes lift")
 
     def recipient_names(self) -> list[str]:
         return [name for rule in self.recipients for name in rule.to]

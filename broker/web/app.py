@@ -31,7 +31,7 @@ from broker.config import Settings
 from broker.errors import InputError
 from broker.keys import KeyStore
 from broker.logs import get_logger
-from broker.web import console, recipient_api
+from broker.web import console, party_api, recipient_api
 from broker.web.body_limit import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -62,6 +62,12 @@ Delivery of released records to recipient systems under the covenant.
   server may answer earlier, empty, at its own limit (a proxy's idle timeout, say).
 * Every read is one `access` entry in the audit log, with the range it returned.
 * Acknowledge the last offset processed with `POST .../ack`; it is stored and audited.
+
+Covenant parties (the sources) read what was done with their own events under
+`/v1/party/...`, with a party read token (`covenant-broker web party-token create`): by
+trace id, processing activity or data subject pseudonym (in a POST body), paged with
+`after`/`next_after`. A party sees only entries of its own events; every read is one
+`party_read` audit entry.
 """
 
 
@@ -160,6 +166,7 @@ def create_app(settings: Settings, options: WebOptions | None = None) -> FastAPI
 
 def _routes(app: FastAPI) -> FastAPI:
     app.include_router(recipient_api.router)
+    app.include_router(party_api.router)
     app.include_router(console.router)
     return app
 

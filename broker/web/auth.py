@@ -1,4 +1,5 @@
-"""Credentials, kept only as hashes: recipient API tokens and privacy-officer passwords.
+"""Credentials, kept only as hashes: recipient API tokens, covenant party read tokens and
+privacy-officer passwords.
 
 API tokens are 256 random bits, so a plain SHA-256 of the token is as strong as any slow
 hash and lets each request be checked with one index lookup (a slow hash per request would
@@ -21,6 +22,7 @@ from broker.clock import to_millis
 from broker.web.state import WebState
 
 TOKEN_PREFIX = "cbt_"  # noqa: S105 - a marker that tells a token apart, not a secret
+PARTY_TOKEN_PREFIX = "cbp_"  # noqa: S105 - the same, for a covenant party's read token
 MIN_PASSWORD_LENGTH = 12
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
@@ -45,6 +47,26 @@ def create_token(state: WebState, recipient: str, label: str, now_ms: int) -> Ne
     token_id = digest[:12]
     state.add_token(digest, token_id, recipient, label, now_ms)
     return NewToken(token, token_id)
+
+
+def create_party_token(state: WebState, party: str, label: str, now_ms: int) -> NewToken:
+    """A covenant party's read token (the party read API): made and kept as a recipient
+    token is, in a table of its own."""
+    token = PARTY_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    digest = hash_token(token)
+    token_id = digest[:12]
+    state.add_party_token(digest, token_id, party, label, now_ms)
+    return NewToken(token, token_id)
+
+
+def token_party(state: WebState, credentials: HTTPAuthorizationCredentials | None
+                ) -> tuple[str, str] | None:
+    """(party, token id) a bearer token belongs to; None for none, unknown or revoked."""
+    if credentials is None or not credentials.credentials:
+        return None
+    if len(credentials.credentials) > 256:  # not one of ours; do not hash megabytes
+        return None
+    return state.token_party(hash_token(credentials.credentials))
 
 
 def token_recipient(state: WebState, credentials: HTTPAuthorizationCredentials | None

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from broker.app import lifecycle
+from broker.app.confidential import confidential_pairs
 from broker.app.service import Broker
 from broker.audit.checkpoint import verifier_key_string
 from broker.audit.entries import draft
@@ -261,7 +262,9 @@ async def subject(request: Request, user: FgUser,
         covenant = broker.covenant
         describe = {f"recipient:{n}": r.description for n, r in covenant.recipients.items()}
         describe.update({f"purpose:{n}": p.description for n, p in covenant.purposes.items()})
-        found = audit.subject_report(pseudonym, "bsn", generated, describe)
+        # The FG sees restricted entries, marked; the person's own report leaves them out.
+        found = audit.subject_report(pseudonym, "bsn", generated, describe,
+                                     confidential_pairs(broker), reveal_restricted=True)
         now_ms = to_millis(_now(request))
         broker.log.append_audit([draft(
             "subject_report", trace_id=None, start_ms=now_ms,

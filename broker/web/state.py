@@ -2,6 +2,7 @@
 
 It works the same on both backends and holds no personal data about data subjects:
   api_token  SHA-256 of each recipient API token (the token itself is shown once, never kept)
+  party_token SHA-256 of each covenant party's read token (the party read API), the same way
   fg_user    privacy-officer accounts: scrypt password hashes with their salt and cost
   fg_session live console sessions: SHA-256 of the random id the cookie holds, the user and
              the start; a logout or a new password deletes them, so a copied cookie dies
@@ -25,6 +26,14 @@ CREATE TABLE IF NOT EXISTS api_token (
     token_hash TEXT PRIMARY KEY,
     token_id TEXT NOT NULL UNIQUE,
     recipient TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS party_token (
+    token_hash TEXT PRIMARY KEY,
+    token_id TEXT NOT NULL UNIQUE,
+    party TEXT NOT NULL,
     label TEXT NOT NULL DEFAULT '',
     created_ms INTEGER NOT NULL,
     revoked_ms INTEGER
@@ -57,6 +66,15 @@ FILE_NAME = "web.db"
 class TokenInfo:
     token_id: str
     recipient: str
+    label: str
+    created_ms: int
+    revoked_ms: int | None
+
+
+@dataclass(frozen=True)
+class PartyTokenInfo:
+    token_id: str
+    party: str
     label: str
     created_ms: int
     revoked_ms: int | None
@@ -102,6 +120,34 @@ class WebState:
     def revoke_token(self, token_id: str, now_ms: int) -> bool:
         with self._db() as db:
             done = db.execute("UPDATE api_token SET revoked_ms = ? WHERE token_id = ? AND "
+                              "revoked_ms IS NULL", (now_ms, token_id))
+        return done.rowcount == 1
+
+    # -- covenant party read tokens (a table of their own: a recipient token reads no
+    # party's disclosures, and a party token no stream) ------------------------------------
+    def add_party_token(self, token_hash: str, token_id: str, party: str, label: str,
+                        now_ms: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO party_token (token_hash, token_id, party, label, "
+                       "created_ms) VALUES (?, ?, ?, ?, ?)",
+                       (token_hash, token_id, party, label, now_ms))
+
+    def token_party(self, token_hash: str) -> tuple[str, str] | None:
+        """(party, token id) of an active party token."""
+        with self._db() as db:
+            row = db.execute("SELECT party, token_id FROM party_token WHERE token_hash = ? "
+                             "AND revoked_ms IS NULL", (token_hash,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def party_tokens(self) -> list[PartyTokenInfo]:
+        with self._db() as db:
+            rows = db.execute("SELECT token_id, party, label, created_ms, revoked_ms "
+                              "FROM party_token ORDER BY created_ms, token_id").fetchall()
+        return [PartyTokenInfo(*row) for row in rows]
+
+    def revoke_party_token(self, token_id: str, now_ms: int) -> bool:
+        with self._db() as db:
+            done = db.execute("UPDATE party_token SET revoked_ms = ? WHERE token_id = ? AND "
                               "revoked_ms IS NULL", (now_ms, token_id))
         return done.rowcount == 1
 

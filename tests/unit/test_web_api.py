@@ -311,7 +311,11 @@ def test_ack_with_a_non_json_body_is_422(web: Web) -> None:
 def test_the_app_serves_its_openapi_spec(web: Web) -> None:
     spec = web.client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/streams", "/v1/streams/{purpose}/records",
-                                  "/v1/streams/{purpose}/ack"}
+                                  "/v1/streams/{purpose}/ack",
+                                  "/v1/party/traces/{trace_id}/disclosures",
+                                  "/v1/party/purposes/{purpose}/disclosures",
+                                  "/v1/party/processing-activities/disclosures",
+                                  "/v1/party/disclosures/by-subject"}
     assert spec["components"]["securitySchemes"]["recipientToken"]["scheme"] == "bearer"
     records = spec["paths"]["/v1/streams/{purpose}/records"]["get"]
     assert {p["name"] for p in records["parameters"]} == {"purpose", "from_offset", "limit",
