@@ -63,7 +63,8 @@ def test_the_documented_producer_and_consumer_run_against_kafka(
                                     recipient, "--purpose", purpose])
             consumed[stream] = [json.loads(line) for line in delivered.splitlines()]
 
-    assert "(JSON)" in sent and "(Avro)" in sent
+    assert "(JSON)" in sent
+    assert "(Avro)" in sent
     assert (report["stored"], report["quarantined"]) == (2, 0), report
     for stream, records in read.items():
         assert records, f"the consumer read nothing on {stream}"
