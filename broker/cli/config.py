@@ -2,7 +2,8 @@
 
 It loads the settings exactly as every other command does (defaults, the config file,
 COVENANT_BROKER_* environment variables, command-line flags), then checks that the paths
-they name exist (broker/config/paths.py). Exit 0 with the effective settings, secrets
+they name exist (broker/config/paths.py); on Kafka it lists the topic names the config
+and covenant imply (`kafka init` creates them). Exit 0 with the effective settings, secrets
 masked; exit 2 with one `where:key: problem` line per problem.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from broker.config import ENV_PREFIX, Settings
 from broker.config.paths import path_problems
-from broker.errors import ConfigError
+from broker.errors import ConfigError, CovenantError, SchemaError
 
 EXIT_OK, EXIT_ERROR = 0, 2
 SECRET = "[secret]"  # noqa: S105 - the mask shown in place of a secret
@@ -81,13 +82,46 @@ def cmd_config(args: argparse.Namespace,
             print("\n".join(problems), file=sys.stderr)
         return EXIT_ERROR
     values = effective(settings)
+    try:
+        topics = topic_names(settings)
+    except CovenantError as exc:
+        problems = exc.problems
+    except (ConfigError, SchemaError) as exc:
+        problems = str(exc).splitlines()
+    if problems:
+        if args.json:
+            print(json.dumps({"ok": False, "problems": problems}))
+        else:
+            print("\n".join(problems), file=sys.stderr)
+        return EXIT_ERROR
     config_file = args.config or os.environ.get(ENV_PREFIX + "CONFIG")
     if args.json:
-        print(json.dumps({"ok": True, "config_file": str(config_file) if config_file else None,
-                          "environment": environment, "settings": values}))
+        payload = {"ok": True, "config_file": str(config_file) if config_file else None,
+                   "environment": environment, "settings": values}
+        if topics is not None:
+            payload["topics"] = topics
+        print(json.dumps(payload))
         return EXIT_OK
     print(f"config file: {config_file or 'none (defaults)'}")
     print(f"environment overrides: {', '.join(environment) or 'none'}")
     for key, value in _flatten(values):
         print(f"{key} = {json.dumps(value)}")
+    if topics is not None:
+        print(f"kafka topics ({len(topics)}; `covenant-broker kafka init` creates them):")
+        for topic in topics:
+            print(f"  {topic}")
     return EXIT_OK
+
+
+def topic_names(settings: Settings) -> list[str] | None:
+    """On Kafka, every topic name the config and covenant imply (no connection); else None."""
+    if settings.backend != "kafka":
+        return None
+    # kafka-python only for a Kafka config
+    from broker.backends.kafka.acl import covenant_layout  # noqa: PLC0415
+    from broker.model.schemas import SchemaRegistry  # noqa: PLC0415
+    from broker.policy.covenant import load_covenant  # noqa: PLC0415
+
+    layout = covenant_layout(settings.kafka, load_covenant(settings.policy_file()),
+                             SchemaRegistry(settings.schemas_dir).event_types())
+    return layout.all_topics()

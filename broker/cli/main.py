@@ -24,7 +24,9 @@ from broker.app.service import Broker, IngestReport
 from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
 from broker.cli import config as cli_config
+from broker.cli import kafka_admin as cli_kafka_admin
 from broker.cli import lifecycle as cli_lifecycle
+from broker.cli import schemas as cli_schemas
 from broker.cli import source as cli_source
 from broker.cli import web as cli_web
 from broker.clock import now_utc, parse_instant
@@ -70,7 +72,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
                        "`acl plan`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the command list, one by one
     parser = argparse.ArgumentParser(
         prog="covenant-broker",
         description="Brokers police, OM and municipality events under a covenant.")
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_web.add_commands(command, _global_options)  # web, web token, web fg-user
     cli_acl.add_commands(command, _global_options)  # acl plan
     cli_source.add_commands(command, _global_options)  # source keygen, source sign
+    cli_kafka_admin.add_commands(command, _global_options)  # kafka init
+    cli_schemas.add_commands(command, _global_options)  # schemas list, schemas show
     return parser
 
 
@@ -370,6 +374,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "control": cmd_control, "audit": cmd_audit, "subject": cmd_subject,
     "replay": cli_lifecycle.cmd_replay, "keys": cli_lifecycle.cmd_keys, "serve": cmd_serve,
     "web": cli_web.cmd_web, "acl": cli_acl.cmd_acl, "source": cli_source.cmd_source,
+    "kafka": cli_kafka_admin.cmd_kafka, "schemas": cli_schemas.cmd_schemas,
 }
 
 

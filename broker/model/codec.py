@@ -58,6 +58,19 @@ def split_header(data: bytes) -> tuple[bytes, bytes] | None:
     return data[2:HEADER_SIZE], data[HEADER_SIZE:]
 
 
+CONFLUENT_MAGIC = 0x00
+CONFLUENT_HEADER_SIZE = 5
+
+
+def confluent_schema_id(data: bytes) -> int | None:
+    """The schema id of a record in the Confluent Schema Registry wire format (magic byte
+    0x00, a 4-byte big-endian schema id, then the Avro body), else None. No JSON text and no
+    single-object encoding starts with a zero byte, so the test cannot misjudge either."""
+    if len(data) < CONFLUENT_HEADER_SIZE or data[0] != CONFLUENT_MAGIC:
+        return None
+    return int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+
+
 def decode_payload(
     payload: bytes, writer_schema: Any, reader_schema: Any | None = None
 ) -> dict[str, Any]:

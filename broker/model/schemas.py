@@ -167,10 +167,35 @@ class SchemaRegistry:
     def event_types(self) -> list[str]:
         return [s.name for s in self.by_name.values() if s.kind == "events"]
 
-    def decode_single_object(self, data: bytes, kinds: tuple[str, ...] = ("events",)
-                             ) -> tuple[Schema, dict[str, Any]]:
+    def fingerprints_of(self, name: str) -> list[tuple[str, Schema]]:
+        """The writer schemas of `name` a message may name: ("current", schema) first, then
+        each older version ("history"), as hex fingerprints sort them."""
+        current = self.by_name.get(name)
+        out = [("current", current)] if current is not None else []
+        out += sorted((("history", s) for s in self.history.values() if s.name == name),
+                      key=lambda item: item[1].fingerprint.hex())
+        return out
+
+    def _unknown_fingerprint(self, fp: bytes, expected: str | None) -> InvalidEvent:
+        reason = f"unknown schema fingerprint {fp.hex()}"
+        if expected is not None and expected in self.by_name:
+            known = ", ".join(f"{s.fingerprint.hex()} ({label}"
+                              + (")" if label == "current" else f": {s.path.name})")
+                              for label, s in self.fingerprints_of(expected))
+            reason += (f"; the known fingerprints of {expected} are {known}"
+                       f" (`covenant-broker schemas list`). The fingerprint is CRC-64-AVRO "
+                       "of the writer schema's Parsing Canonical Form, little-endian after "
+                       "C3 01; some libraries (the Apache `avro` Python package) keep "
+                       "logicalType in the canonical form of schemas with logical types and "
+                       "so compute a different one: take the fingerprint from `schemas "
+                       "list`, or compute it with fastavro or Java Avro")
+        return InvalidEvent("unknown_schema", reason)
+
+    def decode_single_object(self, data: bytes, kinds: tuple[str, ...] = ("events",),
+                             expected: str | None = None) -> tuple[Schema, dict[str, Any]]:
         """Decode a message of one of `kinds` (events by default); older compatible writer
-        schemas resolve to the current one."""
+        schemas resolve to the current one. With `expected` (the declared type), an unknown
+        fingerprint's reason lists the fingerprints that type's messages may carry."""
         header = codec.split_header(data)
         if header is None:
             raise InvalidEvent("bad_framing", "not Avro single-object encoded (marker C3 01)")
@@ -181,7 +206,7 @@ class SchemaRegistry:
             writer = self.history[fp]
             current = self.by_name.get(writer.name)
         if writer is None or current is None or current.kind not in kinds:
-            raise InvalidEvent("unknown_schema", f"unknown schema fingerprint {fp.hex()}")
+            raise self._unknown_fingerprint(fp, expected)
         if fp in self.incompatible:
             raise InvalidEvent("incompatible_schema", f"writer schema {writer.path.name} "
                                f"({fp.hex()}) does not resolve to the current {current.name}: "

@@ -1,8 +1,9 @@
 """Ingest: raw input (JSON or Avro single-object bytes) to a stored event, or to quarantine.
 
-Validation order: size, framing and decoding, schema, the source's right to publish the
-type, duplicates. Every failure becomes an InvalidEvent with a reason code; the caller
-quarantines it with an audit record. Nothing here raises past one event.
+Validation order: size, framing and decoding (Confluent-framed input, magic byte 0x00 and a
+schema id, is refused as confluent_framing, naming what to send instead), schema, the
+source's right to publish the type, duplicates. Every failure becomes an InvalidEvent with
+a reason code; the caller quarantines it with an audit record. Nothing here raises past one event.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from broker.errors import InvalidEvent
-from broker.model.codec import MARKER
+from broker.model.codec import MARKER, confluent_schema_id
 from broker.model.json_input import (
     Limits,
     check_instant,
@@ -29,6 +30,11 @@ from broker.model.schemas import Schema, SchemaRegistry
 PREFIX_BYTES = 1024  # what an oversized input keeps: enough to tell what it was
 LINE_MARGIN = 4096  # a line's surrounding whitespace the bounded reader still holds
 CHUNK_BYTES = 64 * 1024
+CONFLUENT_REASON = (
+    "Confluent Schema Registry wire format (magic byte 0x00, schema id {schema_id}): this "
+    "broker has no schema registry; send Avro single-object encoding (C3 01, the writer "
+    "schema's 8-byte CRC-64-AVRO fingerprint little-endian, then the Avro body; "
+    "`covenant-broker schemas list` gives the fingerprints) or one JSON object per record")
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,11 @@ def validate(raw: bytes, source: str, declared_type: str, registry: SchemaRegist
         raise InvalidEvent("event_too_large", f"{len(raw)} bytes, the limit is "
                            f"{limits.max_event_bytes}")
     dropped: list[str] = []
+    schema_id = confluent_schema_id(raw)
+    if schema_id is not None:  # read as JSON it fails as invalid_unicode, which misleads
+        raise InvalidEvent("confluent_framing", CONFLUENT_REASON.format(schema_id=schema_id))
     if raw[:2] == MARKER:
-        schema, record = registry.decode_single_object(raw)
+        schema, record = registry.decode_single_object(raw, expected=declared_type)
         _check_strings(record, "", limits.max_string_bytes)
         if schema.name != declared_type:
             raise InvalidEvent("type_mismatch", f"message is a {schema.name}, the input was "

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker.app.service import Broker
 from broker.audit.entries import draft
 from broker.clock import to_millis
+from broker.policy.catalog import catalog
 from broker.web.auth import token_recipient
 from broker.web.state import WebState
 from broker.web.worker import BrokerWorker
@@ -31,6 +32,7 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_WAIT_SECONDS = 30
 PURPOSE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
+FINGERPRINT_PATTERN = r"^[0-9a-fA-F]{16}$"
 
 bearer = HTTPBearer(auto_error=False, scheme_name="recipientToken",
                     description="The API token of one recipient (`covenant-broker web token "
@@ -84,6 +86,18 @@ class RecordPage(BaseModel):
     records: list[DeliveredRecord]
 
 
+class SchemaInfo(BaseModel):
+    name: str = Field(description="the Avro full name")
+    kind: Literal["events", "views", "records"]
+    version: str = Field(description="current, or the file of an older writer version")
+    fingerprint: str = Field(description="CRC-64-AVRO of the Parsing Canonical Form: the hex "
+                             "of the 8 bytes after C3 01 in a single-object encoded value")
+    used: list[str] = Field(description="where it is used; of the views, only this "
+                            "recipient's streams")
+    schema_: dict[str, Any] = Field(alias="schema", description="the full writer schema")
+    canonical_form: str = Field(description="its Parsing Canonical Form")
+
+
 class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     offset: int = Field(ge=0, le=MAX_OFFSET, description="the last offset processed")
@@ -132,6 +146,9 @@ def caller(request: Request,
 
 Caller = Annotated[str, Depends(caller)]
 PurposeName = Annotated[str, Path(pattern=PURPOSE_PATTERN, description="a purpose name")]
+Fingerprint = Annotated[str, Path(pattern=FINGERPRINT_PATTERN,
+                                  description="a schema fingerprint: 16 hex digits, as "
+                                  "`covenant-broker schemas list` prints it")]
 
 
 def purposes_of(broker: Broker, recipient: str) -> list[str]:
@@ -263,3 +280,28 @@ async def acknowledge(request: Request, recipient: Caller, purpose: PurposeName,
         raise HTTPException(409, previous)
     return AckResult(recipient=recipient, purpose=purpose, acknowledged_offset=body.offset,
                      previous_offset=previous)
+
+
+@router.get("/schemas/{fingerprint}", response_model=SchemaInfo,
+            responses={**_AUTH_ERRORS, 404: {"model": ErrorBody,
+                                             "description": "no schema has this fingerprint"}},
+            summary="the writer schema of a fingerprint (to decode a single-object value)")
+async def get_schema(request: Request, recipient: Caller, fingerprint: Fingerprint
+                     ) -> JSONResponse:
+    # Schemas are not personal data, but this is the recipient API: one rule for every
+    # route (a recipient's token) keeps the service without an anonymous surface, and the
+    # `used` list tells a recipient its own streams only, not which views others receive.
+    def find(broker: Broker) -> dict[str, Any] | None:
+        for entry in catalog(broker.registry, broker.covenant):
+            if entry.fingerprint == fingerprint.lower():
+                used = [u for u in entry.used if entry.kind != "views"
+                        or u.startswith(f"view of {recipient} for ")]
+                return {**entry.as_json(), "used": used, "schema": entry.schema.raw,
+                        "canonical_form": entry.canonical_form()}
+        return None
+
+    found = await _worker(request).call(find)
+    if found is None:
+        raise HTTPException(404, "no schema has this fingerprint; `covenant-broker schemas "
+                            "list` shows them")
+    return JSONResponse(found)

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastavro.schema import fingerprint as fastavro_fingerprint
 
+from broker.model.schemas import SchemaRegistry
 from tests import factories as f
 from tests.unit.web_support import NOW, Web, open_web
 
@@ -19,7 +21,8 @@ SURVEILLANCE = "surveillance-woninginbraak"
 BAN = "handhaving-gebiedsverbod"
 RECORDS = f"/v1/streams/{SURVEILLANCE}/records"
 ENDPOINTS = [("get", "/v1/streams", None), ("get", RECORDS, None),
-             ("post", f"/v1/streams/{SURVEILLANCE}/ack", {"offset": 0})]
+             ("post", f"/v1/streams/{SURVEILLANCE}/ack", {"offset": 0}),
+             ("get", "/v1/schemas/0000000000000000", None)]
 
 
 @pytest.fixture
@@ -311,7 +314,7 @@ def test_ack_with_a_non_json_body_is_422(web: Web) -> None:
 def test_the_app_serves_its_openapi_spec(web: Web) -> None:
     spec = web.client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/streams", "/v1/streams/{purpose}/records",
-                                  "/v1/streams/{purpose}/ack",
+                                  "/v1/streams/{purpose}/ack", "/v1/schemas/{fingerprint}",
                                   "/v1/party/traces/{trace_id}/disclosures",
                                   "/v1/party/purposes/{purpose}/disclosures",
                                   "/v1/party/processing-activities/disclosures",
@@ -358,3 +361,27 @@ def test_the_documented_spec_is_the_served_spec(web: Web) -> None:
     """docs/openapi.json is what the app serves; regenerate it with the command in docs/web.md."""
     documented = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
     assert documented == web.client.get("/openapi.json").json()
+
+
+# -- schema discovery ---------------------------------------------------------------------------
+
+def test_a_schema_is_served_by_its_fingerprint_as_schemas_list_prints_it(web: Web) -> None:
+    view = SchemaRegistry(REPO / "schemas").get("views.surveillance_woninginbraak")
+    answer = web.client.get(f"/v1/schemas/{view.fingerprint.hex().upper()}",
+                            headers=web.token("boa-hor-noord"))
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["name"] == "views.surveillance_woninginbraak"
+    assert body["fingerprint"] == view.fingerprint.hex()
+    assert body["schema"] == view.raw
+    assert body["used"] == ["view of boa-hor-noord for surveillance-woninginbraak"]
+    # the fingerprint is fastavro's CRC-64-AVRO of the canonical form served with it
+    assert fastavro_fingerprint(body["canonical_form"], "CRC-64-AVRO") == body["fingerprint"]
+
+
+def test_an_unknown_fingerprint_is_404(web: Web) -> None:
+    answer = web.client.get("/v1/schemas/00000000000000ff", headers=web.token("preventie"))
+    assert answer.status_code == 404
+    assert "schemas list" in answer.json()["detail"]
+    assert web.client.get("/v1/schemas/not-hex", headers=web.token("preventie")
+                          ).status_code == 422

@@ -34,6 +34,17 @@ def key_topic_configs(segment_ms: int) -> dict[str, str]:
             "delete.retention.ms": str(24 * 3600 * 1000)}
 
 
+class TopicMismatchError(ConfigError):
+    """Topics that exist with settings the configuration does not give them: a finding
+    (`kafka init` exits 1 with each difference) rather than a command that cannot run."""
+
+    def __init__(self, problems: list[str], created: list[str] | None = None) -> None:
+        self.problems = list(problems)
+        self.created = list(created or [])  # the missing topics were created all the same
+        super().__init__("Kafka topics do not match the configuration:\n"
+                         + "\n".join(problems))
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -127,8 +138,7 @@ def ensure_topics(admin: KafkaAdminClient, layout: Layout) -> list[str]:
                             "count cannot change once the topic holds data")
     problems += _check_configs(admin, [s for s in specs if s.checked])
     if problems:
-        raise ConfigError("Kafka topics do not match the configuration:\n"
-                          + "\n".join(problems))
+        raise TopicMismatchError(problems, created)
     return created
 
 
