@@ -22,6 +22,7 @@ import pytest
 from kafka import KafkaProducer
 
 from broker.app.service import Broker, PartitionChainsReport
+from tests import factories as f
 from tests.integration.kafka_support import KafkaEnv
 from tests.unit import test_scenarios as scenarios
 from tests.unit.test_scenarios import broker  # noqa: F401 - the fixture the scenarios take
@@ -56,7 +57,7 @@ def test_every_scenario_is_collected_on_kafka() -> None:
 def test_verify_audit_checks_every_partition_chain(kafka_broker: Broker) -> None:
     """Broker.verify_audit on Kafka verifies the audit partitions' chains, not only the
     integrated log (which holds nothing until `audit integrate` runs)."""
-    scenarios.ingest(kafka_broker, "politie.woninginbraak", scenarios.f.woninginbraak())
+    scenarios.ingest(kafka_broker, "politie.woninginbraak", f.woninginbraak())
     intact = kafka_broker.verify_audit()
     assert isinstance(intact, PartitionChainsReport)
     assert intact.ok, intact.problem

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -33,9 +34,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def embedded_broker(make_broker: Any) -> Broker:
-    broker: Broker = make_broker()
-    return broker
+def embedded_broker(make_broker: Callable[..., Broker]) -> Broker:
+    return make_broker()
 
 
 @pytest.fixture
