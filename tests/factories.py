@@ -101,3 +101,8 @@ def jsonl(*events: dict[str, Any]) -> bytes:
 def lines(*events: dict[str, Any] | str) -> list[tuple[str, bytes]]:
     return [(f"line {i}", (e if isinstance(e, str) else json.dumps(e)).encode())
             for i, e in enumerate(events, 1)]
+
+
+def numbered(*events: dict[str, Any] | str) -> list[tuple[int, bytes]]:
+    """The events as numbered input lines (Broker.ingest_settled, the CLI's line numbers)."""
+    return [(i, raw) for i, (_, raw) in enumerate(lines(*events), 1)]

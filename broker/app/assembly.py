@@ -23,6 +23,7 @@ from broker.crypto.keystore import DataKeyStore, SqliteKeyStore
 from broker.errors import ConfigError
 from broker.keys import KeyStore
 from broker.model.schemas import SchemaRegistry
+from broker.pipeline.core import PipelineRunner
 from broker.pipeline.port import (
     AuditChain,
     DecisionSink,
@@ -56,6 +57,7 @@ class Backend:
     ingress: IngressPublisher | None = None  # ingest publishes; `serve` decides (Kafka)
     purge: IngressPurge | None = None  # raw input kept until purged (Kafka)
     integrated: IntegratedAuditDb | None = None  # the chains sequenced by `audit integrate`
+    runner: PipelineRunner | None = None  # `serve` run here until idle (Kafka)
 
     @property
     def audit_is_live(self) -> bool:
@@ -66,7 +68,7 @@ class Backend:
     def capability(self, kind: type[T]) -> T | None:
         """The part of this backend that is a `kind`, for a backend's own modules that need
         their concrete parts (serve needs the Kafka clients and topic layout)."""
-        for part in (self.log, self.data_keys, self.integrated):
+        for part in (self.log, self.data_keys, self.integrated, self.runner):
             if isinstance(part, kind):
                 return part
         return None
@@ -111,6 +113,7 @@ def kafka(parts: Parts) -> Backend:
     # imported only when chosen: the embedded default needs no kafka-python
     from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.keys import KafkaKeyStore  # noqa: PLC0415 - Kafka only
+    from broker.backends.kafka.runner import UntilIdle  # noqa: PLC0415 - Kafka only
 
     log = KafkaEventLog(parts.settings.kafka, parts.registry, parts.plans)
     try:  # the compacted key topic, shared by every process of the deployment
@@ -128,7 +131,8 @@ def kafka(parts: Parts) -> Backend:
         log.close()
         raise
     return Backend("kafka", log, keys, parts.audit.audit_log(integrated.audit),
-                   partition_chains=log, ingress=log, purge=log, integrated=integrated)
+                   partition_chains=log, ingress=log, purge=log, integrated=integrated,
+                   runner=UntilIdle())
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,14 @@ from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
-from broker.pipeline.port import DecisionSink, EgressRecord, EventLog, NewEvent, StoreWriter
+from broker.pipeline.port import (
+    DecisionSink,
+    EgressRecord,
+    EventLog,
+    NewEvent,
+    QuarantineNote,
+    StoreWriter,
+)
 from broker.pipeline.signatures import load_source_keys
 from broker.pipeline.triage import Oversized, RawInput, Triage
 from broker.policy.control import ControlState
@@ -49,13 +56,6 @@ _DATA_FILES = ("broker.db", "keystore.db", INTEGRATED_DB)
 
 SERVE_DECIDES = ("on the Kafka backend, `ingest` produces to the ingress topics and "
                  "`covenant-broker serve --backend kafka` validates, stores and decides")
-
-
-@dataclass
-class QuarantineNote:
-    position: str
-    reason_code: str
-    reason: str
 
 
 @dataclass
@@ -85,6 +85,40 @@ class ErasureReport:
         or replaced (a restored key store, another subject key), so the erasure may not
         have made anything unreadable. The CLI reports it and exits 1."""
         return self.releases_open > 0 and not self.destroyed
+
+
+@dataclass(frozen=True)
+class PartitionChainsReport:
+    """`verify_audit` on a backend that keeps one audit hash chain per partition (Kafka):
+    every partition's chain, and the integrated log's tree and checkpoints (it holds what
+    the last `audit integrate` sequenced; committed entries beyond that are covered by
+    their chains only). `audit verify` also checks each integrated entry against its chain
+    (broker/cli/kafka_ops.py)."""
+
+    chains: dict[int, ChainReport]
+    integrated: AuditReport | None
+
+    @property
+    def problem(self) -> str | None:
+        for partition, report in sorted(self.chains.items()):
+            if not report.ok:
+                return f"audit partition {partition}: {report.problem}"
+        if self.integrated is not None and not self.integrated.ok:
+            return f"integrated log: {self.integrated.problem}"
+        return None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def entries(self) -> int:
+        return sum(report.entries for report in self.chains.values())
+
+    @property
+    def head(self) -> str:
+        """The head of every chain, by partition ("0:<hash> 1:<hash>")."""
+        return " ".join(f"{p}:{r.head}" for p, r in sorted(self.chains.items()))
 
 
 @dataclass(frozen=True)
@@ -269,8 +303,7 @@ class Broker:
         self.metrics.observe_quarantine(q.reason_code for q in quarantined)
         self.metrics.observe_audit(len(audits))
         report.accepted = len(events)
-        report.quarantined = [QuarantineNote(q.position, q.reason_code, q.reason)
-                              for q in quarantined]
+        report.quarantined = [q.note() for q in quarantined]
         self.logger.info("ingested", source=source, event_type=event_type,
                          accepted=report.accepted, quarantined=len(quarantined))
         report.decided = self.decide_pending(now)
@@ -278,6 +311,45 @@ class Broker:
         self.destroy_expired_keys(now)
         self.observe_checkpoint()
         return report
+
+    def ingest_settled(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
+                       now: datetime, signatures: Mapping[int, bytes] | None = None
+                       ) -> IngestReport:
+        """Ingest numbered input lines (and their signatures, by line number) and return once
+        they are settled: each stored or quarantined, every decision made with its egress
+        and audit entries written, the expiry sweep at `now` done. The same call and report
+        on every backend (the covenant scenarios run through it on both).
+
+        A backend that decides synchronously does all of it in `ingest`. One whose pipeline
+        runs apart from ingest (Kafka) publishes to ingress and runs that pipeline here until
+        idle at decision time `now`; its report then covers all the run settled (input
+        published before and not yet served, too), and quarantine positions are
+        topic:partition:offset instead of "line N".
+        """
+        publisher, runner = self.backend.ingress, self.backend.runner
+        if publisher is None:
+            by_line = {f"line {n}": sig for n, sig in (signatures or {}).items()}
+            return self.ingest(source, event_type,
+                               ((f"line {n}", raw) for n, raw in lines), now, by_line)
+        if runner is None:
+            raise StorageError(f"backend {self.backend.name}: input is published to ingress "
+                               "but this process cannot run the pipeline that decides it; "
+                               "run `covenant-broker serve`")
+        event_type = self.resolve_type(source, event_type)
+        published = publisher.publish(source, event_type, lines, signatures)
+        run = runner.run_until_idle(self, now)
+        if run.consumed < published.produced:
+            # Another member of the consumer group (a running `serve`) holds some ingress
+            # partitions: it settles them, and this report would not name them.
+            raise StorageError(f"{published.produced} inputs published to {published.topic}, "
+                               f"but the pipeline run here consumed {run.consumed}: another "
+                               "`covenant-broker serve` of the same group holds part of the "
+                               "ingress; stop it, or ingest without settling")
+        return IngestReport(source, event_type, accepted=run.stored,
+                            quarantined=list(run.quarantine_notes),
+                            dropped_fields=list(run.dropped_fields),
+                            decided=DecideCounts(run.stored, run.released, run.withheld),
+                            tombstones=run.tombstones)
 
     def observe_checkpoint(self) -> None:
         """Refresh the checkpoint-age gauge (embedded: one indexed read)."""
@@ -493,7 +565,11 @@ class Broker:
                     "config_hash": config})], to_millis(now))
 
     # -- audit ------------------------------------------------------------------------------
-    def verify_audit(self) -> AuditReport | ChainReport:
+    def verify_audit(self) -> AuditReport | ChainReport | PartitionChainsReport:
+        chains = self.backend.partition_chains
+        if chains is not None:  # one chain per audit partition, and the log integrating them
+            return PartitionChainsReport(chains.verify_audit_partitions(),
+                                         self.audit.verify() if self.audit else None)
         if self.audit is not None:  # chain, Merkle tree, checkpoints and their consistency
             return self.audit.verify()
         if self.backend.chain is None:

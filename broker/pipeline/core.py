@@ -4,6 +4,10 @@ The Kafka runner, its partition workers, its ingress producer and its authorizer
 auditor run the core's use cases but must not import the application (broker/app/): the
 layers run downwards only. They depend on this Protocol instead; `broker.app.service.Broker`
 satisfies it.
+
+`PipelineRunner` is the other direction: the capability of a backend whose pipeline runs
+apart from ingest (Kafka's `serve`), which the application runs until idle to settle what it
+published (`Broker.ingest_settled`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from broker.crypto.keystore import DataKeyStore, DestroyedKey
 from broker.metrics import BrokerMetrics
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline.decide import Decider
-from broker.pipeline.port import EventLog, IngressPublisher
+from broker.pipeline.port import EventLog, IngressPublisher, QuarantineNote
 from broker.pipeline.triage import Triage
 from broker.policy.control import ControlState
 from broker.policy.covenant import Covenant
@@ -74,3 +78,36 @@ class PipelineCore(Protocol):
     def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]: ...
 
     def observe_checkpoint(self) -> None: ...
+
+
+class RunReport(Protocol):
+    """What one run of a backend's pipeline settled (the Kafka runner's ServeReport)."""
+
+    @property
+    def consumed(self) -> int: ...  # input records read, forwarded copies included
+
+    @property
+    def stored(self) -> int: ...
+
+    @property
+    def quarantine_notes(self) -> list[QuarantineNote]: ...
+
+    @property
+    def dropped_fields(self) -> list[tuple[str, list[str]]]: ...  # (position, fields)
+
+    @property
+    def released(self) -> int: ...
+
+    @property
+    def withheld(self) -> int: ...
+
+    @property
+    def tombstones(self) -> int: ...
+
+
+class PipelineRunner(Protocol):
+    """A backend's pipeline run in this process until nothing published is left undecided:
+    stored or quarantined, decided, egress and audit written and visible, the expiry sweep
+    done."""
+
+    def run_until_idle(self, core: PipelineCore, now: datetime) -> RunReport: ...

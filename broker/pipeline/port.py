@@ -57,6 +57,19 @@ class Quarantined:
     raw: bytes
     received_ms: int
 
+    def note(self) -> QuarantineNote:
+        return QuarantineNote(self.position, self.reason_code, self.reason)
+
+
+@dataclass(frozen=True)
+class QuarantineNote:
+    """What the caller of an ingest is told of a quarantined input: where it was and why,
+    never its content."""
+
+    position: str  # "line 7" (embedded), topic:partition:offset (Kafka)
+    reason_code: str
+    reason: str
+
 
 @dataclass
 class NewEgress:

@@ -1,13 +1,19 @@
-"""The six purposes of the sample covenant, in and out of scope, on the embedded backend.
+"""The six purposes of the sample covenant, in and out of scope, on every backend.
 
-Each test ingests through Broker.ingest and reads through Broker.consume, so the whole
-pipeline (validate, store, decide, egress, audit) is exercised.
+Each test ingests through Broker.ingest_settled (every input stored or quarantined, decided,
+egress and audit written when it returns), reads through Broker.consume, the audit entries
+and Broker.verify_audit: the application surface both backends share, so the whole
+pipeline (validate, store, decide, egress, audit) is exercised with nothing re-implemented
+here. The `backend` fixture chooses the backend: "embedded" in this module;
+tests/integration/test_kafka_scenarios.py collects these tests again with "kafka" (a real
+Kafka, one partition).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,14 +21,35 @@ import pytest
 
 from broker.app.service import Broker
 from broker.clock import parse_instant
+from broker.pipeline.triage import DUPLICATE_REASON
 from tests import factories as f
 
 NOW = parse_instant("2026-05-10T12:00:00Z")
 
 
+@pytest.fixture(params=["embedded"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend the scenarios run on (the Kafka module overrides the parameter)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def embedded_broker(make_broker: Callable[..., Broker]) -> Broker:
+    return make_broker()
+
+
+@pytest.fixture
+def broker(backend: str, request: pytest.FixtureRequest) -> Broker:
+    """A Broker on `backend`, built by the fixture `<backend>_broker`."""
+    built = request.getfixturevalue(f"{backend}_broker")
+    assert isinstance(built, Broker)
+    return built
+
+
 def ingest(broker: Broker, event_type: str, *events: dict[str, Any],
            now: datetime = NOW) -> None:
-    report = broker.ingest(event_type.split(".", 1)[0], event_type, f.lines(*events), now)
+    report = broker.ingest_settled(event_type.split(".", 1)[0], event_type,
+                                   f.numbered(*events), now)
     assert report.quarantined == [], report.quarantined
     assert report.accepted == len(events)
 
@@ -32,10 +59,20 @@ def records(broker: Broker, recipient: str, purpose: str | None = None,
     return [d.as_json() for d in broker.consume(recipient, purpose, 0, now)]
 
 
-def decisions(broker: Broker) -> list[dict[str, Any]]:
+def audit_entries(broker: Broker, name: str | None = None) -> list[dict[str, Any]]:
+    """The audit entries (named `name`), in one order on every backend: by start time,
+    then as the backend returns them. That is the log's sequence on the embedded backend;
+    Kafka keeps one chain per audit partition and returns them partition by partition,
+    each in chain order, so with the one data partition the Kafka module runs these on,
+    the decisions and quarantine entries come in the order they were written too."""
     schema = broker.registry.get("records.audit_entry")
-    return [e for _, data in broker.log.audit_rows()
-            if (e := schema.decode(data))["name"] == "decide"]
+    entries = [schema.decode(data) for data in broker.log.audit_entries()]
+    return sorted((e for e in entries if name is None or e["name"] == name),
+                  key=lambda e: e["start_time"])
+
+
+def decisions(broker: Broker) -> list[dict[str, Any]]:
+    return audit_entries(broker, "decide")
 
 
 def withheld_reason(broker: Broker, recipient: str, purpose: str) -> str | None:
@@ -224,9 +261,7 @@ def test_area_ban_expiry_sends_one_tombstone_per_recipient(broker: Broker) -> No
     assert tombstone["record"]["ref"] == released["record"]["ref"]
     assert tombstone["record"]["released_offset"] == released["offset"]
     assert len(records(broker, "interventieteam", now=after)) == 2
-    schema = broker.registry.get("records.audit_entry")
-    expiries = [e for _, d in broker.log.audit_rows()
-                if (e := schema.decode(d))["name"] == "tombstone"]
+    expiries = audit_entries(broker, "tombstone")
     assert sorted(e["recipient"] for e in expiries) == ["boa-hor-zuid", "interventieteam"]
 
 
@@ -290,7 +325,32 @@ def test_every_decision_has_one_audit_entry_and_the_chain_verifies(broker: Broke
     assert all(d["delivered_commitment"] and d["egress_offset"] is not None for d in released)
     subjects = {s["role"] for d in found for s in d["data_subjects"]}
     assert subjects == {"victim.bsn", "suspect.bsn"}
-    raw = b"".join(data for _, data in broker.log.audit_rows())
+    raw = b"".join(broker.log.audit_entries())
     for value in (b"111222333", b"444555666", b"Jan Slachtoffer", b"Dorpsstraat"):
         assert value not in raw
+    assert broker.verify_audit().ok
+
+
+def test_bad_input_is_quarantined_with_its_reason_and_the_rest_flows(broker: Broker) -> None:
+    good, extra = f.woninginbraak(), f.woninginbraak(app_version="1.2")
+    report = broker.ingest_settled("politie", "politie.woninginbraak", f.numbered(
+        good, "{this is not json", f.woninginbraak(attempt="yes"), good, extra), NOW)
+    assert report.accepted == 2  # the good one and the one with an unknown field
+    assert [fields for _, fields in report.dropped_fields] == [["app_version"]]
+    notes = report.quarantined
+    assert [q.reason_code for q in notes] == ["invalid_json", "wrong_type", "duplicate_event"]
+    assert notes[1].reason == "attempt: expected a boolean, got string"
+    assert notes[2].reason == DUPLICATE_REASON
+    # each note names the input as its audit entry does, and nothing of its content
+    assert [q.position for q in notes] == [
+        e["detail"]["position"] for e in audit_entries(broker, "quarantine")]
+    assert not any("Jan Slachtoffer" in q.reason or "Jan Slachtoffer" in q.position
+                   for q in notes)
+    assert broker.log.quarantine_count() == 3
+    plans = broker.plans.plans_for("politie.woninginbraak")
+    assert report.decided.events == 2
+    assert report.decided.released + report.decided.withheld == 2 * len(plans)
+    assert report.decided.released == sum(1 for d in decisions(broker)
+                                          if d["decision"] == "release") > 0
+    assert len(records(broker, "boa-hor-noord", "surveillance-woninginbraak")) == 2
     assert broker.verify_audit().ok

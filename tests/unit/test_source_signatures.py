@@ -156,6 +156,22 @@ def test_embedded_ingest_quarantines_unsigned_and_forged_input(
     assert broker.verify_audit().ok
 
 
+def test_ingest_settled_takes_signatures_by_line_number(
+        make_broker: Callable[..., Broker], politie_key: tuple[Path, Path]) -> None:
+    # Broker.ingest_settled numbers its lines as the CLI and the Kafka ingress do; each
+    # signature must reach the line of its number
+    private, public = politie_key
+    broker = make_broker(sources={"politie": {"public_key": str(public)}})
+    key = load_private_key(private)
+    first, second, third = (json.dumps(f.woninginbraak()).encode() for _ in range(3))
+    report = broker.ingest_settled("politie", TYPE, [(1, first), (2, second), (3, third)],
+                                   parse_instant(NOW), {1: sign(key, TYPE, first),
+                                                        3: sign(key, TYPE, second)})
+    assert report.accepted == 1
+    assert [(q.position, q.reason_code) for q in report.quarantined] == [
+        ("line 2", "signature_missing"), ("line 3", "signature_invalid")]
+
+
 def test_cli_sign_then_ingest(tmp_path: Path, politie_key: tuple[Path, Path],
                               capsys: pytest.CaptureFixture[str]) -> None:
     private, public = politie_key

@@ -56,7 +56,7 @@ from broker.config.kafka import store_position
 from broker.pipeline.core import PipelineCore
 from broker.pipeline.decide import DecideCounts
 from broker.pipeline.ingest import source_of
-from broker.pipeline.port import DecisionBatch, Quarantined, StoredEvent
+from broker.pipeline.port import DecisionBatch, Quarantined, QuarantineNote, StoredEvent
 from broker.pipeline.signatures import SIGNATURE_HEADER
 from broker.pipeline.triage import RawInput, TriagedEvent
 from broker.policy.decision import DecisionContext
@@ -80,6 +80,10 @@ class BatchCounts:
     decisions: DecisionBatch | None = None
     decide_seconds: float = 0.0
     quarantine_codes: list[str] = field(default_factory=list)
+    # what the caller of a settling ingest is told (Broker.ingest_settled), as the embedded
+    # ingest tells it: where and why each input was quarantined, the unknown fields dropped
+    quarantine_notes: list[QuarantineNote] = field(default_factory=list)
+    dropped_fields: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -231,6 +235,9 @@ class PartitionWorker:
         counts.stored = len(stored)
         counts.quarantined = len(triage.quarantined)
         counts.quarantine_codes = [q.reason_code for q in triage.quarantined]
+        counts.quarantine_notes = [q.note() for q in triage.quarantined]
+        counts.dropped_fields = [(e.position, e.dropped_fields) for e in triage.events
+                                 if e.dropped_fields]
         counts.forwarded = len(triage.forwards)
 
     def _send_keys(self) -> None:

@@ -54,6 +54,7 @@ from broker.clock import now_utc
 from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
 from broker.pipeline.core import PipelineCore
+from broker.pipeline.port import QuarantineNote
 
 JOIN_TIMEOUT_S = 120.0
 IDLE_SWEEP_INTERVAL_S = 5.0
@@ -74,8 +75,12 @@ class ServeReport:
     purged_partitions: int = 0  # ingress partitions purged up to their committed offsets
     denials_audited: int = 0  # audit entries from Kafka's authorizer log
     partitions: list[int] = field(default_factory=list)
+    # Kept by an --until-idle run only (a bounded one): a service that runs for months
+    # would hold a note for every input it ever quarantined.
+    quarantine_notes: list[QuarantineNote] = field(default_factory=list)
+    dropped_fields: list[tuple[str, list[str]]] = field(default_factory=list)
 
-    def add(self, counts: BatchCounts) -> None:
+    def add(self, counts: BatchCounts, *, notes: bool = False) -> None:
         self.batches += 1
         self.consumed += counts.consumed
         self.stored += counts.stored
@@ -83,6 +88,9 @@ class ServeReport:
         self.forwarded += counts.forwarded
         self.released += counts.decided.released
         self.withheld += counts.decided.withheld
+        if notes:
+            self.quarantine_notes += counts.quarantine_notes
+            self.dropped_fields += counts.dropped_fields
 
 
 # An empty assignment counts as idle only after this long (see Server._idle); meanwhile the
@@ -334,7 +342,7 @@ class Server:
                 self.logger.warning("batch aborted", partition=index, error=str(exc))
                 self._suspend(index, self._tps(index))
                 continue
-            self.report.add(counts)
+            self.report.add(counts, notes=self.until_idle)
             self._observe_batch(batch, counts)
             self.logger.info("batch committed", partition=index, consumed=counts.consumed,
                              stored=counts.stored, quarantined=counts.quarantined,
@@ -495,3 +503,11 @@ def serve(broker: PipelineCore, *, now: datetime | None, until_idle: bool,
           metrics_listen: str | None = None, denials: DenialTail | None = None) -> ServeReport:
     return Server(broker, now=now, until_idle=until_idle, metrics_listen=metrics_listen,
                   denials=denials).run()
+
+
+class UntilIdle:
+    """The PipelineRunner capability (broker/pipeline/core.py) of the Kafka backend: serve
+    as one member of the group until idle, as `serve --until-idle` does."""
+
+    def run_until_idle(self, core: PipelineCore, now: datetime) -> ServeReport:
+        return serve(core, now=now, until_idle=True)
