@@ -57,6 +57,16 @@ def token_recipient(state: WebState, credentials: HTTPAuthorizationCredentials |
     return state.token_recipient(hash_token(credentials.credentials))
 
 
+def token_identity(state: WebState, credentials: HTTPAuthorizationCredentials | None
+                   ) -> tuple[str, str] | None:
+    """(recipient, token id) of a bearer token; None for none, unknown or revoked."""
+    if credentials is None or not credentials.credentials:
+        return None
+    if len(credentials.credentials) > 256:  # not one of ours; do not hash megabytes
+        return None
+    return state.token_identity(hash_token(credentials.credentials))
+
+
 # -- FG passwords -------------------------------------------------------------------------------
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,

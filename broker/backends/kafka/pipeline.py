@@ -38,7 +38,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from broker.audit.entries import Draft, at_offset, new_trace_id
+from broker.audit.entries import Draft, at_offset
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka.egress import egress_headers, egress_key
 from broker.backends.kafka.io import (
@@ -80,6 +80,7 @@ class BatchCounts:
     decisions: DecisionBatch | None = None
     decide_seconds: float = 0.0
     quarantine_codes: list[str] = field(default_factory=list)
+    bad_traceparents: int = 0
 
 
 @dataclass
@@ -91,6 +92,7 @@ class _Batch:
     audits: list[Draft] = field(default_factory=list)  # the quarantine records' drafts
     forwards: list[tuple[str, str, Any]] = field(default_factory=list)  # topic, id, record
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per tp
+    bad_traceparents: int = 0
 
 
 class PartitionWorker:
@@ -170,7 +172,9 @@ class PartitionWorker:
                 inputs.append(RawInput(header(record, "source") or source_of(event_type),
                                        event_type, position, bytes(record.value or b""),
                                        header_bytes(record, SIGNATURE_HEADER),
-                                       header(record, "traceparent")))
+                                       # bytes as sent: a header that is not UTF-8 is a
+                                       # bad traceparent, not a crash
+                                       header_bytes(record, "traceparent")))
             if records:
                 out.offsets[tp] = records[-1].offset + 1
         partitions = self.layout.cfg.partitions
@@ -180,6 +184,7 @@ class PartitionWorker:
             lambda event_id: home_partition(event_id, partitions) == self.index)
         out.events, out.quarantined, out.audits = (result.events, result.quarantined,
                                                    result.audits)
+        out.bad_traceparents = result.bad_traceparents
         for item, event_id in result.elsewhere:  # sent on to the partition that judges it
             topic, record = by_position[item.position]
             out.forwards.append((topic, event_id, record))
@@ -189,7 +194,7 @@ class PartitionWorker:
                counts: BatchCounts) -> None:
         names, p = self.layout.names, self.index
         self._send_keys()  # the keys sealing at ingest created; acknowledged during the flush
-        trace_ids = [new_trace_id() for _ in triage.events]
+        trace_ids = [e.trace_id for e in triage.events]  # the source's trace if it sent one
         futures = [tx.send(names.store, e.payload, key=e.event_id.encode(), partition=p,
                            headers=headers(event_type=e.event_type, source=e.source,
                                            trace_id=trace, ingress=e.position,
@@ -231,6 +236,7 @@ class PartitionWorker:
         counts.stored = len(stored)
         counts.quarantined = len(triage.quarantined)
         counts.quarantine_codes = [q.reason_code for q in triage.quarantined]
+        counts.bad_traceparents = triage.bad_traceparents
         counts.forwarded = len(triage.forwards)
 
     def _send_keys(self) -> None:
