@@ -218,7 +218,11 @@ class IngressPublisher(Protocol):
     and decides."""
 
     def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
-                signatures: Mapping[int, bytes] | None = None) -> IngressReport: ...
+                signatures: Mapping[int, bytes] | None = None,
+                traceparent: str | None = None) -> IngressReport:
+        """`traceparent`: the source operation's W3C trace context, as the `traceparent`
+        header of every record (serve validates it)."""
+        ...
 
 
 class IngressPurge(Protocol):
