@@ -7,6 +7,8 @@ quarantine the event."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 from kafka import KafkaProducer
@@ -14,6 +16,7 @@ from kafka import KafkaProducer
 from broker.audit import trace
 from tests import factories as f
 from tests.integration.kafka_support import (
+    ProcessLog,
     check_exactly_once,
     jsonl,
     kafka_env,
@@ -21,6 +24,9 @@ from tests.integration.kafka_support import (
     run_cli,
     snapshot,
 )
+from tests.integration.test_kafka_metrics import _samples, _serve, _total
+from tests.kafka_launcher import load_launcher
+from tests.unit.test_metrics import _get
 
 NOW = "2026-05-10T12:00:00Z"
 TYPE = "politie.woninginbraak"
@@ -78,3 +84,51 @@ def test_a_sources_traceparent_comes_out_on_the_egress_record_and_in_the_audit_e
     ours = [p for p in parsed if p is not None and p.trace_id == TRACE]
     assert ours
     assert {p.parent_id for p in ours} == released
+
+
+def test_serve_counts_the_bad_traceparents_it_ignored(kafka_bootstrap: str,
+                                                     tmp_path: Path) -> None:
+    port = load_launcher().free_port()
+    bad = [b"\xff\xfe", f"00-{'0' * 32}-{PARENT}-01".encode()]
+    with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=2) as env:
+        # one good one through the CLI (which also makes the topics), two bad ones raw
+        path = lines_file(tmp_path / "in.jsonl", jsonl([f.woninginbraak()]))
+        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
+                             "woninginbraak", "--traceparent", f"00-{TRACE}-{PARENT}-01",
+                             str(path)])
+        assert code == 0, out
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        try:
+            for header in bad:
+                producer.send(f"{env.name}.ingress.{TYPE}",
+                              json.dumps(f.woninginbraak()).encode(),
+                              headers=[("traceparent", header)])
+            producer.flush()
+        finally:
+            producer.close()
+        proc = _serve(env, port)
+        log = ProcessLog(proc)
+        try:
+            deadline, samples = time.monotonic() + 90, {}
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                assert proc.poll() is None, log.tail()
+                try:
+                    _, text = _get(port, "/metrics")
+                except OSError:
+                    continue  # not listening yet
+                samples = _samples(text)
+                # every event decided (a raw record sent to a partition that is not its
+                # home is forwarded first, and judged, traceparent and all, at home)
+                if _total(samples, "covenant_decide_latency_seconds_count") >= 1 + len(bad):
+                    break
+            else:
+                raise AssertionError(f"never settled: {samples}\n{log.tail()}")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+        assert proc.returncode == 0, log.tail()
+        snap = snapshot(env)
+
+    assert _total(samples, "covenant_bad_traceparent_total") == len(bad)
+    assert snap.quarantine == 0
