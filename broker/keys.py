@@ -58,6 +58,8 @@ CORE_KEYS = ("kek", "subject", "commitment", SIGNING_KEY)
 REGENERABLE = frozenset({"web-session"})
 
 _DEPENDS: dict[str, str] = {
+    "end-user": "the end-user pseudonyms in access entries (X-End-User of the recipient "
+                "API); who a recipient's end user was is found by them",
     "kek": "every data key (keystore.db, or the Kafka key topic) is wrapped under it, so "
            "no sealed event field opens without it",
     "subject": "the subject pseudonyms in sealed events, data keys and audit entries; "

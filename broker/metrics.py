@@ -68,6 +68,10 @@ class BrokerMetrics:
         self.consumer_lag = Gauge("covenant_consumer_lag", "ingress records not yet "
                                   "consumed (high watermark - position)",
                                   ["topic", "partition"], registry=r)
+        self.bad_traceparents = Counter(
+            "covenant_bad_traceparent", "inputs and requests whose W3C traceparent was "
+            "invalid and was ignored (they went on in a trace of the broker's own)",
+            registry=r)
         self.audit_entries = Counter("covenant_audit_entries", "audit entries written",
                                      registry=r)
         self.checkpoint_signed_at: float | None = None  # unix seconds of the latest
@@ -103,6 +107,10 @@ class BrokerMetrics:
             per_event = seconds / events
             for _ in range(events):
                 self.decide_latency.observe(per_event)
+
+    def observe_bad_traceparents(self, count: int) -> None:
+        if count:
+            self.bad_traceparents.inc(count)
 
     def observe_audit(self, entries: int) -> None:
         if entries:

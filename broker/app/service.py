@@ -17,8 +17,9 @@ from functools import cached_property
 from typing import Any
 
 from broker.app.assembly import Backend, Parts, assemble
+from broker.audit.access import Accessor
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import draft, new_trace_id, with_subjects
+from broker.audit.entries import draft, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import DB_NAME as INTEGRATED_DB
 from broker.audit.verify import AuditReport
@@ -132,6 +133,7 @@ class Delivered:
     kind: str
     record: dict[str, Any]
     erased: list[str] = field(default_factory=list)  # fields whose subject was erased
+    traceparent: str | None = None  # the broker's span for the record (W3C trace context)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"offset": self.offset, "event_type": self.event_type,
@@ -142,6 +144,8 @@ class Delivered:
             out["tombstone_cause"] = self.record.get("cause") or "expired"
         if self.erased:
             out["erased_fields"] = self.erased
+        if self.traceparent:
+            out["traceparent"] = self.traceparent
         return out
 
 
@@ -282,25 +286,30 @@ class Broker:
 
     def ingest(self, source: str, event_type: str,
                inputs: Iterable[tuple[str, bytes | Oversized]],
-               now: datetime, signatures: Mapping[str, bytes] | None = None) -> IngestReport:
+               now: datetime, signatures: Mapping[str, bytes] | None = None,
+               traceparent: str | None = None) -> IngestReport:
         """`signatures`: the source's signature of an input, by its position (see
-        broker/pipeline/signatures.py); required for a source with a public key."""
+        broker/pipeline/signatures.py); required for a source with a public key.
+        `traceparent`: the W3C trace context of the source's operation that sent these
+        inputs, for all of them (broker/audit/trace.py; an invalid one is counted and
+        ignored)."""
         event_type = self.resolve_type(source, event_type)
         signatures = signatures or {}
         now_ms = to_millis(now)
         report = IngestReport(source, event_type)
         result = self.triage.triage(
-            (RawInput(source, event_type, position, raw, signatures.get(position))
+            (RawInput(source, event_type, position, raw, signatures.get(position), traceparent)
              for position, raw in inputs), now, self.writer.duplicate_ids)
         report.dropped_fields = [(e.position, e.dropped_fields) for e in result.events
                                  if e.dropped_fields]
-        events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, new_trace_id())
-                  for e in result.events]
+        events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, e.trace_id,
+                           e.traceparent) for e in result.events]
         quarantined, audits = result.quarantined, result.audits
         self.triage.flush_keys()
         self.writer.append_ingest(events, quarantined, audits, now_ms)
         self.metrics.observe_input(event_type, len(events) + len(quarantined))
         self.metrics.observe_quarantine(q.reason_code for q in quarantined)
+        self.metrics.observe_bad_traceparents(result.bad_traceparents)
         self.metrics.observe_audit(len(audits))
         report.accepted = len(events)
         report.quarantined = [q.note() for q in quarantined]
@@ -421,19 +430,21 @@ class Broker:
                 record.recipient, record.purpose, record.event_offset))
             return Delivered(record.offset, record.event_type, record.purpose,
                              record.recipient, record.kind, to_json(opened.record),
-                             sorted(opened.erased))
+                             sorted(opened.erased), record.traceparent)
         try:  # a view, or a tombstone (older tombstone versions resolve to the current)
             _, plain = self.registry.decode_single_object(record.payload, ("views", "records"))
         except InvalidEvent as exc:
             raise InvalidEvent(exc.code, f"egress record {record.offset} of {record.recipient}"
                                f"/{record.purpose}: {exc.reason}") from None
         return Delivered(record.offset, record.event_type, record.purpose, record.recipient,
-                         record.kind, to_json(plain))
+                         record.kind, to_json(plain), traceparent=record.traceparent)
 
     def consume(self, recipient: str, purpose: str | None, from_offset: int,
-                now: datetime, limit: int | None = None) -> list[Delivered]:
+                now: datetime, limit: int | None = None,
+                who: Accessor | None = None) -> list[Delivered]:
         """Every released record of the recipient (and purpose) from an offset, at most
-        `limit` of them; audited with the range actually returned."""
+        `limit` of them; audited with the range actually returned, and with who asked
+        and from where (`who`, broker/audit/access.py) when a request did."""
         self.check_recipient(recipient, purpose)
         self.maintain(now)
         now_ms = to_millis(now)
@@ -443,16 +454,19 @@ class Broker:
         purposes = [purpose] if purpose else self.log.streams(recipient)
         ck = self.keys.commitment_key()
         audits = []
-        for name in purposes:
+        for i, name in enumerate(purposes):
             chunk = [d for d in delivered if d.purpose == name]
             detail = {"from_offset": str(from_offset), "count": str(len(chunk))}
+            if who is not None:
+                detail.update(who.detail())
             if chunk:
                 detail["range"] = f"{chunk[0].offset}-{chunk[-1].offset}"
             lines = b"".join(json.dumps(d.as_json(), sort_keys=True).encode() + b"\n"
                              for d in chunk)
             declared = self.covenant.purposes.get(name)
+            trace_fields = who.trace_fields(first=i == 0) if who else {"trace_id": None}
             audits.append(draft(
-                "access", trace_id=None, start_ms=now_ms, recipient=recipient,
+                "access", start_ms=now_ms, **trace_fields, recipient=recipient,
                 purpose=name, **self._covenant_fields(),
                 legal_basis=declared.legal_basis if declared else None,
                 data_subjects=self._data_subjects_at(

@@ -136,15 +136,16 @@ def new_span_id() -> str:
 
 
 def draft(name: str, *, trace_id: str | None, start_ms: int, end_ms: int | None = None,
-          **fields: Unpack[DraftFields]) -> Draft:
-    """A draft with LDV defaults; unknown field names are a programming error."""
+          span_id: str | None = None, **fields: Unpack[DraftFields]) -> Draft:
+    """A draft with LDV defaults; unknown field names are a programming error. `span_id`:
+    a span made before the entry (a request's, whose traceparent the answer carries)."""
     if not _FIELD_NAMES.issuperset(fields):
         raise TypeError(f"unknown audit fields: {sorted(set(fields) - _FIELD_NAMES)}")
     out: dict[str, Any] = dict(_DEFAULTS)
     out.update(fields)
     out["name"] = name
     out["trace_id"] = trace_id or new_trace_id()
-    out["span_id"] = new_span_id()
+    out["span_id"] = span_id or new_span_id()
     out["start_time"] = start_ms
     out["end_time"] = end_ms if end_ms is not None else start_ms
     return cast(Draft, out)

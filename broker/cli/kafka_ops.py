@@ -83,11 +83,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def ingest(args: argparse.Namespace, broker: Broker, data: bytes,
-           signatures: dict[int, bytes] | None = None) -> int:
+           signatures: dict[int, bytes] | None = None, traceparent: str | None = None) -> int:
     """Produce the lines to the ingress topic and return; `serve` validates and decides.
     A line's signature (by line number) goes with it in the cb-sig header."""
     report = produce_lines(broker, args.source, args.event_type, split_lines(data),
-                           signatures)
+                           signatures, traceparent)
     _emit(args, {"source": report.source, "event_type": report.event_type,
                  "topic": report.topic, "produced": report.produced,
                  "partitions": {str(k): v for k, v in sorted(report.partitions.items())}},

@@ -21,6 +21,7 @@ from broker import logs
 from broker.app.assembly import declares
 from broker.app.erasure import IngressPurge, erase_subject
 from broker.app.service import Broker, IngestReport
+from broker.audit import trace
 from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
 from broker.cli import config as cli_config
@@ -72,7 +73,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
                        "`acl plan`)")
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the command list, one by one
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covenant-broker",
         description="Brokers police, OM and municipality events under a covenant.")
@@ -87,13 +88,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the command li
     demo = command("demo", "the sample scenario end to end (embedded, pinned clock)")
     demo.add_argument("--seed", type=int, default=20260512)
 
-    ingest = command("ingest", "JSON lines in; decides synchronously on the embedded backend")
-    ingest.add_argument("--source", required=True)
-    ingest.add_argument("--type", required=True, dest="event_type")
-    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
-    ingest.add_argument("--signatures", type=Path, metavar="FILE",
-                        help="the source's detached Ed25519 signatures: line N is the "
-                        "base64 signature of input line N (see `source sign`)")
+    _ingest_arguments(command("ingest", "JSON lines in; decides synchronously on the "
+                              "embedded backend"))
 
     consume = command("consume", "released records, one JSON object a line")
     consume.add_argument("--recipient", required=True)
@@ -186,11 +182,36 @@ def _open_input(name: str) -> AbstractContextManager[BinaryIO]:
         raise InputError(f"{name}: cannot be read: {exc.strerror}") from None
 
 
+def _ingest_arguments(ingest: argparse.ArgumentParser) -> None:
+    ingest.add_argument("--source", required=True)
+    ingest.add_argument("--type", required=True, dest="event_type")
+    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+    ingest.add_argument("--signatures", type=Path, metavar="FILE",
+                        help="the source's detached Ed25519 signatures: line N is the "
+                        "base64 signature of input line N (see `source sign`)")
+    ingest.add_argument("--traceparent", metavar="HEADER",
+                        help="W3C trace context of the source's operation that produced "
+                        "this file (00-<trace id>-<span id>-<flags>): every event goes on "
+                        "in that trace, the span recorded as the foreign operation")
+
+
 def _signatures(args: argparse.Namespace) -> dict[int, bytes]:
     return read_signature_file(args.signatures) if getattr(args, "signatures", None) else {}
 
 
+def _traceparent(args: argparse.Namespace) -> str | None:
+    """The --traceparent given, checked here: a typing error is the operator's to fix (a
+    source's bad header on Kafka is counted and ignored instead)."""
+    value: str | None = getattr(args, "traceparent", None)
+    try:
+        parsed = trace.parse(value)
+    except trace.BadTraceparent as exc:
+        raise InputError(f"--traceparent: {exc}") from None
+    return parsed.header() if parsed is not None else None
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    traceparent = _traceparent(args)  # refused before anything is opened or read
     broker = Broker(settings)
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
@@ -198,13 +219,14 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             data = _read_input(args.file)
-            return cli_kafka.ingest(args, broker, data, _signatures(args))
+            return cli_kafka.ingest(args, broker, data, _signatures(args), traceparent)
         with _open_input(args.file) as stream:  # read as a stream: a line is bounded
             signatures = _signatures(args)
             inputs = ((f"line {n}", line) for n, line in
                       read_lines(stream, settings.limits.max_event_bytes))
             report = broker.ingest(args.source, args.event_type, inputs, _now(args),
-                                   {f"line {n}": sig for n, sig in signatures.items()})
+                                   {f"line {n}": sig for n, sig in signatures.items()},
+                                   traceparent)
     finally:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
 
+from broker.audit import trace
 from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
@@ -134,6 +135,7 @@ class Decider:
             counts.withheld += 1
         if not out:
             out.append(draft("decide", trace_id=stored.trace_id, start_ms=ctx.now_ms,
+                             **trace.foreign_fields(trace.lenient(stored.foreign_trace)),
                              status="ERROR", decision="withhold",
                              reason_code="processing_error", reason=reason,
                              source=stored.source, event_type=stored.event_type,
@@ -180,7 +182,9 @@ class Decider:
         ref: Any = decision.view.get("ref")
         return NewEgress(plan.recipient, plan.purpose, stored.event_type, "record", payload,
                          stored.offset, ref if isinstance(ref, str) else None, expires,
-                         ctx.now_ms, cast(Draft, audit), sealed_payload=sealed)
+                         ctx.now_ms, cast(Draft, audit), sealed_payload=sealed,
+                         # the release's own span: the recipient's processing links to it
+                         traceparent=trace.outbound(audit["trace_id"], audit["span_id"]))
 
     def _seal(self, plan: Plan, stored: StoredEvent, opened: Opened, decision: Release,
               payload: bytes) -> bytes:
@@ -197,11 +201,18 @@ class Decider:
     @staticmethod
     def _event_part(stored: StoredEvent, subjects: list[dict[str, str]],
                     ctx: DecisionContext) -> dict[str, Any]:
-        """The draft fields every decision on one event shares, made once per event."""
-        return {"trace_id": stored.trace_id, "start_time": ctx.now_ms, "end_time": ctx.now_ms,
-                "foreign_trace_id": stored.foreign_trace, "data_subjects": subjects,
-                "source": stored.source, "event_type": stored.event_type,
-                "event_id": stored.event_id, "event_offset": stored.offset}
+        """The draft fields every decision on one event shares, made once per event: the
+        source's trace, and its span as the foreign operation, when it sent a traceparent
+        (stored as sent before validation existed: one that does not parse is left out)."""
+        caller = trace.lenient(stored.foreign_trace)
+        shared: dict[str, Any] = {
+            "trace_id": stored.trace_id, "start_time": ctx.now_ms, "end_time": ctx.now_ms,
+            **trace.foreign_fields(caller), "data_subjects": subjects,
+            "source": stored.source, "event_type": stored.event_type,
+            "event_id": stored.event_id, "event_offset": stored.offset}
+        if caller is not None:
+            shared["detail"] = trace.foreign_detail(caller, trace.party_uri(stored.source))
+        return shared
 
     def _audit(self, plan: Plan, shared: dict[str, Any], span_id: str | None = None
                ) -> dict[str, Any]:

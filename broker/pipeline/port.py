@@ -31,8 +31,8 @@ class NewEvent:
     source: str
     event_id: str
     payload: bytes  # Avro single-object encoding of the event
-    trace_id: str
-    foreign_trace: str | None = None  # W3C traceparent the source sent, if any
+    trace_id: str  # the source's trace when it sent a valid traceparent, else the broker's
+    foreign_trace: str | None = None  # W3C traceparent the source sent, if valid
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class NewEgress:
     tombstone_for: int | None = None  # for tombstones: offset of the released record
     sealed_payload: bytes | None = None  # the same record with personal fields sealed,
     # for backends that hold deliveries at rest (embedded); `payload` is what is delivered
+    traceparent: str | None = None  # W3C trace context of the broker's span for this record
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class EgressRecord:
     ref: str | None
     expires_on: date | None
     released_ms: int
+    traceparent: str | None = None  # the broker's span for this record (broker/audit/trace.py)
 
 
 @dataclass
@@ -229,7 +231,11 @@ class IngressPublisher(Protocol):
     and decides."""
 
     def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
-                signatures: Mapping[int, bytes] | None = None) -> IngressReport: ...
+                signatures: Mapping[int, bytes] | None = None,
+                traceparent: str | None = None) -> IngressReport:
+        """`traceparent`: the source operation's W3C trace context, as the `traceparent`
+        header of every record (serve validates it)."""
+        ...
 
 
 class IngressPurge(Protocol):

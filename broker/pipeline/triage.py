@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
+from broker.audit import trace
 from broker.audit.entries import Draft, draft
 from broker.clock import local_date, to_millis
 from broker.crypto.sealing import Sealer
@@ -38,7 +39,7 @@ class RawInput:
     position: str  # "line 7", or topic:partition:offset
     raw: bytes | Oversized
     signature: bytes | None = None
-    traceparent: str | None = None  # a W3C traceparent the input came with
+    traceparent: str | bytes | None = None  # a W3C traceparent the input came with, as sent
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class TriagedEvent:
     payload: bytes  # sealed envelope
     position: str
     dropped_fields: list[str]
-    traceparent: str | None
+    traceparent: str | None  # the source's traceparent if valid (version-00 form), else None
+    trace_id: str  # the source's trace when it sent a valid traceparent, else a new one
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TriageResult:
     quarantined: list[Quarantined] = field(default_factory=list)  # raw already sealed
     audits: list[Draft] = field(default_factory=list)  # one per quarantine record, in order
     elsewhere: list[tuple[RawInput, str]] = field(default_factory=list)  # (input, event_id)
+    bad_traceparents: int = 0  # inputs whose traceparent was invalid (ignored, not refused)
 
 
 class SourceKeyCheck(Protocol):
@@ -93,34 +96,39 @@ class Triage:
         `elsewhere` unjudged for duplicates, unsealed."""
         now_ms = to_millis(now)
         out = TriageResult()
-        bad: list[tuple[Quarantined, Oversized | None]] = []
-        good: list[tuple[RawInput, Accepted]] = []
+        bad: list[tuple[Quarantined, Oversized | None, trace.Inbound]] = []
+        good: list[tuple[RawInput, Accepted, trace.Inbound]] = []
         for item in inputs:
             try:
                 ok = self._validate(item, now_ms)
             except InvalidEvent as exc:
-                bad.append(self._bad(item, exc.code, exc.reason, now_ms))
+                span = self._span(item, out)
+                bad.append((*self._bad(item, exc.code, exc.reason, now_ms), span))
                 continue
             if is_home is not None and not is_home(ok.event_id):
+                # judged (and its traceparent counted) where it belongs
                 out.elsewhere.append((item, ok.event_id))
                 continue
-            good.append((item, ok))
+            good.append((item, ok, self._span(item, out)))
         seen: dict[str, set[str]] = {}
-        for event_type in dict.fromkeys(i.event_type for i, _ in good):
-            seen[event_type] = set(known(event_type, [a.event_id for i, a in good
+        for event_type in dict.fromkeys(i.event_type for i, _, _ in good):
+            seen[event_type] = set(known(event_type, [a.event_id for i, a, _ in good
                                                       if i.event_type == event_type]))
-        for item, ok in good:
+        for item, ok, span in good:
             ids = seen[item.event_type]
             if ok.event_id in ids:
-                bad.append(self._bad(item, "duplicate_event", DUPLICATE_REASON, now_ms))
+                bad.append((*self._bad(item, "duplicate_event", DUPLICATE_REASON, now_ms),
+                            span))
                 continue
             ids.add(ok.event_id)
             sealed = self.sealer.seal(ok.schema, ok.record, ok.event_id,
                                       self.sealer.retention_until(item.event_type, now))
-            out.events.append(TriagedEvent(item.event_type, item.source, ok.event_id, sealed,
-                                           item.position, ok.dropped_fields, item.traceparent))
-        out.audits = [self._audit(q, over) for q, over in bad]
-        out.quarantined = [self._seal(q, now) for q, _ in bad]
+            out.events.append(TriagedEvent(
+                item.event_type, item.source, ok.event_id, sealed, item.position,
+                ok.dropped_fields, span.caller.header() if span.caller else None,
+                span.trace_id))
+        out.audits = [self._audit(q, over, span) for q, over, span in bad]
+        out.quarantined = [self._seal(q, now) for q, _, _ in bad]
         return out
 
     def flush_keys(self) -> None:
@@ -130,6 +138,15 @@ class Triage:
         self.sealer.flush()
 
     # -- the steps ----------------------------------------------------------------------------
+    @staticmethod
+    def _span(item: RawInput, out: TriageResult) -> trace.Inbound:
+        """The input's trace: the source's if its traceparent is valid; a bad one is
+        counted and otherwise ignored, never a reason to quarantine."""
+        span = trace.inbound(item.traceparent)
+        if span.bad:
+            out.bad_traceparents += 1
+        return span
+
     def _validate(self, item: RawInput, now_ms: int) -> Accepted:
         if isinstance(item.raw, Oversized):  # its bytes are gone: the size alone decides
             raise InvalidEvent("event_too_large", f"{item.raw.length} bytes, the limit is "
@@ -148,14 +165,16 @@ class Triage:
         return Quarantined(item.source, item.event_type, item.position, code, reason, kept,
                            now_ms), over
 
-    def _audit(self, q: Quarantined, over: Oversized | None) -> Draft:
+    def _audit(self, q: Quarantined, over: Oversized | None, span: trace.Inbound) -> Draft:
         # An oversized input is committed to by what is kept of it; its length and hash
         # say what the whole was.
         detail = {"position": q.position, "bytes": str(len(q.raw) if over is None
                                                        else over.length)}
         if over is not None:
             detail["sha256"] = over.sha256
-        return draft("quarantine", trace_id=None, start_ms=q.received_ms, source=q.source,
+        detail.update(trace.foreign_detail(span.caller, trace.party_uri(q.source)))
+        return draft("quarantine", start_ms=q.received_ms, **span.audit_fields(),
+                     source=q.source,
                      event_type=q.declared_type, reason_code=q.reason_code, reason=q.reason,
                      **self.covenant_fields,
                      delivered_commitment=commitment(self.commitment_key, q.raw),

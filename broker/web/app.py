@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from broker.app.service import Broker
+from broker.audit import trace
 from broker.audit.checkpoint import VerifierKey
 from broker.clock import now_utc
 from broker.config import Settings
@@ -32,6 +33,7 @@ from broker.errors import InputError
 from broker.keys import KeyStore
 from broker.logs import get_logger
 from broker.web import console, party_api, recipient_api
+from broker.web.access import END_USER_SECRET
 from broker.web.body_limit import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -68,6 +70,13 @@ Covenant parties (the sources) read what was done with their own events under
 trace id, processing activity or data subject pseudonym (in a POST body), paged with
 `after`/`next_after`. A party sees only entries of its own events; every read is one
 `party_read` audit entry.
+* Each access entry names the token's id (never the token) and the client address. Name
+  your own end user (a boa's number, say) in `X-End-User` (1 to 128 printable ASCII
+  characters): the entry holds only a keyed pseudonym of it, one key per recipient.
+* W3C trace context: send `traceparent` and the access entry goes on in your trace, your
+  span recorded as the foreign operation; an invalid one is ignored. Every answer carries
+  a `traceparent` naming the broker's span for the request, and every record the
+  `traceparent` of the broker's span that released it.
 """
 
 
@@ -142,7 +151,9 @@ def create_app(settings: Settings, options: WebOptions | None = None) -> FastAPI
     app.state.options = options
     app.state.settings = settings
     app.state.last_verify = None
-    secret = KeyStore(settings.data_dir / "keys").secret("web-session")
+    keys = KeyStore(settings.data_dir / "keys")
+    secret = keys.secret("web-session")
+    app.state.end_user_secret = keys.secret(END_USER_SECRET)  # web/access.py
     app.add_middleware(SessionMiddleware, secret_key=secret.hex(),
                        session_cookie=SESSION_COOKIE,
                        max_age=int(options.session_hours * 3600), same_site="strict",
@@ -181,8 +192,17 @@ def api_spec() -> dict[str, Any]:
 async def _headers_and_log(request: Request,
                            call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     started = time.perf_counter()
+    # The request's span (W3C trace context, broker/audit/trace.py): its audit entry is
+    # this span and the answer names it, so the caller can link its log to ours. Two
+    # traceparent headers are as invalid as a malformed one: ignored, counted.
+    sent = request.headers.getlist(trace.HEADER)
+    span = request.state.span = trace.inbound(sent[0] if len(sent) == 1 else
+                                              None if not sent else "")
+    if span.bad:
+        request.app.state.worker.broker.metrics.observe_bad_traceparents(1)
     response = await call_next(request)
     headers = response.headers
+    headers[trace.HEADER] = span.traceparent
     headers.setdefault("Cache-Control", "no-store")
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"

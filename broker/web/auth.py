@@ -59,24 +59,27 @@ def create_party_token(state: WebState, party: str, label: str, now_ms: int) -> 
     return NewToken(token, token_id)
 
 
+def _bearer_hash(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The hash a bearer token is stored under; None for no token or one not of ours."""
+    if credentials is None or not credentials.credentials:
+        return None
+    if len(credentials.credentials) > 256:  # not one of ours; do not hash megabytes
+        return None
+    return hash_token(credentials.credentials)
+
+
 def token_party(state: WebState, credentials: HTTPAuthorizationCredentials | None
                 ) -> tuple[str, str] | None:
     """(party, token id) a bearer token belongs to; None for none, unknown or revoked."""
-    if credentials is None or not credentials.credentials:
-        return None
-    if len(credentials.credentials) > 256:  # not one of ours; do not hash megabytes
-        return None
-    return state.token_party(hash_token(credentials.credentials))
+    found = _bearer_hash(credentials)
+    return state.token_party(found) if found else None
 
 
-def token_recipient(state: WebState, credentials: HTTPAuthorizationCredentials | None
-                    ) -> str | None:
-    """The recipient a bearer token belongs to; None for none, unknown or revoked."""
-    if credentials is None or not credentials.credentials:
-        return None
-    if len(credentials.credentials) > 256:  # not one of ours; do not hash megabytes
-        return None
-    return state.token_recipient(hash_token(credentials.credentials))
+def token_identity(state: WebState, credentials: HTTPAuthorizationCredentials | None
+                   ) -> tuple[str, str] | None:
+    """(recipient, token id) of a bearer token; None for none, unknown or revoked."""
+    found = _bearer_hash(credentials)
+    return state.token_identity(found) if found else None
 
 
 # -- FG passwords -------------------------------------------------------------------------------

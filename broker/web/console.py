@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import re
 import tempfile
 import time
@@ -39,6 +40,7 @@ from broker.keys import keyed_pseudonym
 from broker.logs import get_logger
 from broker.policy.covenant import parse_covenant
 from broker.web import auth
+from broker.web.access import console_accessor
 from broker.web.console_views import (
     ACTIONS_NL,
     DECISIONS_NL,
@@ -112,6 +114,25 @@ def _audit_log(broker: Broker) -> AuditLog | None:
     return broker.audit
 
 
+def _record_use(broker: Broker, request: Request, name: str, user: str | None,
+                detail: dict[str, str], **fields: Any) -> None:
+    """The FG's use of the log, audited like any access (NEN 7513): one entry per action,
+    naming the account and the origin; called on the worker thread."""
+    who = console_accessor(request, user)
+    now_ms = to_millis(_now(request))
+    header = broker.covenant.covenant
+    broker.log.append_audit([draft(
+        name, start_ms=now_ms, **who.trace_fields(), covenant_id=header.id,
+        covenant_version=header.version, detail={**who.detail(), **detail}, **fields)],
+        now_ms)
+    broker.metrics.observe_audit(1)
+
+
+async def _record(request: Request, name: str, user: str | None, detail: dict[str, str]
+                  ) -> None:
+    await _worker(request).call(lambda b: _record_use(b, request, name, user, detail))
+
+
 # -- login ------------------------------------------------------------------------------------
 
 @router.get("/login")
@@ -132,9 +153,13 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
     stored = state.fg_password_hash(username)
     keys, now = login_keys(username, request.client.host if request.client else None,
                            account_exists=stored is not None), _now(request)
+    # A failed login names the account only if it exists: a mistyped name can be a
+    # password typed in the wrong field.
+    named = username if stored is not None else None
     wait = throttle.retry_after(keys, now)
     if wait is not None:  # refused before the password is even checked
         get_logger().info("fg login throttled")
+        await _record(request, "login", named, {"outcome": "throttled"})
         minutes = max(1, -(-int(wait.total_seconds()) // 60))
         response = _page(request, "login.html", {"failed": False, "wait_minutes": minutes},
                          status=429)
@@ -143,10 +168,12 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
     if not auth.check_password(stored, password):
         throttle.failed(keys, now)
         get_logger().info("fg login refused")
+        await _record(request, "login", named, {"outcome": "refused"})
         return _page(request, "login.html", {"failed": True}, status=401)
     throttle.succeeded(keys[0])
     auth.start_session(request, username)
     get_logger().info("fg login")
+    await _record(request, "login", username, {"outcome": "ok"})
     return RedirectResponse("/console/", status_code=303)
 
 
@@ -154,7 +181,10 @@ async def login(request: Request, username: Annotated[str, Form(max_length=100)]
 async def logout(request: Request, csrf: Annotated[str, Form(max_length=100)] = ""
                  ) -> Response:
     if auth.csrf_ok(request, csrf):
+        user = auth.session_user(request)
         auth.end_session(request)
+        if user is not None:
+            await _record(request, "logout", user, {})
     return RedirectResponse("/console/login", status_code=303)
 
 
@@ -220,6 +250,9 @@ async def audit_search(request: Request, user: FgUser, recipient: str = "",
         options = {"recipients": list(broker.covenant.recipients),
                    "purposes": list(broker.covenant.purposes),
                    "event_types": sorted(broker.registry.event_types())}
+        # which filters were used, never their values (a field typed in may hold anything)
+        _record_use(broker, request, "audit_search", user, {
+            "filters": ",".join(k for k, v in form.items() if v), "page": str(number)})
         if audit is None or errors:
             return {**options, "entries": [], "total": 0, "available": audit is not None}
         entries, total = audit_page(audit, where, number, PAGE_SIZE)
@@ -265,13 +298,10 @@ async def subject(request: Request, user: FgUser,
         # The FG sees restricted entries, marked; the person's own report leaves them out.
         found = audit.subject_report(pseudonym, "bsn", generated, describe,
                                      confidential_pairs(broker), reveal_restricted=True)
-        now_ms = to_millis(_now(request))
-        broker.log.append_audit([draft(
-            "subject_report", trace_id=None, start_ms=now_ms,
-            covenant_id=covenant.covenant.id, covenant_version=covenant.covenant.version,
-            data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn", "role": "lookup"}],
-            detail={"by": user, "channel": "console",
-                    "items": str(sum(found["summary"][s] for s in SECTIONS))})], now_ms)
+        _record_use(broker, request, "subject_report", user,
+                    {"items": str(sum(found["summary"][s] for s in SECTIONS))},
+                    data_subjects=[{"pseudonym": pseudonym, "id_type": "bsn",
+                                    "role": "lookup"}])
         return found
 
     found = await _worker(request).call(report)
@@ -330,6 +360,10 @@ async def verify_now(request: Request, user: FgUser,
         sources = _kafka_sources(broker)
         problem = result["problem"] or sources.pop("problem", None)
         result.update(sources, ok=problem is None, problem=problem)
+        # after the run: the entry is not part of what it verified
+        _record_use(broker, request, "verify", user, {
+            "ok": "true" if problem is None else "false", "pinned": str(pinned is not None
+                                                                       ).lower()})
         return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
     result = await _worker(request).call(run)
@@ -434,6 +468,16 @@ async def impact(request: Request, user: FgUser,
             problems.append("'Vanaf' is geen geldige datum en tijd.")
 
     def run(broker: Broker) -> dict[str, Any]:
+        found = compute(broker)
+        detail = {"proposal": "upload" if data is not None else
+                  choice if choice in found["files"] else "none",
+                  "outcome": "problems" if found["problems"] else "ok"}
+        if data is not None:
+            detail["sha256"] = hashlib.sha256(data).hexdigest()
+        _record_use(broker, request, "impact", user, detail)
+        return found
+
+    def compute(broker: Broker) -> dict[str, Any]:
         files = _proposals(broker, extra)
         if problems:
             return {"files": list(files), "problems": problems}

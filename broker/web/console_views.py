@@ -46,7 +46,9 @@ ACTIONS_NL = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opge
               "erasure": "verwijdering", "retention": "bewaartermijn", "replay": "herberekening",
               "ack": "ontvangst bevestigd", "subject_report": "inzageverzoek",
               "broker_start": "broker gestart", "broker_stop": "broker gestopt",
-              "write_refused": "schrijven geweigerd (Kafka)"}
+              "write_refused": "schrijven geweigerd (Kafka)", "login": "FG-aanmelding",
+              "logout": "FG-afmelding", "audit_search": "auditlog doorzocht",
+              "verify": "verificatie uitgevoerd", "impact": "effect van voorstel berekend"}
 _MONTHS = ["jan", "feb", "mrt", "apr", "mei", "jun", "jul", "aug", "sep", "okt", "nov", "dec"]
 
 

@@ -20,10 +20,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.app.service import Broker
+from broker.audit.access import Accessor
 from broker.audit.entries import draft
 from broker.clock import to_millis
 from broker.policy.catalog import catalog
-from broker.web.auth import token_recipient
+from broker.web.access import recipient_accessor
+from broker.web.auth import token_identity
 from broker.web.state import WebState
 from broker.web.worker import BrokerWorker
 
@@ -76,6 +78,9 @@ class DeliveredRecord(BaseModel):
         "(the data subject's personal data was erased: AVG art. 17 and 19)")
     erased_fields: list[str] | None = Field(default=None, description="fields that are null "
                                             "because their data subject was erased")
+    traceparent: str | None = Field(default=None, description="W3C trace context of the "
+                                    "broker's span that released this record: the "
+                                    "recipient's own processing can name it as its parent")
 
 
 class RecordPage(BaseModel):
@@ -134,13 +139,15 @@ def _now(request: Request) -> datetime:
 def caller(request: Request,
            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
            ) -> str:
-    """The recipient the bearer token belongs to, or 401."""
+    """The recipient the bearer token belongs to, or 401; the token's id is kept on the
+    request for its access entry."""
     state: WebState = request.app.state.web_state
-    recipient = token_recipient(state, credentials)
-    if recipient is None:
+    identity = token_identity(state, credentials)
+    if identity is None:
         detail = "an API token is required" if credentials is None else \
             "unknown or revoked API token"
         raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+    recipient, request.state.token_id = identity
     return recipient
 
 
@@ -156,34 +163,37 @@ def purposes_of(broker: Broker, recipient: str) -> list[str]:
             if recipient in purpose.recipient_names()]
 
 
-def _refuse(broker: Broker, recipient: str, purpose: str, now: datetime) -> str:
+def _refuse(broker: Broker, recipient: str, purpose: str, now: datetime,
+            who: Accessor) -> str:
     """Audit a refused stream request; return the reason for the 403 body."""
     known = purpose in broker.covenant.purposes
     reason = (f"purpose {purpose!r} gives recipient {recipient!r} nothing" if known else
               "no such purpose in the covenant")
     header = broker.covenant.covenant
     broker.log.append_audit([draft(
-        "access", trace_id=None, start_ms=to_millis(now), recipient=recipient,
+        "access", start_ms=to_millis(now), **who.trace_fields(), recipient=recipient,
         purpose=purpose if known else None, covenant_id=header.id,
         covenant_version=header.version, decision="refused",
         reason_code="not_a_stream_of_recipient" if known else "unknown_purpose",
-        reason=reason, detail={"channel": "http"})], to_millis(now))
+        reason=reason, detail=who.detail())], to_millis(now))
     return reason
 
 
-async def _own_stream(request: Request, recipient: str, purpose: str) -> None:
-    """403 (audited) unless the covenant gives this recipient the purpose."""
+async def _own_stream(request: Request, recipient: str, purpose: str) -> Accessor:
+    """403 (audited) unless the covenant gives this recipient the purpose; who asks."""
     worker, now = _worker(request), _now(request)
+    who = recipient_accessor(request, recipient)  # 400 for a bad X-End-User, before all
 
     def check(broker: Broker) -> str | None:
         if recipient in broker.covenant.recipients and \
                 purpose in purposes_of(broker, recipient):
             return None
-        return _refuse(broker, recipient, purpose, now)
+        return _refuse(broker, recipient, purpose, now, who)
 
     refused = await worker.call(check)
     if refused is not None:
         raise HTTPException(403, refused)
+    return who
 
 
 def _available(broker: Broker, recipient: str, purpose: str, from_offset: int,
@@ -229,7 +239,7 @@ async def read_records(
                                description="long-poll: seconds to wait for a first record "
                                "when there is none yet")] = 0,
 ) -> JSONResponse:
-    await _own_stream(request, recipient, purpose)
+    who = await _own_stream(request, recipient, purpose)
     worker = _worker(request)
     if wait:
         loop = asyncio.get_running_loop()
@@ -244,7 +254,7 @@ async def read_records(
             if await request.is_disconnected():  # nobody to deliver to: no access happened
                 raise HTTPException(499, "client went away")
     delivered = await worker.call(
-        lambda b: b.consume(recipient, purpose, from_offset, _now(request), limit))
+        lambda b: b.consume(recipient, purpose, from_offset, _now(request), limit, who))
     records = [d.as_json() for d in delivered]
     next_offset = delivered[-1].offset + 1 if delivered else from_offset
     return JSONResponse({"recipient": recipient, "purpose": purpose,
@@ -259,7 +269,7 @@ async def read_records(
              summary="acknowledge the last offset processed (stored and audited)")
 async def acknowledge(request: Request, recipient: Caller, purpose: PurposeName,
                       body: AckRequest) -> AckResult:
-    await _own_stream(request, recipient, purpose)
+    who = await _own_stream(request, recipient, purpose)
     state: WebState = request.app.state.web_state
     now = _now(request)
 
@@ -269,10 +279,10 @@ async def acknowledge(request: Request, recipient: Caller, purpose: PurposeName,
             return "nothing was delivered at that offset"
         header = broker.covenant.covenant
         broker.log.append_audit([draft(
-            "ack", trace_id=None, start_ms=to_millis(now), recipient=recipient,
+            "ack", start_ms=to_millis(now), **who.trace_fields(), recipient=recipient,
             purpose=purpose, covenant_id=header.id, covenant_version=header.version,
             egress_offset=body.offset, detail={"offset": str(body.offset),
-                                               "channel": "http"})], to_millis(now))
+                                               **who.detail()})], to_millis(now))
         return state.ack(recipient, purpose, body.offset, to_millis(now))
 
     previous = await _worker(request).call(ack)

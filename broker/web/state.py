@@ -111,6 +111,13 @@ class WebState:
                              "revoked_ms IS NULL", (token_hash,)).fetchone()
         return str(row[0]) if row else None
 
+    def token_identity(self, token_hash: str) -> tuple[str, str] | None:
+        """(recipient, token id) of a live token: the id names it in access entries."""
+        with self._db() as db:
+            row = db.execute("SELECT recipient, token_id FROM api_token WHERE token_hash = ? "
+                             "AND revoked_ms IS NULL", (token_hash,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
     def tokens(self) -> list[TokenInfo]:
         with self._db() as db:
             rows = db.execute("SELECT token_id, recipient, label, created_ms, revoked_ms "

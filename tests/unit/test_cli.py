@@ -53,7 +53,8 @@ def test_ingest_then_consume_prints_one_json_object_a_line(tmp_path: Path, data:
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 1
-    assert set(lines[0]) == {"offset", "event_type", "purpose", "recipient", "record"}
+    assert set(lines[0]) == {"offset", "event_type", "purpose", "recipient", "record",
+                             "traceparent"}
     assert lines[0]["offset"] == 0
     assert lines[0]["event_type"] == "politie.woninginbraak"
     assert lines[0]["purpose"] == "surveillance-woninginbraak"

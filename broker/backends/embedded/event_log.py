@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS egress (
     expires_on TEXT,
     released_ms INTEGER NOT NULL,
     tombstone_for INTEGER,
+    traceparent TEXT,
     PRIMARY KEY (recipient, purpose, egress_offset)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS egress_one_tombstone
@@ -129,6 +130,7 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA secure_delete=ON")
             self.db.executescript(AUDIT_TABLE + _SCHEMA + append_only(*_IMMUTABLE))
+            _add_egress_traceparent(self.db)
             # The audit tree, checkpoints and query indexes (broker.audit.sqlite_store).
             self.audit = SqliteAudit(
                 self.db, sequencer or AuditSequencer(audit_schema, origin="covenant-broker"),
@@ -240,13 +242,13 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
                 rows.append((eg.recipient, eg.purpose, offset, eg.event_type, eg.kind,
                              eg.sealed_payload or eg.payload, eg.event_offset, eg.ref,
                              eg.expires_on.isoformat() if eg.expires_on else None,
-                             eg.released_ms, eg.tombstone_for))
+                             eg.released_ms, eg.tombstone_for, eg.traceparent))
                 drafts.append(at_offset(eg.audit, offset))
                 written.append(_egress_record(eg, offset))
             db.executemany(
                 "INSERT INTO egress (recipient, purpose, egress_offset, event_type, kind, "
-                "payload, event_offset, ref, expires_on, released_ms, tombstone_for) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "payload, event_offset, ref, expires_on, released_ms, tombstone_for, "
+                "traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             drafts.extend(batch.audits)
             self._append_audit(db, drafts)
             if batch.position >= 0:
@@ -261,7 +263,7 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
 
     # -- egress ----------------------------------------------------------------------------
     _EGRESS_COLS = ("recipient, purpose, egress_offset, event_type, kind, payload, "
-                    "event_offset, ref, expires_on, released_ms")
+                    "event_offset, ref, expires_on, released_ms, traceparent")
 
     def read_egress(self, recipient: str, purpose: str | None,
                     from_offset: int) -> list[EgressRecord]:
@@ -343,9 +345,18 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
 
 def _egress_record(eg: NewEgress, offset: int) -> EgressRecord:
     return EgressRecord(eg.recipient, eg.purpose, offset, eg.event_type, eg.kind, eg.payload,
-                        eg.event_offset, eg.ref, eg.expires_on, eg.released_ms)
+                        eg.event_offset, eg.ref, eg.expires_on, eg.released_ms, eg.traceparent)
 
 
 def _row_to_egress(r: Any) -> EgressRecord:
     return EgressRecord(r[0], r[1], int(r[2]), r[3], r[4], bytes(r[5]), int(r[6]), r[7],
-                        date.fromisoformat(r[8]) if r[8] else None, int(r[9]))
+                        date.fromisoformat(r[8]) if r[8] else None, int(r[9]), r[10])
+
+
+def _add_egress_traceparent(db: sqlite3.Connection) -> None:
+    """A data dir made before egress records carried trace context gets the column (its
+    older rows have none); adding a column is no UPDATE, so the append-only triggers
+    stand."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(egress)")}
+    if "traceparent" not in columns:
+        db.execute("ALTER TABLE egress ADD COLUMN traceparent TEXT")

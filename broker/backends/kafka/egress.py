@@ -24,7 +24,7 @@ def egress_headers(eg: NewEgress) -> list[Header]:
     return headers(kind=eg.kind, event_type=eg.event_type, event_offset=eg.event_offset,
                    released_ms=eg.released_ms, ref=eg.ref,
                    expires_on=eg.expires_on.isoformat() if eg.expires_on else None,
-                   tombstone_for=eg.tombstone_for)
+                   tombstone_for=eg.tombstone_for, traceparent=eg.traceparent)
 
 
 def egress_key(eg: NewEgress) -> bytes | None:

@@ -87,11 +87,12 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
 
     # -- ingress: serve validates, stores and decides ---------------------------------------
     def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
-                signatures: Mapping[int, bytes] | None = None) -> IngressReport:
+                signatures: Mapping[int, bytes] | None = None,
+                traceparent: str | None = None) -> IngressReport:
         # imported here: the producer side pulls in the partition worker's module
         from broker.backends.kafka.ingress import produce  # noqa: PLC0415 - import cycle
 
-        return produce(self, source, event_type, lines, signatures)
+        return produce(self, source, event_type, lines, signatures, traceparent)
 
     def purge_consumed_ingress(self) -> int:
         return len(purge_once(self.clients, self.layout))

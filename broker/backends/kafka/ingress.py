@@ -41,16 +41,18 @@ def event_id_of(line: bytes) -> str | None:
 
 def produce_lines(broker: PipelineCore, source: str, event_type: str,
                   lines: Iterable[tuple[int, bytes]],
-                  signatures: Mapping[int, bytes] | None = None) -> ProduceReport:
+                  signatures: Mapping[int, bytes] | None = None,
+                  traceparent: str | None = None) -> ProduceReport:
     publisher = broker.backend.ingress
     if publisher is None:
         raise StorageError("produce_lines needs the Kafka backend")
     return publisher.publish(source, broker.resolve_type(source, event_type), lines,
-                             signatures)
+                             signatures, traceparent)
 
 
 def produce(log: KafkaEventLog, source: str, full: str, lines: Iterable[tuple[int, bytes]],
-            signatures: Mapping[int, bytes] | None = None) -> ProduceReport:
+            signatures: Mapping[int, bytes] | None = None,
+            traceparent: str | None = None) -> ProduceReport:
     """KafkaEventLog.publish: the lines of a resolved event type to its ingress topic."""
     topic = log.layout.names.ingress(full)
     report = ProduceReport(source, full, topic)
@@ -66,7 +68,7 @@ def produce(log: KafkaEventLog, source: str, full: str, lines: Iterable[tuple[in
                 futures.append(producer.send(
                     topic, value=line, key=event_id.encode() if event_id else None,
                     partition=partition, headers=[
-                        *headers(source=source, line=number),
+                        *headers(source=source, line=number, traceparent=traceparent),
                         *([(SIGNATURE_HEADER, sig)] if sig is not None else [])]))
             producer.flush(timeout=SEND_TIMEOUT_S)
             for future in futures:

@@ -38,7 +38,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from broker.audit.entries import Draft, at_offset, new_trace_id
+from broker.audit.entries import Draft, at_offset
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka.egress import egress_headers, egress_key
 from broker.backends.kafka.io import (
@@ -84,6 +84,7 @@ class BatchCounts:
     # ingest tells it: where and why each input was quarantined, the unknown fields dropped
     quarantine_notes: list[QuarantineNote] = field(default_factory=list)
     dropped_fields: list[tuple[str, list[str]]] = field(default_factory=list)
+    bad_traceparents: int = 0
 
 
 @dataclass
@@ -95,6 +96,7 @@ class _Batch:
     audits: list[Draft] = field(default_factory=list)  # the quarantine records' drafts
     forwards: list[tuple[str, str, Any]] = field(default_factory=list)  # topic, id, record
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per tp
+    bad_traceparents: int = 0
 
 
 class PartitionWorker:
@@ -174,7 +176,9 @@ class PartitionWorker:
                 inputs.append(RawInput(header(record, "source") or source_of(event_type),
                                        event_type, position, bytes(record.value or b""),
                                        header_bytes(record, SIGNATURE_HEADER),
-                                       header(record, "traceparent")))
+                                       # bytes as sent: a header that is not UTF-8 is a
+                                       # bad traceparent, not a crash
+                                       header_bytes(record, "traceparent")))
             if records:
                 out.offsets[tp] = records[-1].offset + 1
         partitions = self.layout.cfg.partitions
@@ -184,6 +188,7 @@ class PartitionWorker:
             lambda event_id: home_partition(event_id, partitions) == self.index)
         out.events, out.quarantined, out.audits = (result.events, result.quarantined,
                                                    result.audits)
+        out.bad_traceparents = result.bad_traceparents
         for item, event_id in result.elsewhere:  # sent on to the partition that judges it
             topic, record = by_position[item.position]
             out.forwards.append((topic, event_id, record))
@@ -193,7 +198,7 @@ class PartitionWorker:
                counts: BatchCounts) -> None:
         names, p = self.layout.names, self.index
         self._send_keys()  # the keys sealing at ingest created; acknowledged during the flush
-        trace_ids = [new_trace_id() for _ in triage.events]
+        trace_ids = [e.trace_id for e in triage.events]  # the source's trace if it sent one
         futures = [tx.send(names.store, e.payload, key=e.event_id.encode(), partition=p,
                            headers=headers(event_type=e.event_type, source=e.source,
                                            trace_id=trace, ingress=e.position,
@@ -238,6 +243,7 @@ class PartitionWorker:
         counts.quarantine_notes = [q.note() for q in triage.quarantined]
         counts.dropped_fields = [(e.position, e.dropped_fields) for e in triage.events
                                  if e.dropped_fields]
+        counts.bad_traceparents = triage.bad_traceparents
         counts.forwarded = len(triage.forwards)
 
     def _send_keys(self) -> None:

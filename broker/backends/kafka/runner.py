@@ -363,6 +363,7 @@ class Server:
                         if not any(k == "forwarded-from" for k, _ in r.headers or ()))
             self.metrics.observe_input(names.event_type_of_ingress(tp.topic), fresh)
         self.metrics.observe_quarantine(counts.quarantine_codes)
+        self.metrics.observe_bad_traceparents(counts.bad_traceparents)
         self.metrics.observe_audit(len(counts.quarantine_codes))
         if counts.decisions is not None:
             self.metrics.observe_decisions(counts.decisions, counts.decided.events,
