@@ -25,6 +25,11 @@ from broker.audit.merkle import leaf_hash
 from broker.model.schemas import Schema
 
 GENESIS = "0" * 64
+# The LDV processing activity (dpl.core.processing_activity_id) of a decision or tombstone,
+# a URI from the covenant, is kept in `detail` under this key rather than in a field of its
+# own: a new field changes the audit_entry fingerprint, which every stored entry's header
+# carries and the verifiers compare byte for byte, so old logs would stop verifying.
+PROCESSING_ACTIVITY = "processing_activity_id"
 Draft = Mapping[str, Any]  # read-only: a draft is changed by the steps below, never in place
 
 _DEFAULTS: dict[str, Any] = {

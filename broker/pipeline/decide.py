@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
+from broker.audit.entries import PROCESSING_ACTIVITY, Draft, draft, new_span_id, new_trace_id
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
 from broker.keys import KeyStore, committer
@@ -213,7 +213,8 @@ class Decider:
                 "decide", trace_id="-", start_ms=0, covenant_id=self.covenant_id,
                 covenant_version=self.covenant_version, purpose=plan.purpose,
                 legal_basis=plan.legal_basis, recipient=plan.recipient,
-                policy_hash=plan.policy_hash)))
+                policy_hash=plan.policy_hash,
+                detail={PROCESSING_ACTIVITY: plan.processing_activity_id})))
         out = found[1].copy()  # built here in steps; handed out read-only
         out.update(shared)
         if not out["trace_id"]:
