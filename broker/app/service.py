@@ -185,6 +185,14 @@ class Broker:
         return DecisionContext(now, to_millis(now), local_date(now, self.covenant.zone), control)
 
     # -- covenant versions and key versions -------------------------------------------------
+    def active_covenant(self, at_ms: int) -> tuple[Covenant, str]:
+        """The covenant in force at `at_ms` and the SHA-256 of its text: the last activation
+        before then, else the configured file."""
+        activation = self.control_state().covenant_at(at_ms)
+        if activation is None:
+            return self.covenant, self.policy_sha
+        return self.covenant_version(activation.version)
+
     def covenant_version(self, version: int) -> tuple[Covenant, str]:
         """A covenant version by number: an activated one from the control log, or the file."""
         for activation in reversed(self.control_state().activations):

@@ -25,6 +25,7 @@ from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
 from broker.cli import config as cli_config
 from broker.cli import lifecycle as cli_lifecycle
+from broker.cli import register as cli_register
 from broker.cli import source as cli_source
 from broker.cli import web as cli_web
 from broker.clock import now_utc, parse_instant
@@ -70,7 +71,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
                        "`acl plan`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands reads best
     parser = argparse.ArgumentParser(
         prog="covenant-broker",
         description="Brokers police, OM and municipality events under a covenant.")
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_web.add_commands(command, _global_options)  # web, web token, web fg-user
     cli_acl.add_commands(command, _global_options)  # acl plan
     cli_source.add_commands(command, _global_options)  # source keygen, source sign
+    cli_register.add_commands(command, _global_options)  # register (AVG art. 30)
     return parser
 
 
@@ -370,6 +372,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "control": cmd_control, "audit": cmd_audit, "subject": cmd_subject,
     "replay": cli_lifecycle.cmd_replay, "keys": cli_lifecycle.cmd_keys, "serve": cmd_serve,
     "web": cli_web.cmd_web, "acl": cli_acl.cmd_acl, "source": cli_source.cmd_source,
+    "register": cli_register.cmd_register,
 }
 
 

@@ -472,6 +472,8 @@ def test_the_shipped_covenant_has_every_register_fact() -> None:
     assert len(set(ids)) == len(ids) == 6
     for name, purpose in covenant.purposes.items():
         assert purpose.processing_activity_id.endswith(f":{name}")
-        assert purpose.controllers and set(purpose.controllers) <= set(covenant.parties)
-        assert purpose.data_subject_categories and purpose.personal_data_categories
+        assert purpose.controllers
+        assert set(purpose.controllers) <= set(covenant.parties)
+        assert purpose.data_subject_categories
+        assert purpose.personal_data_categories
     assert all(party.fg.email for party in covenant.parties.values())
