@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import draft, new_trace_id, with_subjects
+from broker.audit.entries import PROCESSING_ACTIVITY, draft, new_trace_id, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import DB_NAME as INTEGRATED_DB
 from broker.audit.verify import AuditReport
@@ -387,6 +387,8 @@ class Broker:
             lines = b"".join(json.dumps(d.as_json(), sort_keys=True).encode() + b"\n"
                              for d in chunk)
             declared = self.covenant.purposes.get(name)
+            if declared is not None:
+                detail[PROCESSING_ACTIVITY] = declared.processing_activity_id
             audits.append(draft(
                 "access", trace_id=None, start_ms=now_ms, recipient=recipient,
                 purpose=name, **self._covenant_fields(),

@@ -126,13 +126,14 @@ def test_the_export_parses_as_otlp_with_one_span_per_entry(log: Path) -> None:
 
 def test_decisions_carry_their_processing_activity(log: Path) -> None:
     entries = entries_of(log)
-    decisions = [e for e in entries if e["name"] in ("decide", "tombstone")]
+    decisions = [e for e in entries if e["name"] in ("decide", "tombstone", "access")]
     assert len(decisions) > 10
+    assert {e["name"] for e in decisions} == {"decide", "tombstone", "access"}
     for entry in decisions:
         assert entry["detail"][PROCESSING_ACTIVITY] == ACTIVITY_OF[entry["purpose"]]
     for span in spans_of(exported(log)):
         a = attrs(span)
-        if a.get("covenant_broker.purpose") and span.name in ("decide", "tombstone"):
+        if a.get("covenant_broker.purpose") and span.name in ("decide", "tombstone", "access"):
             assert a["dpl.core.processing_activity_id"] == ACTIVITY_OF[a["covenant_broker.purpose"]]
             assert "covenant_broker.detail.processing_activity_id" not in a
 
