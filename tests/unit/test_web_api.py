@@ -16,6 +16,7 @@ from tests.unit.web_support import NOW, Web, open_web
 
 REPO = Path(__file__).resolve().parents[2]
 SURVEILLANCE = "surveillance-woninginbraak"
+SURVEILLANCE_ACTIVITY = "urn:nl:amstelveen-veiligheid:v1:verwerkingsactiviteit:" + SURVEILLANCE
 BAN = "handhaving-gebiedsverbod"
 RECORDS = f"/v1/streams/{SURVEILLANCE}/records"
 ENDPOINTS = [("get", "/v1/streams", None), ("get", RECORDS, None),
@@ -108,8 +109,9 @@ def test_from_offset_and_limit_page_through_a_stream(web: Web) -> None:
                             headers=headers).json()
     assert [r["offset"] for r in second["records"]] == [1]
     ranges = [a["detail"] for a in accesses(web)]
-    assert ranges[-2:] == [{"from_offset": "0", "count": "1", "range": "0-0"},
-                           {"from_offset": "1", "count": "1", "range": "1-1"}]
+    activity = {"processing_activity_id": SURVEILLANCE_ACTIVITY}  # issue 13: LDV activity
+    assert ranges[-2:] == [{"from_offset": "0", "count": "1", "range": "0-0", **activity},
+                           {"from_offset": "1", "count": "1", "range": "1-1", **activity}]
 
 
 def test_an_offset_past_the_end_is_200_with_no_records(web: Web) -> None:
@@ -119,7 +121,8 @@ def test_an_offset_past_the_end_is_200_with_no_records(web: Web) -> None:
     assert answer.json()["records"] == []
     assert answer.json()["next_offset"] == 99
     last = accesses(web)[-1]
-    assert last["detail"] == {"from_offset": "99", "count": "0"}
+    assert last["detail"] == {"from_offset": "99", "count": "0",
+                              "processing_activity_id": SURVEILLANCE_ACTIVITY}
 
 
 @pytest.mark.parametrize("params", [
