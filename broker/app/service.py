@@ -19,7 +19,7 @@ from typing import Any
 from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.access import Accessor
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import draft, with_subjects
+from broker.audit.entries import PROCESSING_ACTIVITY, draft, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import DB_NAME as INTEGRATED_DB
 from broker.audit.verify import AuditReport
@@ -223,6 +223,14 @@ class Broker:
         return DecisionContext(now, to_millis(now), local_date(now, self.covenant.zone), control)
 
     # -- covenant versions and key versions -------------------------------------------------
+    def active_covenant(self, at_ms: int) -> tuple[Covenant, str]:
+        """The covenant in force at `at_ms` and the SHA-256 of its text: the last activation
+        before then, else the configured file."""
+        activation = self.control_state().covenant_at(at_ms)
+        if activation is None:
+            return self.covenant, self.policy_sha
+        return self.covenant_version(activation.version)
+
     def covenant_version(self, version: int) -> tuple[Covenant, str]:
         """A covenant version by number: an activated one from the control log, or the file."""
         for activation in reversed(self.control_state().activations):
@@ -464,6 +472,8 @@ class Broker:
             lines = b"".join(json.dumps(d.as_json(), sort_keys=True).encode() + b"\n"
                              for d in chunk)
             declared = self.covenant.purposes.get(name)
+            if declared is not None:
+                detail[PROCESSING_ACTIVITY] = declared.processing_activity_id
             trace_fields = who.trace_fields(first=i == 0) if who else {"trace_id": None}
             audits.append(draft(
                 "access", start_ms=now_ms, **trace_fields, recipient=recipient,

@@ -98,6 +98,12 @@ class Draft(TypedDict):
     delivered_commitment: ReadOnly[str | None]
     detail: ReadOnly[dict[str, str]]
 
+# The LDV processing activity (dpl.core.processing_activity_id) of a decision or tombstone,
+# a URI from the covenant, is kept in `detail` under this key rather than in a field of its
+# own: a new field changes the audit_entry fingerprint, which every stored entry's header
+# carries and the verifiers compare byte for byte, so old logs would stop verifying.
+PROCESSING_ACTIVITY = "processing_activity_id"
+
 
 _DEFAULTS: dict[str, Any] = {
     "status": "OK",

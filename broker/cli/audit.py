@@ -33,6 +33,7 @@ from broker.audit.subject_report import SECTIONS, valid_pseudonym, verify_subjec
 from broker.audit.tree import MissingNodeError
 from broker.audit.verify import Verdict
 from broker.audit.verify_derived import report_difference
+from broker.cli.audit_export import add_export_command, run_export
 from broker.cli.verify_options import add_verify_options, read_text, verify_pinned
 from broker.clock import from_millis, iso_instant, now_utc, parse_instant, to_millis
 from broker.config import Settings
@@ -114,6 +115,7 @@ def add_commands(commands: Any, global_options: GlobalOptions) -> None:
     report.add_argument("--html", type=Path, metavar="FILE",
                         help="also write a self-contained HTML page (Dutch)")
     report.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
+    add_export_command(sub)  # audit export --format ldv
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -416,5 +418,5 @@ def _subject_report(args: argparse.Namespace, broker: Broker, audit: AuditLog) -
 _ONLINE: dict[str, Callable[[argparse.Namespace, Broker, AuditLog], int]] = {
     "verify": _verify, "public-key": _public_key, "checkpoint": _checkpoint,
     "prove": _prove, "consistency": _consistency, "query": _query,
-    "subject-report": _subject_report,
+    "subject-report": _subject_report, "export": run_export,
 }

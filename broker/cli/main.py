@@ -27,6 +27,7 @@ from broker.cli import audit as cli_audit
 from broker.cli import config as cli_config
 from broker.cli import kafka_admin as cli_kafka_admin
 from broker.cli import lifecycle as cli_lifecycle
+from broker.cli import register as cli_register
 from broker.cli import schemas as cli_schemas
 from broker.cli import source as cli_source
 from broker.cli import web as cli_web
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_source.add_commands(command, _global_options)  # source keygen, source sign
     cli_kafka_admin.add_commands(command, _global_options)  # kafka init
     cli_schemas.add_commands(command, _global_options)  # schemas list, schemas show
+    cli_register.add_commands(command, _global_options)  # register (AVG art. 30)
     return parser
 
 
@@ -397,6 +399,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "replay": cli_lifecycle.cmd_replay, "keys": cli_lifecycle.cmd_keys, "serve": cmd_serve,
     "web": cli_web.cmd_web, "acl": cli_acl.cmd_acl, "source": cli_source.cmd_source,
     "kafka": cli_kafka_admin.cmd_kafka, "schemas": cli_schemas.cmd_schemas,
+    "register": cli_register.cmd_register,
 }
 
 

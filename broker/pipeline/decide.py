@@ -14,7 +14,7 @@ from datetime import date
 from typing import Any, cast
 
 from broker.audit import trace
-from broker.audit.entries import Draft, draft, new_span_id, new_trace_id
+from broker.audit.entries import PROCESSING_ACTIVITY, Draft, draft, new_span_id, new_trace_id
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
 from broker.keys import KeyStore, committer
@@ -224,9 +224,12 @@ class Decider:
                 "decide", trace_id="-", start_ms=0, covenant_id=self.covenant_id,
                 covenant_version=self.covenant_version, purpose=plan.purpose,
                 legal_basis=plan.legal_basis, recipient=plan.recipient,
-                policy_hash=plan.policy_hash)))
+                policy_hash=plan.policy_hash,
+                detail={PROCESSING_ACTIVITY: plan.processing_activity_id})))
         out = found[1].copy()  # built here in steps; handed out read-only
         out.update(shared)
+        if "detail" in shared:  # the caller's foreign operation beside the plan's activity
+            out["detail"] = {**found[1]["detail"], **shared["detail"]}
         if not out["trace_id"]:
             out["trace_id"] = new_trace_id()
         out["span_id"] = span_id or new_span_id()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from broker.audit.entries import draft
+from broker.audit.entries import PROCESSING_ACTIVITY, draft
 from broker.keys import commitment
 from broker.model.schemas import Schema
 from broker.pipeline.port import DecisionBatch, EgressRecord, NewEgress
@@ -37,7 +37,8 @@ def tombstone(record: EgressRecord, plans: PlanSet, tombstone_schema: Schema,
         policy_hash=plan.policy_hash if plan else None, event_type=record.event_type,
         event_offset=record.event_offset,
         delivered_commitment=commitment(commitment_key, payload),
-        detail={"released_offset": str(record.offset), "cause": cause})
+        detail={"released_offset": str(record.offset), "cause": cause,
+                **({PROCESSING_ACTIVITY: plan.processing_activity_id} if plan else {})})
     return NewEgress(record.recipient, record.purpose, record.event_type, "tombstone",
                      payload, record.event_offset, record.ref, None, ctx.now_ms, audit,
                      tombstone_for=record.offset)

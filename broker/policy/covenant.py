@@ -4,6 +4,14 @@ The YAML is the covenant as the parties signed it: parties, recipients, themes a
 purposes, each purpose with its legal basis, retention, approvers, event type, recipients
 with their scope, conditions and field rules. Structure is checked here; facts that need
 the Avro schemas (field paths, view shapes) are checked by `policy.lint`.
+
+The covenant is also the AVG art. 30 register of its processing activities
+(`policy.register` prints it): each purpose names its `processing_activity_id` (a URI, the
+LDV `dpl.core.processing_activity_id` of every decision under it), its controllers, the
+categories of data subjects and personal data; each party its privacy officer (FG); the
+covenant its security measures. These facts are required for every covenant, not only in
+a stricter mode: art. 30 asks them of every controller, so a covenant without them cannot
+be run accountably, and a missing one is refused at load like any other missing key.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -69,8 +79,37 @@ class Header(_Strict):
         return value
 
 
+class Contact(_Strict):
+    """How to reach someone: at least one of email, phone or address."""
+
+    name: str = Field(min_length=1)
+    email: str | None = None
+    phone: str | None = None
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Contact:
+        if not (self.email or self.phone or self.address):
+            raise ValueError("a contact needs an email, phone or address")
+        return self
+
+
 class Party(_Strict):
     name: str = Field(min_length=1)
+    contact: str | None = Field(default=None, description="the controller's own address")
+    fg: Contact = Field(description="the party's privacy officer (FG, AVG art. 37-39)")
+
+
+def _absolute_uri(value: str) -> str:
+    """A processing activity id is an absolute URI (LDV: `dpl.core.processing_activity_id`
+    is of type URI): a scheme, and for hierarchical schemes a host; no white space."""
+    parts = urlsplit(value)
+    if not parts.scheme or any(c.isspace() for c in value) or \
+            not (parts.netloc or parts.path) or \
+            (parts.scheme in ("http", "https") and not parts.netloc):
+        raise ValueError(f"{value!r} is not an absolute URI (e.g. "
+                         "urn:nl:<covenant>:v1:verwerkingsactiviteit:<purpose>)")
+    return value
 
 
 class Recipient(_Strict):
@@ -201,6 +240,19 @@ class RecipientRule(_Strict):
 
 class Purpose(_Strict):
     description: str = ""
+    processing_activity_id: Annotated[str, AfterValidator(_absolute_uri)] = Field(
+        min_length=1, description="URI of the processing activity (AVG art. 30 register, "
+        "LDV dpl.core.processing_activity_id); a new covenant version that changes the "
+        "purpose gives it a new one")
+    controllers: list[str] = Field(
+        min_length=1, description="parties responsible; more than one are joint "
+        "controllers (AVG art. 26)")
+    data_subject_categories: list[str] = Field(min_length=1)
+    personal_data_categories: list[str] = Field(min_length=1)
+    security_measures: list[str] = Field(
+        default_factory=list, description="measures of this purpose beyond the covenant's")
+    third_country_transfers: list[str] = Field(
+        default_factory=list, description="AVG art. 30(1)(e); empty means none")
     legal_basis: str = Field(min_length=1)
     retention_days: PositiveInt
     approved_by: list[str] = Field(min_length=1)
@@ -229,6 +281,9 @@ class Covenant(_Strict):
     sources: list[str] = Field(min_length=1)
     recipients: dict[str, Recipient] = Field(min_length=1)
     themes: list[str] = Field(default_factory=list)
+    security_measures: list[str] = Field(
+        min_length=1, description="general description of the technical and organisational "
+        "measures (AVG art. 30(1)(g)), for every purpose")
     purposes: dict[str, Purpose] = Field(min_length=1)
 
     @property
@@ -245,6 +300,7 @@ class Covenant(_Strict):
         for source in self.sources:
             if source not in self.parties:
                 problems.append((("sources",), f"source {source!r} is not a party"))
+        activities: dict[str, str] = {}
         for pname, purpose in self.purposes.items():
             base: tuple[str | int, ...] = ("purposes", pname)
             if not _NAME.match(pname):
@@ -252,6 +308,14 @@ class Covenant(_Strict):
             for i, party in enumerate(purpose.approved_by):
                 if party not in self.parties:
                     problems.append(((*base, "approved_by", i), f"unknown party {party!r}"))
+            for i, party in enumerate(purpose.controllers):
+                if party not in self.parties:
+                    problems.append(((*base, "controllers", i), f"unknown party {party!r}"))
+            other = activities.setdefault(purpose.processing_activity_id, pname)
+            if other != pname:
+                problems.append(((*base, "processing_activity_id"),
+                                 f"purpose {other!r} has the same processing activity id; "
+                                 "each purpose is an activity of its own"))
             source = purpose.event_type.split(".", 1)[0]
             if source not in self.sources:
                 problems.append(((*base, "event_type"),

@@ -52,6 +52,7 @@ class Plan:
     expires_after: Getter | None
     fields_released: tuple[str, ...]
     fields_withheld: tuple[str, ...]
+    processing_activity_id: str  # the purpose's URI in the register (LDV dpl.core.*)
     # (name, getter, transform or None for keep) per field, made once from `fields`
     _steps: tuple[tuple[str, Getter, Transform | None], ...] = field(
         init=False, repr=False, compare=False)
@@ -179,6 +180,7 @@ def _compile_purpose(
                 view_schema=view, policy_hash=policy_hash, checks=checks, fields=fields,
                 expires_after=getter(purpose.expires_after) if purpose.expires_after else None,
                 fields_released=tuple(released), fields_withheld=withheld,
+                processing_activity_id=purpose.processing_activity_id,
             ))
     return out
 

@@ -39,6 +39,7 @@ from broker.errors import BrokerError, CovenantError
 from broker.keys import keyed_pseudonym
 from broker.logs import get_logger
 from broker.policy.covenant import parse_covenant
+from broker.policy.register import build_register
 from broker.web import auth
 from broker.web.access import console_accessor
 from broker.web.console_views import (
@@ -210,6 +211,17 @@ async def overview(request: Request, user: FgUser) -> HTMLResponse:
     if covenant["since_ms"] is not None:
         covenant["since"] = iso_instant(from_millis(covenant["since_ms"]))
     return _page(request, "overview.html", {"c": covenant})
+
+
+@router.get("/register")
+async def register(request: Request, user: FgUser) -> HTMLResponse:
+    """The AVG art. 30 register of the covenant in force, on a page of its own."""
+    at_ms = to_millis(_now(request))
+
+    def build(broker: Broker) -> dict[str, Any]:
+        return build_register(*broker.active_covenant(at_ms))
+
+    return _page(request, "register.html", {"r": await _worker(request).call(build)})
 
 
 # -- audit search -----------------------------------------------------------------------------

@@ -385,3 +385,95 @@ def test_a_covenant_that_passes_policy_check_never_crashes_a_decision(tmp_path: 
     for event_type, event in events.items():
         for plan in plans.plans_for(event_type):
             plan.evaluate(decoded(event_type, event), ctx)
+
+
+# -- the AVG art. 30 register facts (issue 13 item 2) -----------------------------------------
+
+_ACTIVITY = ("    processing_activity_id: "
+             "urn:nl:amstelveen-veiligheid:v1:verwerkingsactiviteit:slachtoffer-preventieadvies\n")
+
+
+def test_a_purpose_without_a_processing_activity_is_refused(tmp_path: Path) -> None:
+    path = edited(tmp_path, _ACTIVITY, "")
+    key, problem, line = only_problem(path)
+    assert key == "purposes.slachtoffer-preventieadvies.processing_activity_id"
+    assert problem == "Field required"
+    assert line == line_of(path, "  slachtoffer-preventieadvies:")  # the purpose that lacks it
+
+
+def test_a_purpose_without_a_controller_is_refused(tmp_path: Path) -> None:
+    path = edited(tmp_path, _ACTIVITY + "    controllers: [politie, gemeente]\n", _ACTIVITY)
+    key, problem, line = only_problem(path)
+    assert key == "purposes.slachtoffer-preventieadvies.controllers"
+    assert problem == "Field required"
+    assert line == line_of(path, "  slachtoffer-preventieadvies:")
+
+
+def test_an_empty_controller_list_is_refused(tmp_path: Path) -> None:
+    path = edited(tmp_path, _ACTIVITY + "    controllers: [politie, gemeente]\n",
+                  _ACTIVITY + "    controllers: []\n")
+    key, problem, line = only_problem(path)
+    assert key == "purposes.slachtoffer-preventieadvies.controllers"
+    assert "at least 1 item" in problem
+    assert line == line_of(path, "controllers: []")
+
+
+def test_a_controller_must_be_a_party(tmp_path: Path) -> None:
+    path = edited(tmp_path, _ACTIVITY + "    controllers: [politie, gemeente]\n",
+                  _ACTIVITY + "    controllers: [politie, reclassering]\n")
+    key, problem, line = only_problem(path)
+    assert key == "purposes.slachtoffer-preventieadvies.controllers.1"
+    assert problem == "unknown party 'reclassering'"
+    assert line == line_of(path, "controllers: [politie, reclassering]")
+
+
+@pytest.mark.parametrize("value", ["verwerkingsactiviteit 3", "https:///no-host",
+                                   "slachtoffer-preventieadvies"])
+def test_a_processing_activity_id_is_an_absolute_uri(tmp_path: Path, value: str) -> None:
+    path = edited(tmp_path, _ACTIVITY, f"    processing_activity_id: {value}\n")
+    key, problem, line = only_problem(path)
+    assert key == "purposes.slachtoffer-preventieadvies.processing_activity_id"
+    assert "is not an absolute URI" in problem
+    assert line == line_of(path, f"processing_activity_id: {value}")
+
+
+def test_two_purposes_cannot_share_a_processing_activity(tmp_path: Path) -> None:
+    path = edited(tmp_path, _ACTIVITY, _ACTIVITY.replace("slachtoffer-preventieadvies",
+                                                         "preventie-woninginbraak"))
+    key, problem, _line = only_problem(path)
+    assert key == "purposes.slachtoffer-preventieadvies.processing_activity_id"
+    assert problem == ("purpose 'preventie-woninginbraak' has the same processing activity "
+                       "id; each purpose is an activity of its own")
+
+
+def test_a_party_without_a_privacy_officer_is_refused(tmp_path: Path) -> None:
+    path = edited(tmp_path, "    fg: {name: Functionaris gegevensbescherming OM, "
+                  "email: fg@om.example}\n", "")
+    key, problem, line = only_problem(path)
+    assert key == "parties.om.fg"
+    assert problem == "Field required"
+    assert line == line_of(path, "  om:")
+
+
+def test_a_covenant_without_security_measures_is_refused(tmp_path: Path) -> None:
+    text = SHIPPED.split("security_measures:\n", 1)
+    head, rest = text[0], text[1]
+    rest = rest.split("\n\n", 1)[1]  # drop the list up to the next blank line
+    path = tmp_path / "covenant.yaml"
+    path.write_text(head + rest, encoding="utf-8")
+    key, problem, _line = only_problem(path)
+    assert key == "security_measures"
+    assert problem == "Field required"
+
+
+def test_the_shipped_covenant_has_every_register_fact() -> None:
+    covenant = load_covenant(POLICY_FILE)
+    ids = [p.processing_activity_id for p in covenant.purposes.values()]
+    assert len(set(ids)) == len(ids) == 6
+    for name, purpose in covenant.purposes.items():
+        assert purpose.processing_activity_id.endswith(f":{name}")
+        assert purpose.controllers
+        assert set(purpose.controllers) <= set(covenant.parties)
+        assert purpose.data_subject_categories
+        assert purpose.personal_data_categories
+    assert all(party.fg.email for party in covenant.parties.values())

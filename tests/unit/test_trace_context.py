@@ -92,6 +92,8 @@ def test_a_sources_traceparent_comes_out_on_the_egress_record_and_in_the_audit_e
         assert (entry["foreign_trace_id"], entry["foreign_span_id"],
                 entry["parent_span_id"]) == (TRACE, PARENT, PARENT)
         assert entry["detail"]["foreign_entity"] == "urn:covenant-broker:party:politie"
+        # beside the foreign operation, the purpose's LDV processing activity (issue 13)
+        assert entry["detail"]["processing_activity_id"].endswith(entry["purpose"])
         assert entry["span_id"] != PARENT
     released = {e["span_id"] for e in decisions if e["decision"] == "release"}
     delivered = broker.consume("boa-hor-noord", None, 0, NOW)

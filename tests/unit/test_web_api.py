@@ -18,6 +18,7 @@ from tests.unit.web_support import NOW, Web, open_web
 
 REPO = Path(__file__).resolve().parents[2]
 SURVEILLANCE = "surveillance-woninginbraak"
+SURVEILLANCE_ACTIVITY = "urn:nl:amstelveen-veiligheid:v1:verwerkingsactiviteit:" + SURVEILLANCE
 BAN = "handhaving-gebiedsverbod"
 RECORDS = f"/v1/streams/{SURVEILLANCE}/records"
 ENDPOINTS = [("get", "/v1/streams", None), ("get", RECORDS, None),
@@ -110,10 +111,12 @@ def test_from_offset_and_limit_page_through_a_stream(web: Web) -> None:
     second = web.client.get(RECORDS, params={"from_offset": first["next_offset"], "limit": 1},
                             headers=headers).json()
     assert [r["offset"] for r in second["records"]] == [1]
-    ranges = [{k: a["detail"][k] for k in ("from_offset", "count", "range")}
+    ranges = [{k: a["detail"][k] for k in ("from_offset", "count", "range",
+                                           "processing_activity_id")}
               for a in accesses(web)]  # (the rest names who asked: test_access_audit.py)
-    assert ranges[-2:] == [{"from_offset": "0", "count": "1", "range": "0-0"},
-                           {"from_offset": "1", "count": "1", "range": "1-1"}]
+    activity = {"processing_activity_id": SURVEILLANCE_ACTIVITY}  # issue 13: LDV activity
+    assert ranges[-2:] == [{"from_offset": "0", "count": "1", "range": "0-0", **activity},
+                           {"from_offset": "1", "count": "1", "range": "1-1", **activity}]
 
 
 def test_an_offset_past_the_end_is_200_with_no_records(web: Web) -> None:
@@ -124,7 +127,8 @@ def test_an_offset_past_the_end_is_200_with_no_records(web: Web) -> None:
     assert answer.json()["next_offset"] == 99
     last = accesses(web)[-1]
     assert last["detail"] == {"from_offset": "99", "count": "0", "channel": "http",
-                              "token_id": last["detail"]["token_id"], "origin": "testclient"}
+                              "token_id": last["detail"]["token_id"], "origin": "testclient",
+                              "processing_activity_id": SURVEILLANCE_ACTIVITY}
 
 
 @pytest.mark.parametrize("params", [
