@@ -56,6 +56,9 @@ class Backend:
     ingress: IngressPublisher | None = None  # ingest publishes; `serve` decides (Kafka)
     purge: IngressPurge | None = None  # raw input kept until purged (Kafka)
     integrated: IntegratedAuditDb | None = None  # the chains sequenced by `audit integrate`
+    # Whether releases carry a sealed copy for the backend to hold at rest (the embedded
+    # egress table). Kafka egress is the view itself, ended by tombstones and compaction.
+    seal_egress: bool = True
 
     @property
     def audit_is_live(self) -> bool:
@@ -109,10 +112,12 @@ def embedded(parts: Parts) -> Backend:
 def kafka(parts: Parts) -> Backend:
     """The Kafka topics, the compacted key topic, and the integrated audit log file."""
     # imported only when chosen: the embedded default needs no kafka-python
+    from broker.backends.kafka.egress import LINK_KEY  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.keys import KafkaKeyStore  # noqa: PLC0415 - Kafka only
 
-    log = KafkaEventLog(parts.settings.kafka, parts.registry, parts.plans)
+    log = KafkaEventLog(parts.settings.kafka, parts.registry, parts.plans,
+                        parts.keys.secret(LINK_KEY))
     try:  # the compacted key topic, shared by every process of the deployment
         keys = KafkaKeyStore(log.clients, log.layout.names.keys,
                              parts.registry.get("records.data_key"), FileKek(parts.keys))
@@ -128,7 +133,8 @@ def kafka(parts: Parts) -> Backend:
         log.close()
         raise
     return Backend("kafka", log, keys, parts.audit.audit_log(integrated.audit),
-                   partition_chains=log, ingress=log, purge=log, integrated=integrated)
+                   partition_chains=log, ingress=log, purge=log, integrated=integrated,
+                   seal_egress=False)
 
 
 @dataclass(frozen=True)

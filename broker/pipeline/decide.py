@@ -49,8 +49,9 @@ class Decider:
         self.plans = plans
         self.registry = registry
         self.sealer = sealer
-        # False: releases carry no sealed_payload (nothing held at rest; the in-process hot
-        # path of bench/pipeline_bench.py). Both backends hold egress at rest: True.
+        # False: releases carry no sealed_payload (nothing held at rest: Kafka egress, where
+        # the view is released as is and compaction removes it after a tombstone, and the
+        # in-process hot path of bench/pipeline_bench.py). The embedded egress table: True.
         self.seal_egress = seal_egress
         self.commitment_key = keys.commitment_key()
         self._commit = committer(self.commitment_key)  # `commitment` under that key
