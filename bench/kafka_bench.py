@@ -187,6 +187,7 @@ class Deployment:
         broker = Broker(self.settings)  # creates the topics
         try:
             self.layout = broker.log.layout  # type: ignore[attr-defined]
+            self.link = broker.log.link  # type: ignore[attr-defined]  # opens broker_link
             self.registry = broker.registry
             self.ingress = {t: self.layout.names.ingress(t) for t in broker.registry.event_types()}
         finally:
@@ -335,8 +336,9 @@ class Reader(threading.Thread):
     """Reads the contender's output read_committed and times each input's first output."""
 
     def __init__(self, bootstrap: str, topics: list[str], store: str | None,
-                 partitions: int) -> None:
+                 partitions: int, link: Any = None) -> None:
         super().__init__(daemon=True)
+        self.link = link  # the egress records' sealed broker_link names their store position
         from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
 
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap,
@@ -353,6 +355,7 @@ class Reader(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        from broker.backends.kafka.egress import record_link  # noqa: PLC0415
         from broker.backends.kafka.io import header  # noqa: PLC0415
         from broker.config.kafka import store_position  # noqa: PLC0415
 
@@ -367,7 +370,7 @@ class Reader(threading.Thread):
                         position = store_position(r.offset, tp.partition, self.partitions)
                         self.by_position[position] = header(r, "ingress") or ""
                     else:
-                        position = int(header(r, "event_offset") or -1)
+                        position = record_link(r, self.link).event_offset
                         self.pending.setdefault(position, now)
             for position in [p for p in self.pending if p in self.by_position]:
                 self.arrived.setdefault(self.by_position[position], self.pending.pop(position))
@@ -383,7 +386,7 @@ def latency(dep: Deployment, cmd: list[str], group: str, feed: list[tuple[str, s
     if store:
         outputs = [t for t in dep.layout.all_topics() if t.startswith(f"{dep.name}.egress.")]
         reader = Reader(dep.bootstrap, [dep.layout.names.store, *outputs],
-                        dep.layout.names.store, dep.partitions)
+                        dep.layout.names.store, dep.partitions, dep.link)
     else:
         reader = Reader(dep.bootstrap, [dep.out], None, dep.partitions)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -67,6 +67,8 @@ _DEPENDS: dict[str, str] = {
     "commitment": "the commitments to delivered records in the audit log",
     SIGNING_KEY: "the signed checkpoints of the audit log, which verifiers check against "
                  "its public key",
+    "egress-link": "the broker_link headers of the Kafka egress records (each record's "
+                   "store position and tombstone); consume, expiry and erasure read them",
 }
 
 

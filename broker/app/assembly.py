@@ -58,6 +58,9 @@ class Backend:
     purge: IngressPurge | None = None  # raw input kept until purged (Kafka)
     integrated: IntegratedAuditDb | None = None  # the chains sequenced by `audit integrate`
     runner: PipelineRunner | None = None  # `serve` run here until idle (Kafka)
+    # Whether releases carry a sealed copy for the backend to hold at rest (the embedded
+    # egress table). Kafka egress is the view itself, ended by tombstones and compaction.
+    seal_egress: bool = True
 
     @property
     def audit_is_live(self) -> bool:
@@ -111,11 +114,13 @@ def embedded(parts: Parts) -> Backend:
 def kafka(parts: Parts) -> Backend:
     """The Kafka topics, the compacted key topic, and the integrated audit log file."""
     # imported only when chosen: the embedded default needs no kafka-python
+    from broker.backends.kafka.egress import LINK_KEY  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.keys import KafkaKeyStore  # noqa: PLC0415 - Kafka only
     from broker.backends.kafka.runner import UntilIdle  # noqa: PLC0415 - Kafka only
 
-    log = KafkaEventLog(parts.settings.kafka, parts.registry, parts.plans)
+    log = KafkaEventLog(parts.settings.kafka, parts.registry, parts.plans,
+                        parts.keys.secret(LINK_KEY))
     try:  # the compacted key topic, shared by every process of the deployment
         keys = KafkaKeyStore(log.clients, log.layout.names.keys,
                              parts.registry.get("records.data_key"), FileKek(parts.keys))
@@ -132,7 +137,7 @@ def kafka(parts: Parts) -> Backend:
         raise
     return Backend("kafka", log, keys, parts.audit.audit_log(integrated.audit),
                    partition_chains=log, ingress=log, purge=log, integrated=integrated,
-                   runner=UntilIdle())
+                   runner=UntilIdle(), seal_egress=False)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ class Broker:
         self.sealer = Sealer(self.registry, self.data_keys, self.keys.subject_key(),
                              self._retention_by_type(), settings.default_retention_days,
                              self.covenant.zone)
-        self.decider = Decider(self.plans, self.registry, self.keys, self.sealer)
+        self.decider = Decider(self.plans, self.registry, self.keys, self.sealer,
+                               seal_egress=self.backend.seal_egress)
         self._versions: dict[tuple[str, tuple[tuple[str, int], ...]], Decider] = {}
         self.logger = get_logger(covenant=self.covenant.covenant.id,
                                  covenant_version=self.covenant.covenant.version)
@@ -273,7 +274,8 @@ class Broker:
                                                                           versions[purpose]),
                                   f"<covenant v{covenant.covenant.version}>")
             cached = self._versions[(sha, key_versions)] = Decider(
-                plans, self.registry, self.keys, self.sealer)
+                plans, self.registry, self.keys, self.sealer,
+                seal_egress=self.backend.seal_egress)
         return cached
 
     def _covenant_fields(self) -> dict[str, Any]:

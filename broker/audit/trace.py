@@ -22,6 +22,8 @@ Optional whitespace around the value is trimmed (HTTP strips it too).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +98,17 @@ def outbound(trace_id: str, span_id: str) -> str:
     """The traceparent the broker sends for one of its own spans (always sampled: the audit
     log records every span)."""
     return f"00-{trace_id}-{span_id}-{SAMPLED}"
+
+
+def stream_trace_id(key: bytes, trace_id: str, recipient: str, purpose: str) -> str:
+    """The trace id a release goes out under: keyed per (recipient, purpose), so that one
+    event released on several streams shows no shared trace id that would link them
+    (issue 12: nothing on an egress topic links records across purposes). The decision's
+    audit entry keeps it (detail `outbound_trace_id`), so the FG can still follow a
+    recipient's processing back to the source's trace."""
+    mac = hmac.new(key, b"egress-trace\x00" + "\x00".join((trace_id, recipient, purpose))
+                   .encode("utf-8"), hashlib.sha256)
+    return mac.hexdigest()[:32]
 
 
 def party_uri(source: str) -> str:

@@ -8,7 +8,8 @@ topic                                  holds                                    
 ``covenant.ingress.<event_type>``      raw input of one event type (JSON or Avro)  N
 ``covenant.store``                     the immutable event log of every type       N
                                        (sealed Avro), no deletion by time or size
-``covenant.egress.<recipient>.<purpose>``  released records and tombstones         1
+``covenant.egress.<recipient>.<purpose>``  compacted: released views (key: ref) and   1
+                                       tombstones; deleted after the retention
 ``covenant.quarantine``                bad input with its reason                   N
 ``covenant.audit``                     hash-chained audit entries                  N + 1
 ``covenant.control``                   control events (theme switches)             1
@@ -79,6 +80,11 @@ class KafkaConfig(BaseModel):
     ingress_segment_ms: PositiveInt = Field(
         default=3_600_000, description="segment.ms of the ingress topics when they are "
         "created: purged input leaves the segment files only once its segment has rolled")
+    egress_segment_ms: PositiveInt = Field(
+        default=3_600_000, description="segment.ms and max.compaction.lag.ms of the egress "
+        "topics when they are created: a record a tombstone ends (expiry, erasure) leaves "
+        "the segment files once its segment rolled and the cleaner ran "
+        "(docs/kafka-retention.md)")
     ingress_purge_interval_ms: int = Field(
         default=60_000, ge=0, description="how often serve deletes the ingress records its "
         "group has committed (DeleteRecords up to the committed offsets); 0: never")

@@ -50,8 +50,9 @@ class Decider:
         self.plans = plans
         self.registry = registry
         self.sealer = sealer
-        # False: releases carry no sealed_payload (nothing held at rest; the in-process hot
-        # path of bench/pipeline_bench.py). Both backends hold egress at rest: True.
+        # False: releases carry no sealed_payload (nothing held at rest: Kafka egress, where
+        # the view is released as is and compaction removes it after a tombstone, and the
+        # in-process hot path of bench/pipeline_bench.py). The embedded egress table: True.
         self.seal_egress = seal_egress
         self.commitment_key = keys.commitment_key()
         self._commit = committer(self.commitment_key)  # `commitment` under that key
@@ -180,11 +181,15 @@ class Decider:
         expires: date | None = plan.expires_after(opened.record) if plan.expires_after \
             else None
         ref: Any = decision.view.get("ref")
+        # the release's own span, in a trace of its stream's own: the recipient's
+        # processing links to it, and no two streams share a trace id
+        outbound = trace.stream_trace_id(self.commitment_key, audit["trace_id"],
+                                         plan.recipient, plan.purpose)
+        audit["detail"] = {**audit["detail"], "outbound_trace_id": outbound}
         return NewEgress(plan.recipient, plan.purpose, stored.event_type, "record", payload,
                          stored.offset, ref if isinstance(ref, str) else None, expires,
                          ctx.now_ms, cast(Draft, audit), sealed_payload=sealed,
-                         # the release's own span: the recipient's processing links to it
-                         traceparent=trace.outbound(audit["trace_id"], audit["span_id"]))
+                         traceparent=trace.outbound(outbound, audit["span_id"]))
 
     def _seal(self, plan: Plan, stored: StoredEvent, opened: Opened, decision: Release,
               payload: bytes) -> bytes:

@@ -27,7 +27,7 @@ from broker.policy.covenant import (
 from broker.policy.decision import Decision, DecisionContext, Release
 from broker.policy.paths import Getter, getter
 from broker.policy.transforms import Transform, compile_transform, keep
-from broker.policy.views import ViewError, derive_view, source_path
+from broker.policy.views import REF, REF_SOURCE, ViewError, derive_view, source_path
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,10 @@ def _compile_purpose(
                                     key=lambda: pseudonym_key(pname), keep_last=rule.keep_last))
         for name, rule in purpose.fields.items()
     ]
-    released = sorted({f.source for f in fields})
+    released = sorted({f.source for f in fields})  # what the covenant's rules release
+    if REF not in purpose.fields:  # derive_view added the field; the plan fills it
+        fields.insert(0, FieldPlan(REF, REF_SOURCE, getter(REF_SOURCE), compile_transform(
+            "pseudonymise", zone=zone, key=lambda: pseudonym_key(pname), keep_last=None)))
     released_set = set(released)
     withheld = tuple(p for p in source.leaf_paths
                      if p not in released_set and not any(p.startswith(r + ".")

@@ -13,6 +13,13 @@ from broker.model.schemas import FieldInfo, Schema
 from broker.policy.covenant import FieldRule, Purpose
 
 TIMESTAMP = {"type": "long", "logicalType": "timestamp-millis"}
+# Every view carries `ref`: the record's opaque reference, a keyed pseudonym of the event id
+# under the purpose's own key. It is the Kafka key of the record (and of the tombstone that
+# ends it), so a recipient can compact and delete by it, and it links nothing across
+# purposes. A purpose whose rules name no `ref` gets this one from the compiled plan.
+REF = "ref"
+REF_SOURCE = "event_id"
+REF_DOC = "event_id (pseudonymise): this purpose's reference of the record, added by the broker"
 DATE = {"type": "int", "logicalType": "date"}
 
 
@@ -72,6 +79,17 @@ def source_path(name: str, rule: FieldRule) -> str:
 def derive_view(name: str, purpose: Purpose, source: Schema) -> dict[str, Any]:
     namespace, _, short = purpose.view.rpartition(".")
     fields: list[dict[str, Any]] = []
+    ref_rule = purpose.fields.get(REF)
+    if ref_rule is None:
+        if REF_SOURCE not in source.fields:
+            raise ViewError(f"purposes.{name}: {source.name} has no {REF_SOURCE} to derive "
+                            f"the record's {REF} from")
+        fields.append({"name": REF, "type": "string", "doc": REF_DOC})
+    elif ref_rule.transform != "pseudonymise":
+        # the ref is the Kafka key a recipient sees: in clear it could link purposes
+        raise ViewError(f"purposes.{name}.fields.{REF}: the record's reference must use "
+                        f"transform pseudonymise (a per-purpose keyed pseudonym), not "
+                        f"{ref_rule.transform}")
     for out_name, rule in purpose.fields.items():
         path = source_path(out_name, rule)
         where = f"purposes.{name}.fields.{out_name}"

@@ -41,7 +41,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # the window.
 NODE_OVERRIDES = {"log.retention.check.interval.ms": "1000",
                   "log.initial.task.delay.ms": "1000",
-                  "log.segment.delete.delay.ms": "1000"}
+                  "log.segment.delete.delay.ms": "1000",
+                  # the log cleaner looks for compactable egress logs every second, not 15 s
+                  "log.cleaner.backoff.ms": "1000"}
 
 
 @pytest.fixture(scope="session")

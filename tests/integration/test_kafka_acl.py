@@ -169,7 +169,7 @@ def test_the_broker_principal_serves_an_event_end_to_end(secured: Secured) -> No
     finally:
         noord.close()
     assert records, "nothing released to boa-hor-noord"
-    assert [header(r, "event_type") for r in records] == ["politie.woninginbraak"]
+    assert [header(r, "view") for r in records] == ["views.surveillance_woninginbraak"]
 
 
 def test_the_controller_refuses_a_client_that_does_not_authenticate(secured: Secured) -> None:

@@ -33,8 +33,8 @@ def test_two_command_writers_take_turns_by_fencing(kafka_bootstrap: str,
         try:
             log = broker.log
             assert isinstance(log, KafkaEventLog)
-            one = CommandWriter(log.clients, log.layout, log.audit_schema)
-            two = CommandWriter(log.clients, log.layout, log.audit_schema)
+            one = CommandWriter(log.clients, log.layout, log.audit_schema, log.link)
+            two = CommandWriter(log.clients, log.layout, log.audit_schema, log.link)
             one.open()
             two.open()  # fences `one`
             one.append_audit([_entry(1)])  # fenced: re-opens (fencing `two`), re-reads, writes

@@ -1,11 +1,18 @@
 """Erasure on Kafka, checked by a canary scan of every byte the broker and Kafka hold.
 
 A person's events carry unique canary values (name, phone, email, BSN, description). They
-go through `ingest` (plaintext on the ingress topics), `serve` (stored and released
-sealed) and `consume`. Then `subject erase` destroys the person's keys and sends erasure
-notices, serve purges the consumed ingress records, Kafka deletes the segments that held
-them, and no canary may remain in the broker's data directory, its logs, or any file of
-the Kafka node's directory (segments, indexes, the JVM log).
+go through `ingest` (plaintext on the ingress topics), `serve` (stored sealed, released as
+plain views on the compacted egress topics) and `consume`. Then `subject erase` destroys
+the person's keys and writes erasure notices (Kafka tombstones: null value, the record's
+key), serve purges the consumed ingress records, Kafka deletes the segments that held
+them, the log cleaner compacts the egress topics, and no canary may remain in the
+broker's data directory, its logs, or any file of the Kafka node's directory (segments of
+every topic, egress included, indexes, the JVM log).
+
+Compaction needs the ended records and their tombstones out of the active segment: the
+egress topics are created with a 1 s segment.ms (kafka.egress_segment_ms), the session
+node's cleaner looks every second (conftest.py NODE_OVERRIDES), and one more release per
+stream after the erasure (as steady traffic would) rolls the active segments.
 
 Segment deletion needs a rolled segment and a retention check: the ingress topics are
 created with a 1 s segment.ms (kafka.ingress_segment_ms), the session node checks every
@@ -73,7 +80,29 @@ def held(roots: list[Path]) -> dict[str, list[str]]:
 def configure(env: KafkaEnv) -> None:
     config = yaml.safe_load(env.config.read_text())
     config["kafka"]["ingress_segment_ms"] = SEGMENT_MS
+    config["kafka"]["egress_segment_ms"] = SEGMENT_MS
     env.config.write_text(yaml.safe_dump(config))
+
+
+def in_egress(found: dict[str, list[str]], env: KafkaEnv) -> dict[str, list[str]]:
+    """The part of `held` that is in the egress topics' files."""
+    marker = f"{env.name}.egress."
+    out = {canary: [p for p in paths if marker in p] for canary, paths in found.items()}
+    return {canary: paths for canary, paths in out.items() if paths}
+
+
+def release_on_every_stream(env: KafkaEnv, tmp_path: Path) -> int:
+    """One more release on each stream the person's records went to (other people's
+    events), so each egress topic's active segment, older than segment.ms, rolls."""
+    inputs = [("politie", "politie.woninginbraak", f.woninginbraak()),
+              ("om", "om.gebiedsverbod", f.gebiedsverbod()),
+              ("om", "om.detentie_uitstroom", f.detentie_uitstroom())]
+    for source, event_type, event in inputs:
+        path = lines_file(tmp_path / f"later-{event_type}.jsonl", jsonl([event]))
+        code, out = run_cli([*env.args(), "ingest", "--source", source, "--type",
+                             event_type, str(path)])
+        assert code == 0, out
+    return len(inputs)
 
 
 def serve_until_idle(env: KafkaEnv, expect: int) -> str:
@@ -119,6 +148,18 @@ def fill_every_ingress_partition(env: KafkaEnv) -> int:
     return len(topics) * env.partitions
 
 
+def _released_about(snap: Any, pseudonym: str) -> set[tuple[str, str, int]]:
+    return {(e["recipient"], e["purpose"], e["egress_offset"]) for e in
+            snap.entries("decide") if e["decision"] == "release"
+            and pseudonym in [s["pseudonym"] for s in e["data_subjects"]]}
+
+
+def _uncompacted(snap: Any, pseudonym: str) -> set[tuple[str, str, int]]:
+    kept = {(r, p, record.offset) for (r, p), records in snap.egress.items()
+            for record in records}
+    return _released_about(snap, pseudonym) & kept
+
+
 def test_erasure_on_kafka_leaves_no_plaintext_anywhere(
         kafka_bootstrap: str, kafka_node: Any, tmp_path: Path,
         capfd: pytest.CaptureFixture[str]) -> None:
@@ -148,6 +189,9 @@ def test_erasure_on_kafka_leaves_no_plaintext_anywhere(
             assert code == 0, out
         assert held([kafka_dir]), "the canaries should be on the ingress topics first"
         logs += serve_until_idle(env, sum(len(events) for _, _, events in inputs))
+        # the views are on the egress topics in clear: the scan sees them there
+        assert set(in_egress(held([kafka_dir]), env)) == set(CANARIES), \
+            in_egress(held([kafka_dir]), env)
 
         broker = env.broker()
         recipients = list(broker.covenant.recipients)
@@ -170,19 +214,30 @@ def test_erasure_on_kafka_leaves_no_plaintext_anywhere(
         assert code == 0, out
         again = json.loads(out.strip().splitlines()[-1])
 
-        # let the purge run: fillers roll the segments, serve ingests them and purges
-        fillers = fill_every_ingress_partition(env)
+        # let the purge and the cleaner run: fillers roll the ingress segments and later
+        # releases the egress ones; serve ingests them and purges
+        time.sleep(SEGMENT_MS / 1000 * 1.5)  # the tombstones' segments are due to roll
+        fillers = fill_every_ingress_partition(env) + release_on_every_stream(env, tmp_path)
         started = time.perf_counter()
         logs += serve_until_idle(env, fillers)  # ingests the fillers, purges on its way out
         served = time.perf_counter()
         left = held([kafka_dir])
+        egress_gone: float | None = None
         while left and time.perf_counter() - started < PURGE_DEADLINE_S:
             time.sleep(0.2)
             left = held([kafka_dir])
+            if egress_gone is None and not in_egress(left, env):
+                egress_gone = time.perf_counter()
         gone = time.perf_counter()
+        egress_gone = egress_gone or gone
 
         after = consume_all(env, recipients)
         snap = snapshot(env)
+        for _ in range(20):  # the streams without a canary (surveillance) compact as well
+            if not _uncompacted(snap, pseudonym):
+                break
+            time.sleep(1)
+            snap = snapshot(env)
         exactly = check_exactly_once(snap)  # every audit chain verifies, tombstones once
         code, out = run_cli([*env.args(), "audit", "verify"])
         assert code == 0, out
@@ -193,27 +248,36 @@ def test_erasure_on_kafka_leaves_no_plaintext_anywhere(
     print(f"\nerase: {erase_s * 1000:.0f} ms (CLI in-process; the command reports "
           f"{erased['seconds'] * 1000:.0f} ms: keys, audit scan, notices, ingress purge); "
           f"filler serve: {served - started:.1f} s; segments gone "
-          f"{gone - served:.1f} s after it exited")
+          f"{gone - served:.1f} s after it exited (egress compacted "
+          f"{egress_gone - served:.1f} s after)")
     assert left == {}, f"plaintext left in the Kafka log directory: {left}"
     assert "ingress purged" in logs
     assert found_broker == {}, f"plaintext left in the broker's data directory: {found_broker}"
     for canary in CANARIES:
         assert canary not in after, canary
         assert canary not in logs + out_text + err_text, canary
-    assert '"erased_fields"' in after
+    # consume delivers the notices, and no longer the records they end (compacted away)
+    delivered = [json.loads(line) for line in after.splitlines() if line.startswith("{")]
+    assert sum(1 for d in delivered if d.get("tombstone_cause") == "erasure") >= 6
 
     # the notices: one per record released about the person, on its recipient's topic
-    released = {(e["recipient"], e["purpose"], e["egress_offset"]) for e in
-                snap.entries("decide") if e["decision"] == "release"
-                and pseudonym in [s["pseudonym"] for s in e["data_subjects"]]}
+    released = _released_about(snap, pseudonym)
     assert len(released) >= 6
     notices = {}
     for (recipient, purpose), records in snap.egress.items():
         for record in records:
             if header(record, "kind") == "tombstone":
-                target = (recipient, purpose, int(header(record, "tombstone_for") or -1))
+                target = (recipient, purpose, snap.tombstone_for[(recipient, purpose,
+                                                                   record.offset)])
                 notices[target] = record
     assert set(notices) == released
+    # Kafka tombstones: null value, the ended record's key, the cause in a header; and
+    # compaction removed every record they end
+    for record in notices.values():
+        assert record.value is None
+        assert header(record, "cause") == "erased"
+        assert len(record.key) == 32
+    assert not _uncompacted(snap, pseudonym), "an erased record is still on its topic"
     assert Counter(erased["erasure_notices"]) == Counter(
         f"{r}/{p}" for r, p, _ in released)
     assert exactly.tombstones == len(released)

@@ -158,7 +158,10 @@ def test_processes_share_keys_and_erasure_shreds_them_everywhere(env: KafkaEnv,
         assert not any(k in keys._wrapped for k in mine)  # not the destroyed ones
         delivered = _delivered(fresh)
         assert NAME not in delivered
-        assert "erased_fields" in delivered
+        # Kafka egress holds the views in clear: consume delivers the erasure notices and
+        # not the records they end (which compaction removes), where the embedded backend
+        # shows such a record with its erased fields
+        assert '"tombstone_cause": "erasure"' in delivered
         key_id, _ = keys.data_key(subject, DAY, 1)  # the subject may come back: a new key
         assert key_id not in mine
     finally:

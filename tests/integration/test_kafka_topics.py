@@ -48,9 +48,13 @@ def test_topics_are_created_with_the_documented_layout(kafka_bootstrap: str,
 
     assert partitions == {names[0]: 2, names[1]: 2, names[2]: 3, names[3]: 1, names[4]: 2,
                           names[5]: 1, names[6]: 1, names[7]: 1}
-    for immutable in (names[1], names[2], names[3], names[4], names[5]):
+    for immutable in (names[1], names[2], names[4], names[5]):
         assert configs[immutable] == {"retention.ms": "-1", "retention.bytes": "-1",
                                       "cleanup.policy": "delete"}, immutable
+    # egress: compacted by ref (tombstones remove what they end), deleted after the
+    # purpose's retention (surveillance-woninginbraak: 28 days)
+    assert configs[names[3]] == {"retention.ms": str(28 * 86_400_000), "retention.bytes": "-1",
+                                 "cleanup.policy": "compact,delete"}
     assert configs[names[6]]["cleanup.policy"] == "compact"
     assert configs[names[7]]["cleanup.policy"] == "compact"  # data keys: tombstones shred
 

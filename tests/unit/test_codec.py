@@ -118,8 +118,8 @@ def test_unknown_fingerprint() -> None:
 def test_only_event_types_decode_as_events() -> None:
     """A view or record message is known, but it is not an event a source may send."""
     view = REGISTRY.get("views.preventie_woninginbraak")
-    data = view.encode({"street": "s", "postcode4": None, "wijk": "noord", "date": 20_000,
-                        "modus_operandi": "overig", "attempt": True})
+    data = view.encode({"ref": "0" * 32, "street": "s", "postcode4": None, "wijk": "noord",
+                        "date": 20_000, "modus_operandi": "overig", "attempt": True})
     assert view.decode(data)["wijk"] == "noord"
     with pytest.raises(InvalidEvent) as caught:
         REGISTRY.decode_single_object(data)

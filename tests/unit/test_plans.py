@@ -17,7 +17,7 @@ import pytest
 from broker.clock import local_date, to_millis
 from broker.errors import CovenantError
 from broker.policy.control import ControlState, ThemeSwitch
-from broker.policy.covenant import load_covenant
+from broker.policy.covenant import load_covenant, parse_covenant
 from broker.policy.decision import DecisionContext, Release
 from broker.policy.plan import Plan, PlanSet, compile_plans
 from tests import factories as f
@@ -90,7 +90,9 @@ def test_view_fields_are_exactly_the_covenants_rule_names(purpose: str) -> None:
     assert rule_names == EXPECTED[purpose][2]
     for plan in plans_of(purpose):
         view_names = [field["name"] for field in plan.view_schema.raw["fields"]]
-        assert view_names == rule_names
+        # every view carries its ref: the covenant's own rule, or one the plan adds first
+        assert view_names == (rule_names if "ref" in rule_names else ["ref", *rule_names])
+        assert [f.name for f in plan.fields] == view_names
         assert plan.view_schema.kind == "views"
         assert plan.view_schema.name == COVENANT.purposes[purpose].view
 
@@ -225,8 +227,8 @@ def test_the_key_is_asked_per_purpose_that_pseudonymises() -> None:
         return fixed_key(purpose)
 
     compile_plans(COVENANT, REGISTRY, key)
-    assert sorted(set(asked)) == ["handhaving-gebiedsverbod", "informatie-politie",
-                                  "surveillance-woninginbraak"]
+    # every purpose: each view's ref is a pseudonym under its purpose's key
+    assert sorted(set(asked)) == sorted(COVENANT.purposes)
 
 
 @pytest.mark.parametrize(("event_type", "purpose", "recipient", "event"), [
@@ -266,3 +268,27 @@ def test_planset_lookup() -> None:
     assert plan is not None
     assert plan.recipient == "casusregisseur-dt"
     assert PLANS.plan("om.detentie_uitstroom", "informatie-politie", "casusregisseur-dt") is None
+
+
+def test_every_view_has_a_per_purpose_ref_of_the_event() -> None:
+    """The Kafka key of a released record: a keyed pseudonym of the event id under the
+    purpose's own key, so the same event gets unrelated refs in different purposes."""
+    event = {"event_id": "8d0c2c1e-0000-4000-8000-000000000001"}
+    refs: dict[str, str] = {}
+    for plan in PLANS.all:
+        assert plan.view_schema.raw["fields"][0]["name"] == "ref", plan.purpose
+        (ref_field,) = [f for f in plan.fields if f.name == "ref"]
+        assert ref_field.source == "event_id"
+        ref = ref_field.transform(ref_field.get(event))
+        assert isinstance(ref, str)
+        assert len(ref) == 32
+        assert event["event_id"] not in ref
+        assert refs.setdefault(plan.purpose, ref) == ref  # one ref per purpose
+    assert len(set(refs.values())) == len(refs)  # and unrelated across purposes
+
+
+def test_a_ref_rule_that_is_not_pseudonymised_is_refused() -> None:
+    text = POLICY_FILE.read_text().replace(
+        "ref: {from: event_id, transform: pseudonymise}", "ref: {from: event_id, transform: keep}")
+    with pytest.raises(CovenantError, match="ref: the record's reference must use"):
+        compile_plans(parse_covenant(text, "<test>"), REGISTRY, fixed_key, derive_views=True)

@@ -171,7 +171,9 @@ def test_preventie_gets_street_level_facts_and_nothing_about_persons(broker: Bro
     event = f.woninginbraak(victim={"consent_prevention_advice": False})
     ingest(broker, "politie.woninginbraak", event)
     got = records(broker, "preventie", "preventie-woninginbraak")
+    assert re.fullmatch(r"[0-9a-f]{32}", got[0]["record"]["ref"])  # every view has its ref
     assert [r["record"] for r in got] == [{
+        "ref": got[0]["record"]["ref"],
         "street": "Dorpsstraat", "postcode4": "1181", "wijk": "noord", "date": "2026-05-10",
         "modus_operandi": "cilinder_trekken", "attempt": False}]
     text = json.dumps(records(broker, "preventie"))
@@ -187,7 +189,9 @@ def test_victim_details_only_with_consent(broker: Broker, consent: bool) -> None
            f.woninginbraak(victim={"consent_prevention_advice": consent}))
     got = records(broker, "preventie", "slachtoffer-preventieadvies")
     if consent:
+        assert re.fullmatch(r"[0-9a-f]{32}", got[0]["record"]["ref"])
         assert [r["record"] for r in got] == [{
+            "ref": got[0]["record"]["ref"],
             "name": "Jan Slachtoffer", "phone": "0612345678", "email": "jan@example.nl",
             "street": "Dorpsstraat", "house_number": "12", "postcode": "1181 ZM",
             "modus_operandi": "cilinder_trekken", "date": "2026-05-10"}]
@@ -300,7 +304,9 @@ def test_police_gets_observations_with_a_pseudonymous_boa(broker: Broker) -> Non
     assert one["boa_id"] != "BOA-117"
     assert re.fullmatch(r"[0-9a-f]{32}", one["boa_id"])
     assert got[1]["record"]["boa_id"] == one["boa_id"]  # stable: links one boa's reports
-    assert {k: v for k, v in one.items() if k != "boa_id"} == {
+    assert re.fullmatch(r"[0-9a-f]{32}", one["ref"])  # the record's ref, not its event id
+    assert one["ref"] != got[1]["record"]["ref"]
+    assert {k: v for k, v in one.items() if k not in ("boa_id", "ref")} == {
         **{k: v for k, v in first.items() if k != "boa_id"}}
     assert "BOA-117" not in json.dumps(got)
 

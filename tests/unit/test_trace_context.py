@@ -95,15 +95,20 @@ def test_a_sources_traceparent_comes_out_on_the_egress_record_and_in_the_audit_e
         # beside the foreign operation, the purpose's LDV processing activity (issue 13)
         assert entry["detail"]["processing_activity_id"].endswith(entry["purpose"])
         assert entry["span_id"] != PARENT
-    released = {e["span_id"] for e in decisions if e["decision"] == "release"}
+    released = {e["span_id"]: e["detail"]["outbound_trace_id"] for e in decisions
+                if e["decision"] == "release"}
     delivered = broker.consume("boa-hor-noord", None, 0, NOW)
     assert delivered
     for record in delivered:  # the broker's own span that released it
         parsed = trace.parse(record.traceparent)
         assert parsed is not None
-        assert parsed.trace_id == TRACE
-        assert parsed.parent_id in released
+        # in the stream's own trace, which the release's entry names (issue 12: one
+        # trace id on every stream of an event would link them)
+        assert parsed.trace_id == released[parsed.parent_id] != TRACE
         assert record.as_json()["traceparent"] == record.traceparent
+    streams = {e["detail"]["outbound_trace_id"] for e in entries(broker)
+               if e["name"] == "decide" and e["decision"] == "release"}
+    assert len(streams) == len(released)  # no two streams share an outbound trace
     assert bad_count(broker) == 0
 
 

@@ -139,8 +139,10 @@ def covenant_layout(cfg: KafkaConfig, covenant: Covenant, event_types: Iterable[
                       for rule in p.recipients for r in rule.to})
     expiring = sorted({(r, name) for name, p in covenant.purposes.items() if p.expires_after
                        for rule in p.recipients for r in rule.to})
+    views = sorted({(r, name, p.view, p.retention_days) for name, p in
+                    covenant.purposes.items() for rule in p.recipients for r in rule.to})
     return Layout(cfg, TopicNames(cfg.topic_prefix), tuple(sorted(event_types)),
-                  tuple(streams), tuple(expiring))
+                  tuple(streams), tuple(expiring), tuple(views))
 
 
 def plan_acls(covenant: Covenant, layout: Layout,

@@ -94,7 +94,7 @@ class Transaction:
         self.written: dict[TopicPartition, int] = {}  # highest offset whose send returned
         self._audit_sends: list[Any] = []
 
-    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+    def send(self, topic: str, value: bytes | None, *, key: bytes | None = None,
              partition: int | None = None, headers: list[Header] | None = None) -> Any:
         with kafka_errors(self.what):
             return self.producer.send(topic, value=value, key=key, partition=partition,

@@ -28,7 +28,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from broker.audit.entries import Draft, at_offset
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
-from broker.backends.kafka.egress import egress_headers, egress_key, to_egress_record
+from broker.backends.kafka.egress import (
+    EgressLink,
+    egress_headers,
+    egress_key,
+    egress_value,
+    to_egress_record,
+)
 from broker.backends.kafka.errors import retrying
 from broker.backends.kafka.io import (
     Clients,
@@ -50,9 +56,11 @@ StreamOffset = tuple[str, str, int]  # (recipient, purpose, offset)
 
 
 class CommandWriter:
-    def __init__(self, clients: Clients, layout: Layout, audit_schema: Schema) -> None:
+    def __init__(self, clients: Clients, layout: Layout, audit_schema: Schema,
+                 link: EgressLink) -> None:
         self.clients = clients
         self.layout = layout
+        self.link = link
         cfg = layout.cfg
         self.chain = AuditChain(audit_schema, layout.names.audit, cfg.commands_audit_partition)
         self.producer: KafkaProducer | None = None
@@ -163,9 +171,14 @@ class CommandWriter:
         def body(tx: Transaction) -> list[tuple[NewEgress, int]]:
             todo = [eg for eg in batch.egress if eg.tombstone_for is not None
                     and (eg.recipient, eg.purpose, eg.tombstone_for) not in self.tombstoned]
-            futures = [tx.send(names.egress(eg.recipient, eg.purpose), eg.payload,
-                               key=egress_key(eg), partition=0, headers=egress_headers(eg))
-                       for eg in todo]
+            futures = []
+            for eg in todo:  # Kafka tombstones: null value, the ended record's key (its ref)
+                topic = names.egress(eg.recipient, eg.purpose)
+                futures.append(tx.send(topic, egress_value(eg), key=egress_key(eg),
+                                       partition=0, headers=egress_headers(
+                                           eg, topic, self.layout.view_of(eg.recipient,
+                                                                          eg.purpose),
+                                           self.link)))
             offsets = tx.offsets(futures)
             for eg, offset in zip(todo, offsets, strict=True):
                 tx.send(names.expiry, str(offset).encode(), partition=0,
@@ -223,8 +236,9 @@ class ControlReader:
 class ExpiryIndex:
     """Released records of the streams whose records can expire, read on incrementally."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, link: EgressLink) -> None:
         self.layout = layout
+        self.link = link
         self.positions = {TopicPartition(layout.names.egress(r, p), 0): 0
                           for r, p in layout.expiring_streams}
         self.records: dict[StreamOffset, EgressRecord] = {}
@@ -235,7 +249,7 @@ class ExpiryIndex:
             stream = self.layout.stream_of(tp.topic)
             assert stream is not None
             for record in records:
-                egress = to_egress_record(record, *stream)
+                egress = to_egress_record(record, *stream, self.link)
                 if egress.kind == "record" and egress.expires_on and egress.ref:
                     self.records[(egress.recipient, egress.purpose, egress.offset)] = egress
         self.positions.update(ends)

@@ -23,7 +23,7 @@ from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
 from broker.backends.kafka.chain import verify_partitions
 from broker.backends.kafka.commands import CommandWriter, ControlReader, ExpiryIndex
-from broker.backends.kafka.egress import to_egress_record
+from broker.backends.kafka.egress import CAUSES, EgressLink, record_link, to_egress_record
 from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.io import Clients, header, last_committed, read_all, read_range
 from broker.backends.kafka.purge import purge_once
@@ -69,15 +69,19 @@ def open_layout(cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> L
 
 class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, AuditAppender,
                     PartitionChains, IngressPurge, IngressPublisher):
-    def __init__(self, cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> None:
+    def __init__(self, cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet,
+                 link_key: bytes) -> None:
+        """`link_key`: the data dir's egress-link key, which seals what the broker keeps
+        about each egress record in its broker_link header (broker/backends/kafka/egress.py)."""
         self.cfg = cfg
         self.layout = open_layout(cfg, registry, plans)
         self.audit_schema = registry.get("records.audit_entry")
+        self.link = EgressLink(link_key)
         self.clients = Clients(cfg)
         self.reader = self.clients.reader()
-        self.commands = CommandWriter(self.clients, self.layout, self.audit_schema)
+        self.commands = CommandWriter(self.clients, self.layout, self.audit_schema, self.link)
         self.control = ControlReader(self.layout.names.control)
-        self.expiry = ExpiryIndex(self.layout)
+        self.expiry = ExpiryIndex(self.layout, self.link)
         self.logger = get_logger(component="kafka-log", topic_prefix=cfg.topic_prefix)
 
     def close(self) -> None:
@@ -139,7 +143,7 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
             tp = TopicPartition(self.layout.names.egress(recipient, purpose), 0)
             found = read_range(self.reader, {tp: offset}, max_records=1).get(tp, [])
             if found and found[0].offset == offset:
-                record = to_egress_record(found[0], recipient, purpose)
+                record = to_egress_record(found[0], recipient, purpose, self.link)
                 if record.kind == "record":
                     out.append(record)
         return out
@@ -163,7 +167,15 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
         out: list[EgressRecord] = []
         for name in purposes:
             tp = TopicPartition(self.layout.names.egress(recipient, name), 0)
-            out.extend(to_egress_record(r, recipient, name) for r in found.get(tp, []))
+            records = found.get(tp, [])
+            # A record an erasure tombstone ends is what compaction removes: not delivered
+            # again meanwhile (its view is in clear; the embedded backend shows such a
+            # record with its erased fields null). A tombstone always follows its record,
+            # so reading on to the end finds it.
+            erased = {record_link(r, self.link).tombstone_for for r in records
+                      if r.value is None and header(r, "cause") == CAUSES["erasure"]}
+            out.extend(to_egress_record(r, recipient, name, self.link) for r in records
+                       if r.offset not in erased)
         return out
 
     def streams(self, recipient: str) -> list[str]:

@@ -10,7 +10,8 @@ transaction holding:
 2. the bad input, on ``quarantine`` partition p;
 3. events that arrived on the wrong ingress partition, re-sent keyed by their event_id
    (so a duplicate always meets its original on the same partition);
-4. the egress records the covenant releases, on ``egress.<recipient>.<purpose>``;
+4. the views the covenant releases, on ``egress.<recipient>.<purpose>``, keyed by their
+   ref (broker/backends/kafka/egress.py);
 5. one audit entry per quarantine and per (event, recipient, purpose) decision, chained
    on audit partition p;
 6. the consumed ingress offsets (send_offsets_to_transaction, with the consumer's group
@@ -40,7 +41,8 @@ from kafka.structs import OffsetAndMetadata
 
 from broker.audit.entries import Draft, at_offset
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
-from broker.backends.kafka.egress import egress_headers, egress_key
+from broker.backends.kafka.egress import EgressLink, egress_headers, egress_key, egress_value
+from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import (
     Clients,
     close_quietly,
@@ -111,6 +113,10 @@ class PartitionWorker:
         self.producer: KafkaProducer | None = None
         self.seen: dict[str, set[str]] = {}  # event ids stored on partition p, per type
         self.written: dict[TopicPartition, int] = {}  # last offsets committed, per partition
+        log = broker.backend.capability(KafkaEventLog)
+        if log is None:
+            raise RuntimeError("a partition worker runs on the Kafka backend only")
+        self.link: EgressLink = log.link
 
     @property
     def is_open(self) -> bool:
@@ -224,12 +230,15 @@ class PartitionWorker:
         decisions = self.broker.decider_at(ctx).decide(stored, ctx, CONSUMER, counts.decided)
         counts.decide_seconds, counts.decisions = time.perf_counter() - started, decisions
         self._send_keys()
-        # Egress topics keep records forever, so they hold the sealed form, as the embedded
-        # egress table does; consume opens it (and shows erased fields as erased).
-        released = [tx.send(names.egress(eg.recipient, eg.purpose),
-                            eg.sealed_payload or eg.payload, key=egress_key(eg), partition=0,
-                            headers=egress_headers(eg))
-                    for eg in decisions.egress]
+        # The view itself, as any Avro library reads it: erasure and expiry end it with a
+        # Kafka tombstone and compaction removes it (the store keeps the sealed event).
+        released = []
+        for eg in decisions.egress:
+            topic = names.egress(eg.recipient, eg.purpose)
+            released.append(tx.send(
+                topic, egress_value(eg), key=egress_key(eg), partition=0,
+                headers=egress_headers(eg, topic, self.layout.view_of(eg.recipient,
+                                                                      eg.purpose), self.link)))
         drafts: list[Draft] = list(triage.audits)
         drafts += [at_offset(eg.audit, offset)  # the offset: the last step of a release draft
                    for eg, offset in zip(decisions.egress, tx.offsets(released), strict=True)]

@@ -2,8 +2,9 @@
 
 Every command that talks to Kafka first runs `ensure_topics`: missing topics are created,
 and existing ones must have the partition count and the configs the design relies on
-(an immutable store and audit log, a compacted expiry index and key topic). A mismatch
-stops the command with a ConfigError naming the topic, the setting and both values.
+(an immutable store and audit log, a compacted expiry index and key topic, compacted and
+time-limited egress topics). A mismatch stops the command with a ConfigError naming the
+topic, the setting and both values.
 """
 
 from __future__ import annotations
@@ -22,6 +23,26 @@ UNKNOWN_TOPIC = 3
 TOPIC_EXISTS = 36
 KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 COMPACTED = {"cleanup.policy": "compact"}
+DAY_MS = 86_400_000
+EGRESS_CHECKED = ("cleanup.policy",)
+
+
+def egress_topic_configs(retention_days: int, segment_ms: int) -> dict[str, str]:
+    """An egress topic: compacted by ref, so a tombstone (expiry, erasure) removes the
+    record it ends once the cleaner ran, and deleted by time after the purpose's retention.
+
+    The cleaner never touches the active segment, so ``segment.ms`` (and
+    ``max.compaction.lag.ms``, the same) bounds how long an ended record's bytes stay in the
+    segment files once the stream has another append; docs/kafka-retention.md gives the
+    whole window. Tombstones (a ref and headers, nothing personal) stay as long as the
+    records could, so a recipient that reads within the retention sees every deletion.
+    """
+    retention = str(retention_days * DAY_MS)
+    return {"cleanup.policy": "compact,delete", "retention.ms": retention,
+            "retention.bytes": "-1", "delete.retention.ms": retention,
+            "segment.ms": str(segment_ms), "max.compaction.lag.ms": str(segment_ms),
+            "min.compaction.lag.ms": "0", "min.cleanable.dirty.ratio": "0.01",
+            "file.delete.delay.ms": "1000"}
 
 
 def key_topic_configs(segment_ms: int) -> dict[str, str]:
@@ -64,13 +85,30 @@ class Layout:
     event_types: tuple[str, ...]
     streams: tuple[tuple[str, str], ...]  # (recipient, purpose) of every plan
     expiring_streams: tuple[tuple[str, str], ...]  # streams whose records can expire
+    # (recipient, purpose, view's Avro full name, retention days) of every stream
+    stream_views: tuple[tuple[str, str, str, int], ...] = ()
 
     @classmethod
     def build(cls, cfg: KafkaConfig, event_types: list[str], plans: PlanSet) -> Layout:
         streams = sorted({(p.recipient, p.purpose) for p in plans.all})
         expiring = sorted({(p.recipient, p.purpose) for p in plans.all if p.expires_after})
+        views = sorted({(p.recipient, p.purpose, p.view_schema.name, p.retention_days)
+                        for p in plans.all})
         return cls(cfg, TopicNames(cfg.topic_prefix), tuple(sorted(event_types)),
-                   tuple(streams), tuple(expiring))
+                   tuple(streams), tuple(expiring), tuple(views))
+
+    def view_of(self, recipient: str, purpose: str) -> str:
+        """The Avro full name of the view a stream carries."""
+        for r, p, view, _ in self.stream_views:
+            if (r, p) == (recipient, purpose):
+                return view
+        raise KeyError(f"no stream {recipient}/{purpose} in the topic layout")
+
+    def retention_days(self, recipient: str, purpose: str) -> int | None:
+        for r, p, _, days in self.stream_views:
+            if (r, p) == (recipient, purpose):
+                return days
+        return None
 
     def ingress_topics(self) -> list[str]:
         return [self.names.ingress(t) for t in self.event_types]
@@ -94,8 +132,12 @@ class Layout:
                                   "segment.ms": str(cfg.ingress_segment_ms)}))
         out.append(TopicSpec(names.store, "store", cfg.partitions, KEEP_FOREVER, keep))
         for recipient, purpose in self.streams:
-            out.append(TopicSpec(names.egress(recipient, purpose), "egress", 1, KEEP_FOREVER,
-                                 keep, setting="(fixed: one partition per stream)"))
+            days = self.retention_days(recipient, purpose)
+            configs = KEEP_FOREVER if days is None else egress_topic_configs(
+                days, cfg.egress_segment_ms)
+            out.append(TopicSpec(names.egress(recipient, purpose), "egress", 1, configs,
+                                 keep if days is None else EGRESS_CHECKED,
+                                 setting="(fixed: one partition per stream)"))
         out.append(TopicSpec(names.quarantine, "quarantine", cfg.partitions, KEEP_FOREVER,
                              keep))
         out.append(TopicSpec(names.audit, "audit", cfg.audit_partitions, KEEP_FOREVER, keep,
