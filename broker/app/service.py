@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import draft, new_trace_id, with_subjects
+from broker.audit.entries import Draft, draft, new_trace_id, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import DB_NAME as INTEGRATED_DB
 from broker.audit.verify import AuditReport
@@ -477,8 +477,13 @@ class Broker:
         and configuration, so an auditor can tell what code made the entries between.
 
         Only long-running processes (`web`, `serve`) write these: a short CLI command
-        would double the log with start/stop pairs around every ingest or query.
+        would double the log with start/stop pairs around every ingest or query. (`serve`
+        appends its own on a partition chain it writes: broker/backends/kafka/runner.py.)
         """
+        self.log.append_audit([self.process_entry(name, now)], to_millis(now))
+
+    def process_entry(self, name: str, now: datetime, trace_id: str | None = None) -> Draft:
+        """The draft of a `broker_start` / `broker_stop` entry (one trace_id pairs them)."""
         if name not in ("broker_start", "broker_stop"):
             raise ValueError(f"not a process lifecycle entry: {name}")
         try:
@@ -486,11 +491,11 @@ class Broker:
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
         config = hashlib.sha256(self.settings.model_dump_json().encode("utf-8")).hexdigest()
-        self.log.append_audit([draft(
-            name, trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
+        return draft(
+            name, trace_id=trace_id, start_ms=to_millis(now), **self._covenant_fields(),
             decision=None, policy_hash=self.plans.policy_hash,
             detail={"broker_version": version, "covenant_hash": self.plans.policy_hash,
-                    "config_hash": config})], to_millis(now))
+                    "config_hash": config})
 
     # -- audit ------------------------------------------------------------------------------
     def verify_audit(self) -> AuditReport | ChainReport:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from broker.audit.entries import Draft
 from broker.config import Settings
 from broker.crypto.keystore import DataKeyStore, DestroyedKey
 from broker.metrics import BrokerMetrics
@@ -74,3 +75,6 @@ class PipelineCore(Protocol):
     def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]: ...
 
     def observe_checkpoint(self) -> None: ...
+
+    def process_entry(self, name: str, now: datetime, trace_id: str | None = None
+                      ) -> Draft: ...  # a broker_start / broker_stop draft

@@ -42,6 +42,7 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, TopicPartition
 
+from broker.audit.entries import new_trace_id
 from broker.backends.kafka.acl import PrincipalMap
 from broker.backends.kafka.acl_denials import DenialAuditor, audit_denials, auditor_for
 from broker.backends.kafka.errors import kafka_errors, retrying
@@ -151,6 +152,8 @@ class Server:
         self._denial_auditor: DenialAuditor | None = None
         self._last_denials = 0.0
         self._last_checkpoint_look = 0.0
+        self._process_trace = new_trace_id()  # one trace pairs this process's start and stop
+        self._started = False  # broker_start written
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -187,6 +190,11 @@ class Server:
             if self.until_idle:
                 self._maybe_sweep(after_batch=True)
                 self._maybe_audit_denials(force=True)
+            # A clean stop (SIGTERM or idle) only: a crash leaves a start without a stop.
+            if self._started and not self._process_entry("broker_stop"):
+                self.logger.warning("broker_stop not written: no partition writer open, or its "
+                                    "write failed")
+            if self.until_idle:
                 self._await_visible()
                 self._maybe_purge(force=True)
         finally:
@@ -267,7 +275,28 @@ class Server:
         if due:
             self._open(due)
             opened.update(due)
+            self._started = self._started or self._process_entry("broker_start")
         return opened
+
+    def _process_entry(self, name: str) -> bool:
+        """This process's broker_start/broker_stop, on the chain of the lowest partition it
+        writes (its transactional id is this member's alone, unlike the commands id every
+        member shares); False when none is open or the write failed (a start is retried
+        when a writer opens next)."""
+        index = min((i for i, w in self.workers.items()
+                     if w.is_open and i not in self.reopen_at), default=None)
+        if index is None:
+            return False
+        try:
+            self.workers[index].append_audit(
+                [self.broker.process_entry(name, self._now(), self._process_trace)], name)
+        except TransientBackendError as exc:
+            self._on_retry(exc)
+            self.logger.warning(f"{name} not written", partition=index, error=str(exc))
+            self._suspend(index, self._tps(index))
+            return False
+        self.logger.info(f"{name} audited", partition=index)
+        return True
 
     def _open(self, indices: list[int]) -> None:
         """Open the writers of `indices` side by side (each fences, then recovers its
