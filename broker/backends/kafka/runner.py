@@ -24,6 +24,13 @@ the group's committed offsets. Fatal errors stop serve with exit code 2.
 
 SIGTERM/SIGINT: the current batch finishes and commits, then serve exits 0.
 
+Process entries (issue 15.11): once its first writer is open a member appends one
+broker_start (version, covenant hash, config hash), and on a clean stop (SIGTERM or
+--until-idle) one broker_stop with the same trace_id, each in a transaction of the lowest
+partition it writes at that moment. That partition's transactional id is held by this
+member alone, so members do not fence each other (the commands id would: every member and
+command shares it), and the chain keeps its one writer. A crash writes no stop.
+
 Metrics (broker/metrics.py) are counted per committed batch; with --metrics-listen the
 member serves /metrics, /healthz and /readyz (ready: an assignment and a working poll).
 """
