@@ -146,6 +146,7 @@ class Broker:
                              self.covenant.zone)
         self.decider = Decider(self.plans, self.registry, self.keys, self.sealer)
         self._versions: dict[tuple[str, tuple[tuple[str, int], ...]], Decider] = {}
+        self._stored: dict[str, Covenant] = {}  # activated covenant texts by SHA-256
         self.logger = get_logger(covenant=self.covenant.covenant.id,
                                  covenant_version=self.covenant.covenant.version)
         if closed:
@@ -201,10 +202,17 @@ class Broker:
         return ", ".join(str(v) for v in sorted(known))
 
     def _stored_covenant(self, sha256: str) -> Covenant:
+        # A text is named by its hash, so a parsed one never goes stale; `serve` asks on
+        # every batch once a covenant was activated (a control read and a parse each time).
+        cached = self._stored.get(sha256)
+        if cached is not None:
+            return cached
         document = self.log.document(sha256)
         if document is None:
             raise StorageError(f"covenant text {sha256} is missing from the control log")
-        return parse_covenant(document.decode("utf-8"), f"<covenant {sha256[:12]}>")
+        cached = self._stored[sha256] = parse_covenant(document.decode("utf-8"),
+                                                       f"<covenant {sha256[:12]}>")
+        return cached
 
     def decider_at(self, ctx: DecisionContext, version: int | None = None) -> Decider:
         """The decider for the covenant version and key versions in force at the decision time

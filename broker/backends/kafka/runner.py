@@ -52,6 +52,7 @@ from kafka import ConsumerRebalanceListener, KafkaAdminClient, TopicPartition
 from broker.audit.entries import new_trace_id
 from broker.backends.kafka.acl import PrincipalMap
 from broker.backends.kafka.acl_denials import DenialAuditor, audit_denials, auditor_for
+from broker.backends.kafka.commands import ControlWatch
 from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.group import CoPartitionedAssignor
@@ -62,6 +63,7 @@ from broker.clock import now_utc
 from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
 from broker.pipeline.core import PipelineCore
+from broker.policy.control import ControlState
 
 JOIN_TIMEOUT_S = 120.0
 IDLE_SWEEP_INTERVAL_S = 5.0
@@ -161,6 +163,8 @@ class Server:
         self._last_checkpoint_look = 0.0
         self._process_trace = new_trace_id()  # one trace pairs this process's start and stop
         self._started = False  # broker_start written
+        self._control: ControlState | None = None  # as of the control reader's position
+        self._control_watch: ControlWatch | None = None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -229,6 +233,8 @@ class Server:
         records = {tp: r for tp, r in records.items() if tp.partition not in opened}
         if records:
             self._process(records)
+        elif self.workers:
+            self._control_state()  # while idle too: the watch's fetches keep going
         self._observe_lag()
         self._maybe_sweep(after_batch=bool(records))
         self._maybe_purge()
@@ -258,6 +264,8 @@ class Server:
                 self._admin.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self._control_watch is not None:
+            self._control_watch.close()
 
     # -- assignment ------------------------------------------------------------------------
     def _follow_assignment(self) -> set[int]:
@@ -357,8 +365,16 @@ class Server:
     def _now(self) -> datetime:
         return self.now or now_utc()
 
+    def _control_state(self) -> ControlState:
+        """The control state, read again only when the control topic moved (issue 14.3)."""
+        if self._control_watch is None:
+            self._control_watch = ControlWatch(self.log.clients, self.layout.names.control)
+        if self._control is None or self._control_watch.moved(self.log.control.position):
+            self._control = ControlState.from_events(self.log.control_events())
+        return self._control
+
     def _process(self, records: dict[TopicPartition, list[Any]]) -> None:
-        ctx = self.broker.context(self._now())
+        ctx = self.broker.context(self._now(), self._control_state())
         for index, batch in group_by_index(records):
             worker = self.workers.get(index)
             if worker is None or not worker.is_open or index in self.reopen_at:
