@@ -1,5 +1,6 @@
 """Issue 14 item 3: `serve` reads the control topic only when it moved, and still applies a
-control switch made while it runs to the batches after it."""
+control switch made while it runs to the batches after it; it sweeps expiries only when one
+can be due, and still tombstones what is due."""
 
 from __future__ import annotations
 
@@ -71,6 +72,39 @@ def test_serve_reads_the_control_topic_only_when_it_moved(
     assert report.batches >= 8  # 30 inputs, at most 3 a batch
     # One read when serve starts; each expiry sweep reads it too (on its own schedule).
     assert len(reads) <= 1 + len(sweeps), (len(reads), len(sweeps), report.batches)
+
+
+def test_serve_sweeps_expiries_only_when_one_is_due(
+        kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bans = [f.gebiedsverbod(valid_from="2026-05-01", valid_until="2026-05-31",
+                            area={"wijken": ["noord"], "streets": ["Dorpsstraat"]})
+            for _ in range(24)]
+    with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=2, max_batch=3) as env:
+        code, out = run_cli([*env.args(), "ingest", "--source", "om", "--type",
+                             "om.gebiedsverbod", str(lines_file(tmp_path / "b.jsonl",
+                                                                jsonl(bans)))])
+        assert code == 0, out
+        broker = env.broker()
+        try:
+            sweeps = _counting(monkeypatch, Broker, "sweep_expiries")
+            runs = []  # (report, sweeps): on a loaded machine a run can end before it joins
+            while sum(r.stored for r, _ in runs) < 24 and len(runs) < 3:
+                sweeps.clear()
+                runs.append((Server(broker, now=parse_instant(NOW), until_idle=True).run(),
+                             len(sweeps)))
+            later = Server(broker, now=parse_instant("2026-06-02T12:00:00Z"),
+                           until_idle=True).run()
+        finally:
+            broker.close()
+    assert sum(r.stored for r, _ in runs) == 24
+    worked = [(r, n) for r, n in runs if r.batches]
+    assert max(r.batches for r, _ in worked) >= 4
+    assert sum(r.released for r, _ in worked) > 0
+    # A run's first sweep learns the earliest pending expiry (May 31); none after was due.
+    assert [n for _, n in worked] == [1] * len(worked), runs
+    assert sum(r.tombstones for r, _ in runs) == 0
+    # A new process does not know: it sweeps, and what expired gets its tombstone.
+    assert later.tombstones > 0
 
 
 def test_a_theme_switched_while_serve_runs_applies_to_the_next_input(

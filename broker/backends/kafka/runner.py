@@ -42,7 +42,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -59,7 +59,7 @@ from broker.backends.kafka.group import CoPartitionedAssignor
 from broker.backends.kafka.io import end_offsets, wait_visible
 from broker.backends.kafka.pipeline import BatchCounts, PartitionWorker, group_by_index
 from broker.backends.kafka.purge import PurgeState, purge_consumed
-from broker.clock import now_utc
+from broker.clock import local_date, now_utc
 from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
 from broker.pipeline.core import PipelineCore
@@ -165,6 +165,12 @@ class Server:
         self._started = False  # broker_start written
         self._control: ControlState | None = None  # as of the control reader's position
         self._control_watch: ControlWatch | None = None
+        # The expiry sweep's bookkeeping (issue 14.3; _sweep_due): whether the earliest
+        # pending expiry is known, the earliest the last sweep's index held, and the earliest
+        # of this member's own releases before and since the last sweep began.
+        self._expiry_known = False
+        self._expiry_index: date | None = None
+        self._released: list[date | None] = [None, None]
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -278,6 +284,7 @@ class Server:
         if self.listener.changed:
             self.listener.changed = False
             wanted = {tp.partition for tp in self.listener.assigned or ()}
+            self._expiry_known = False  # another member may release meanwhile
             for index in sorted(set(self.workers) - wanted):
                 self.workers.pop(index).close()
                 self.reopen_at.pop(index, None)
@@ -387,6 +394,9 @@ class Server:
                 self._suspend(index, self._tps(index))
                 continue
             self.report.add(counts)
+            for eg in counts.decisions.egress if counts.decisions else ():
+                if eg.expires_on is not None and eg.tombstone_for is None:
+                    self._released[1] = min(eg.expires_on, self._released[1] or date.max)
             self._observe_batch(batch, counts)
             self.logger.info("batch committed", partition=index, consumed=counts.consumed,
                              stored=counts.stored, quarantined=counts.quarantined,
@@ -448,7 +458,13 @@ class Server:
         self._last_sweep, self._sweep_owed = time.monotonic(), False
         try:
             now = self._now()
-            tombstones = self.broker.sweep_expiries(now)
+            tombstones = 0
+            if self._sweep_due(now):
+                self._expiry_known, self._released = False, [self._released[1], None]
+                tombstones = self.broker.sweep_expiries(now)
+                self._expiry_index = self.log.earliest_expiry()
+                self._expiry_known = set(self.workers) == set(range(self.cfg.partitions)) \
+                    and not self.reopen_at
             self.broker.destroy_expired_keys(now)  # as the embedded ingest does
         except TransientBackendError as exc:
             self._on_retry(exc)
@@ -457,6 +473,17 @@ class Server:
         if tombstones:
             self.report.tombstones += tombstones
             self.logger.info("expiry tombstones committed", tombstones=tombstones)
+
+    def _sweep_due(self, now: datetime) -> bool:
+        """Whether an expiry can be due. A member that has held every partition since its
+        last sweep has seen every release since: the earliest pending expiry is the one
+        that sweep's index held or one of its own releases since the sweep before (those
+        may not have been visible to that sweep yet). Otherwise it cannot know: sweep."""
+        if not self._expiry_known:
+            return True
+        earliest = min((d for d in (self._expiry_index, *self._released) if d is not None),
+                       default=None)
+        return earliest is not None and earliest < local_date(now, self.broker.covenant.zone)
 
     def _maybe_observe_checkpoint(self) -> None:
         """Every member reports the age of the latest signed checkpoint of the integrated
