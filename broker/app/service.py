@@ -19,7 +19,7 @@ from typing import Any
 from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.access import Accessor
 from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.entries import PROCESSING_ACTIVITY, draft, with_subjects
+from broker.audit.entries import PROCESSING_ACTIVITY, Draft, draft, with_subjects
 from broker.audit.service import AuditLog, audit_setup
 from broker.audit.sqlite_integrated import DB_NAME as INTEGRATED_DB
 from broker.audit.verify import AuditReport
@@ -185,6 +185,7 @@ class Broker:
         self.decider = Decider(self.plans, self.registry, self.keys, self.sealer,
                                seal_egress=self.backend.seal_egress)
         self._versions: dict[tuple[str, tuple[tuple[str, int], ...]], Decider] = {}
+        self._stored: dict[str, Covenant] = {}  # activated covenant texts by SHA-256
         self.logger = get_logger(covenant=self.covenant.covenant.id,
                                  covenant_version=self.covenant.covenant.version)
         if closed:
@@ -248,10 +249,17 @@ class Broker:
         return ", ".join(str(v) for v in sorted(known))
 
     def _stored_covenant(self, sha256: str) -> Covenant:
+        # A text is named by its hash, so a parsed one never goes stale; `serve` asks on
+        # every batch once a covenant was activated (a control read and a parse each time).
+        cached = self._stored.get(sha256)
+        if cached is not None:
+            return cached
         document = self.log.document(sha256)
         if document is None:
             raise StorageError(f"covenant text {sha256} is missing from the control log")
-        return parse_covenant(document.decode("utf-8"), f"<covenant {sha256[:12]}>")
+        cached = self._stored[sha256] = parse_covenant(document.decode("utf-8"),
+                                                       f"<covenant {sha256[:12]}>")
+        return cached
 
     def decider_at(self, ctx: DecisionContext, version: int | None = None) -> Decider:
         """The decider for the covenant version and key versions in force at the decision time
@@ -575,8 +583,13 @@ class Broker:
         and configuration, so an auditor can tell what code made the entries between.
 
         Only long-running processes (`web`, `serve`) write these: a short CLI command
-        would double the log with start/stop pairs around every ingest or query.
+        would double the log with start/stop pairs around every ingest or query. (`serve`
+        appends its own on a partition chain it writes: broker/backends/kafka/runner.py.)
         """
+        self.log.append_audit([self.process_entry(name, now)], to_millis(now))
+
+    def process_entry(self, name: str, now: datetime, trace_id: str | None = None) -> Draft:
+        """The draft of a `broker_start` / `broker_stop` entry (one trace_id pairs them)."""
         if name not in ("broker_start", "broker_stop"):
             raise ValueError(f"not a process lifecycle entry: {name}")
         try:
@@ -584,11 +597,11 @@ class Broker:
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
         config = hashlib.sha256(self.settings.model_dump_json().encode("utf-8")).hexdigest()
-        self.log.append_audit([draft(
-            name, trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
+        return draft(
+            name, trace_id=trace_id, start_ms=to_millis(now), **self._covenant_fields(),
             decision=None, policy_hash=self.plans.policy_hash,
             detail={"broker_version": version, "covenant_hash": self.plans.policy_hash,
-                    "config_hash": config})], to_millis(now))
+                    "config_hash": config})
 
     # -- audit ------------------------------------------------------------------------------
     def verify_audit(self) -> AuditReport | ChainReport | PartitionChainsReport:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from broker.audit.entries import Draft
 from broker.config import Settings
 from broker.crypto.keystore import DataKeyStore, DestroyedKey
 from broker.metrics import BrokerMetrics
@@ -79,6 +80,8 @@ class PipelineCore(Protocol):
 
     def observe_checkpoint(self) -> None: ...
 
+    def process_entry(self, name: str, now: datetime, trace_id: str | None = None
+                      ) -> Draft: ...  # a broker_start / broker_stop draft
 
 class RunReport(Protocol):
     """What one run of a backend's pipeline settled (the Kafka runner's ServeReport)."""

@@ -35,7 +35,7 @@ from broker.backends.kafka.egress import (
     egress_value,
     to_egress_record,
 )
-from broker.backends.kafka.errors import retrying
+from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.io import (
     Clients,
     close_quietly,
@@ -231,6 +231,37 @@ class ControlReader:
     def theme_switches(self) -> list[ThemeSwitch]:
         return [ThemeSwitch(e.name, e.value == "on", e.effective_ms, e.seq)
                 for e in self.events if e.kind == "theme"]
+
+
+class ControlWatch:
+    """Whether committed control records arrived past where the reader stopped, without a
+    request per question: a read_committed consumer of the control partition keeps a fetch
+    open at Kafka, and poll(0) hands over what has arrived. `serve` asks before every
+    batch; a ListOffsets round trip each time was ~4 % of its main thread (issue 14)."""
+
+    def __init__(self, clients: Clients, topic: str) -> None:
+        self.tp = TopicPartition(topic, 0)
+        self.consumer = clients.reader("control-watch")
+        self.at = -1  # the watcher's next offset, as far as this class moved it
+
+    def moved(self, read_to: int) -> bool:
+        """True when a committed record at or past `read_to` (the reader's position) has
+        arrived since the last call; the first call and any call after the reader moved on
+        start the watch there."""
+        with kafka_errors("watching the control topic"):
+            if self.at < 0:
+                self.consumer.assign([self.tp])
+            if self.at < read_to:
+                self.consumer.seek(self.tp, read_to)
+                self.at = read_to
+            records = self.consumer.poll(timeout_ms=0).get(self.tp, [])
+        if records:
+            self.at = records[-1].offset + 1
+        return bool(records)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.consumer.close()
 
 
 class ExpiryIndex:

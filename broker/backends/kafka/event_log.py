@@ -131,6 +131,12 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
         self.expiry.refresh(self.reader)
         return self.expiry.due(before, self.commands.tombstoned)
 
+    def earliest_expiry(self) -> date | None:
+        """The earliest expiry among the released records the last `expiring` read and
+        that have no tombstone yet (None: there are none)."""
+        pending = self.expiry.due(date.max, self.commands.tombstoned)
+        return min((r.expires_on for r in pending if r.expires_on is not None), default=None)
+
     def without_tombstone(self, released: list[tuple[str, str, int]]
                           ) -> list[EgressRecord]:
         """Takes the commands chain first, so the tombstone index it filters by is exact

@@ -117,6 +117,7 @@ class PartitionWorker:
         if log is None:
             raise RuntimeError("a partition worker runs on the Kafka backend only")
         self.link: EgressLink = log.link
+        self._unsure: tuple[str, Any] | None = None  # (what, head) of an ambiguous append
 
     @property
     def is_open(self) -> bool:
@@ -147,6 +148,31 @@ class PartitionWorker:
                 out.setdefault(header(record, "event_type") or "", set()).add(
                     record.key.decode())
         return out
+
+    def append_audit(self, drafts: list[Draft], what: str) -> None:
+        """Entries of their own (serve's broker_start/broker_stop) in one transaction on
+        partition p's chain, through this worker's transactional id: no other member of
+        the group is fenced, and the chain keeps its one writer. A commit that failed
+        ambiguously and whose entries the re-opened chain ends with is not written again.
+        """
+        if self.producer is None:
+            raise RuntimeError(f"partition {self.index}: append_audit() before open()")
+        if self._unsure is not None and self._unsure == (what, self.chain.head):
+            self._unsure = None
+            return
+        heads: list[Any] = []
+
+        def body(tx: Transaction) -> None:
+            tx.audit(drafts)
+            heads.append(tx.head)
+
+        try:
+            run_transaction(self.producer, self.chain, f"partition {self.index} {what}", body,
+                            self.written)
+        except BaseException:
+            self._unsure = (what, heads[0]) if heads else None
+            raise
+        self._unsure = None
 
     # -- one batch -------------------------------------------------------------------------
     def process(self, batch: dict[TopicPartition, list[Any]], ctx: DecisionContext,

@@ -24,6 +24,13 @@ the group's committed offsets. Fatal errors stop serve with exit code 2.
 
 SIGTERM/SIGINT: the current batch finishes and commits, then serve exits 0.
 
+Process entries (issue 15.11): once its first writer is open a member appends one
+broker_start (version, covenant hash, config hash), and on a clean stop (SIGTERM or
+--until-idle) one broker_stop with the same trace_id, each in a transaction of the lowest
+partition it writes at that moment. That partition's transactional id is held by this
+member alone, so members do not fence each other (the commands id would: every member and
+command shares it), and the chain keeps its one writer. A crash writes no stop.
+
 Metrics (broker/metrics.py) are counted per committed batch; with --metrics-listen the
 member serves /metrics, /healthz and /readyz (ready: an assignment and a working poll).
 """
@@ -35,26 +42,29 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, TopicPartition
 
+from broker.audit.entries import new_trace_id
 from broker.backends.kafka.acl import PrincipalMap
 from broker.backends.kafka.acl_denials import DenialAuditor, audit_denials, auditor_for
+from broker.backends.kafka.commands import ControlWatch
 from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.group import CoPartitionedAssignor
 from broker.backends.kafka.io import end_offsets, wait_visible
 from broker.backends.kafka.pipeline import BatchCounts, PartitionWorker, group_by_index
 from broker.backends.kafka.purge import PurgeState, purge_consumed
-from broker.clock import now_utc
+from broker.clock import local_date, now_utc
 from broker.errors import InputError, StorageError, TransientBackendError
 from broker.metrics import Health, MetricsServer
 from broker.pipeline.core import PipelineCore
 from broker.pipeline.port import QuarantineNote
+from broker.policy.control import ControlState
 
 JOIN_TIMEOUT_S = 120.0
 IDLE_SWEEP_INTERVAL_S = 5.0
@@ -159,6 +169,16 @@ class Server:
         self._denial_auditor: DenialAuditor | None = None
         self._last_denials = 0.0
         self._last_checkpoint_look = 0.0
+        self._process_trace = new_trace_id()  # one trace pairs this process's start and stop
+        self._started = False  # broker_start written
+        self._control: ControlState | None = None  # as of the control reader's position
+        self._control_watch: ControlWatch | None = None
+        # The expiry sweep's bookkeeping (issue 14.3; _sweep_due): whether the earliest
+        # pending expiry is known, the earliest the last sweep's index held, and the earliest
+        # of this member's own releases before and since the last sweep began.
+        self._expiry_known = False
+        self._expiry_index: date | None = None
+        self._released: list[date | None] = [None, None]
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> ServeReport:
@@ -195,6 +215,11 @@ class Server:
             if self.until_idle:
                 self._maybe_sweep(after_batch=True)
                 self._maybe_audit_denials(force=True)
+            # A clean stop (SIGTERM or idle) only: a crash leaves a start without a stop.
+            if self._started and not self._process_entry("broker_stop"):
+                self.logger.warning("broker_stop not written: no partition writer open, or its "
+                                    "write failed")
+            if self.until_idle:
                 self._await_visible()
                 self._maybe_purge(force=True)
         finally:
@@ -222,6 +247,8 @@ class Server:
         records = {tp: r for tp, r in records.items() if tp.partition not in opened}
         if records:
             self._process(records)
+        elif self.workers:
+            self._control_state()  # while idle too: the watch's fetches keep going
         self._observe_lag()
         self._maybe_sweep(after_batch=bool(records))
         self._maybe_purge()
@@ -251,6 +278,8 @@ class Server:
                 self._admin.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self._control_watch is not None:
+            self._control_watch.close()
 
     # -- assignment ------------------------------------------------------------------------
     def _follow_assignment(self) -> set[int]:
@@ -263,6 +292,7 @@ class Server:
         if self.listener.changed:
             self.listener.changed = False
             wanted = {tp.partition for tp in self.listener.assigned or ()}
+            self._expiry_known = False  # another member may release meanwhile
             for index in sorted(set(self.workers) - wanted):
                 self.workers.pop(index).close()
                 self.reopen_at.pop(index, None)
@@ -275,7 +305,28 @@ class Server:
         if due:
             self._open(due)
             opened.update(due)
+            self._started = self._started or self._process_entry("broker_start")
         return opened
+
+    def _process_entry(self, name: str) -> bool:
+        """This process's broker_start/broker_stop, on the chain of the lowest partition it
+        writes (its transactional id is this member's alone, unlike the commands id every
+        member shares); False when none is open or the write failed (a start is retried
+        when a writer opens next)."""
+        index = min((i for i, w in self.workers.items()
+                     if w.is_open and i not in self.reopen_at), default=None)
+        if index is None:
+            return False
+        try:
+            self.workers[index].append_audit(
+                [self.broker.process_entry(name, self._now(), self._process_trace)], name)
+        except TransientBackendError as exc:
+            self._on_retry(exc)
+            self.logger.warning(f"{name} not written", partition=index, error=str(exc))
+            self._suspend(index, self._tps(index))
+            return False
+        self.logger.info(f"{name} audited", partition=index)
+        return True
 
     def _open(self, indices: list[int]) -> None:
         """Open the writers of `indices` side by side (each fences, then recovers its
@@ -329,8 +380,16 @@ class Server:
     def _now(self) -> datetime:
         return self.now or now_utc()
 
+    def _control_state(self) -> ControlState:
+        """The control state, read again only when the control topic moved (issue 14.3)."""
+        if self._control_watch is None:
+            self._control_watch = ControlWatch(self.log.clients, self.layout.names.control)
+        if self._control is None or self._control_watch.moved(self.log.control.position):
+            self._control = ControlState.from_events(self.log.control_events())
+        return self._control
+
     def _process(self, records: dict[TopicPartition, list[Any]]) -> None:
-        ctx = self.broker.context(self._now())
+        ctx = self.broker.context(self._now(), self._control_state())
         for index, batch in group_by_index(records):
             worker = self.workers.get(index)
             if worker is None or not worker.is_open or index in self.reopen_at:
@@ -343,6 +402,9 @@ class Server:
                 self._suspend(index, self._tps(index))
                 continue
             self.report.add(counts, notes=self.until_idle)
+            for eg in counts.decisions.egress if counts.decisions else ():
+                if eg.expires_on is not None and eg.tombstone_for is None:
+                    self._released[1] = min(eg.expires_on, self._released[1] or date.max)
             self._observe_batch(batch, counts)
             self.logger.info("batch committed", partition=index, consumed=counts.consumed,
                              stored=counts.stored, quarantined=counts.quarantined,
@@ -405,7 +467,13 @@ class Server:
         self._last_sweep, self._sweep_owed = time.monotonic(), False
         try:
             now = self._now()
-            tombstones = self.broker.sweep_expiries(now)
+            tombstones = 0
+            if self._sweep_due(now):
+                self._expiry_known, self._released = False, [self._released[1], None]
+                tombstones = self.broker.sweep_expiries(now)
+                self._expiry_index = self.log.earliest_expiry()
+                self._expiry_known = set(self.workers) == set(range(self.cfg.partitions)) \
+                    and not self.reopen_at
             self.broker.destroy_expired_keys(now)  # as the embedded ingest does
         except TransientBackendError as exc:
             self._on_retry(exc)
@@ -414,6 +482,17 @@ class Server:
         if tombstones:
             self.report.tombstones += tombstones
             self.logger.info("expiry tombstones committed", tombstones=tombstones)
+
+    def _sweep_due(self, now: datetime) -> bool:
+        """Whether an expiry can be due. A member that has held every partition since its
+        last sweep has seen every release since: the earliest pending expiry is the one
+        that sweep's index held or one of its own releases since the sweep before (those
+        may not have been visible to that sweep yet). Otherwise it cannot know: sweep."""
+        if not self._expiry_known:
+            return True
+        earliest = min((d for d in (self._expiry_index, *self._released) if d is not None),
+                       default=None)
+        return earliest is not None and earliest < local_date(now, self.broker.covenant.zone)
 
     def _maybe_observe_checkpoint(self) -> None:
         """Every member reports the age of the latest signed checkpoint of the integrated
