@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 import fastavro
 
 from broker.audit import verify_bulk
+from broker.audit.merkle import TreeBuilder, leaf_hash
 from broker.audit.sequencer import subject_keys
 from broker.audit.store import AuditStore
 from broker.audit.subject_report import SECTIONS, section_of
@@ -188,19 +189,35 @@ def _compare(entry_rows: Iterator[tuple[int, bytes]], index: Iterator[tuple[Any,
 def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any]
                       ) -> str | None:
     """Re-derive a subject report's entries from the log up to the checkpoint it states it
-    is complete up to, by a scan (never the index), and name the first difference."""
+    is complete up to, by a scan (never the index), and name the first difference.
+
+    The stated root is compared first, with the root of the log's own entries at that
+    size (hashed here, not read from the tree cache): a report complete up to a checkpoint
+    of another log, or of this log as it was before an edit, says nothing of this one."""
     person = str(report["subject"]["pseudonym"])
     size = int(report["complete_up_to"]["size"])
+    stated_root = str(report["complete_up_to"]["root"])
     stated = {int(item["seq"]): section for section in SECTIONS
               for item in report.get(section) or [] if int(item["seq"]) < size}
     decode = _projecting_decoder(schema)
     derived: dict[int, str] = {}
+    tree = TreeBuilder()
     for seq, data in store.audit_entries(0):
         if seq >= size:
             break
+        if seq != tree.size:
+            return f"entry {tree.size}: missing from the log (the next stored is {seq})"
+        tree.append(leaf_hash(data))
         entry = decode(data)
         if any(s["pseudonym"] == person for s in entry.get("data_subjects") or ()):
             derived[seq] = section_of(entry)
+    if tree.size < size:
+        return (f"the report is complete up to size {size}, the log holds {tree.size} "
+                "entries")
+    root = tree.root().hex()
+    if stated_root != root:
+        return (f"the report states root {stated_root} at size {size}, the log's root at "
+                f"that size is {root}")
     for seq in sorted(set(stated) | set(derived)):
         if seq not in stated:
             return f"entry {seq}: names the person, the report leaves it out"
