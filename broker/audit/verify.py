@@ -279,10 +279,21 @@ def verify_log(store: AuditStore, schema: Schema, verifier: VerifierKey, origin:
                trusted: Sequence[Checkpoint] = (), *, bulk: bool = True) -> AuditReport:
     """Verify the whole stored log; `trusted` are checkpoints an auditor kept from before.
 
-    In bulk on every core when the store can be read in chunks (`verify_bulk`); where
-    that finds anything at all, or `bulk` is off, the exact walk names the first problem.
+    In bulk on every core when the store can be read in chunks (`verify_bulk`, which also
+    re-derives the tables reports read, reading each entry once); where that finds
+    anything at all, or `bulk` is off, the exact walk names the first problem.
     """
-    report = _verify_entries(store, schema, verifier, origin, trusted, bulk=bulk)
+    if bulk:
+        found = _bulk(store, schema, verifier, origin, trusted)
+        if found is not None and found[1]:
+            return found[0]  # the entries and the derived tables are proven
+        if found is not None:  # the entries are; the derived tables differ somewhere
+            return _with_derived(found[0], store, schema)
+    report = _verify_entries(store, schema, verifier, origin, trusted)
+    return _with_derived(report, store, schema)
+
+
+def _with_derived(report: AuditReport, store: AuditStore, schema: Schema) -> AuditReport:
     if report.ok and hasattr(store, "index_rows"):
         # The entries are proven: now what reports read instead of them (verify_derived).
         derived = verify_derived.derived_problem(cast("verify_derived.DerivedRows", store),
@@ -293,11 +304,8 @@ def verify_log(store: AuditStore, schema: Schema, verifier: VerifierKey, origin:
 
 
 def _verify_entries(store: AuditStore, schema: Schema, verifier: VerifierKey, origin: str,
-                    trusted: Sequence[Checkpoint] = (), *, bulk: bool = True) -> AuditReport:
-    if bulk:
-        report = _verify_in_bulk(store, schema, verifier, origin, trusted)
-        if report is not None:
-            return report
+                    trusted: Sequence[Checkpoint] = ()) -> AuditReport:
+    """The exact walk: names the first problem of the entries, tree and checkpoints."""
     checker = _Verifier(store, schema, verifier, origin, trusted)
     problem = None
     try:
@@ -312,7 +320,17 @@ def _verify_entries(store: AuditStore, schema: Schema, verifier: VerifierKey, or
 
 def _verify_in_bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, origin: str,
                     trusted: Sequence[Checkpoint]) -> AuditReport | None:
-    """The report of an intact log, from `bulk_walk`; None when anything differs."""
+    """The report of an intact log, from `bulk_walk`; None when anything differs (the
+    derived tables of a store that has them included)."""
+    found = _bulk(store, schema, verifier, origin, trusted)
+    if found is None or (not found[1] and hasattr(store, "index_rows")):
+        return None
+    return found[0]
+
+
+def _bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, origin: str,
+          trusted: Sequence[Checkpoint]) -> tuple[AuditReport, bool] | None:
+    """`_verify_in_bulk`'s report, and whether the derived tables were proven with it."""
     chunk_reader = getattr(store, "chunk_reader", None)
     open_reader = chunk_reader() if chunk_reader is not None else None
     size = store.audit_size()
@@ -332,10 +350,13 @@ def _verify_in_bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, or
             checker.verified.append(opened)
         checker.check_consistency()
 
+    header = MARKER + schema.fingerprint
+    derived = (verify_bulk.DerivedCheck(schema.raw, len(header), size)
+               if hasattr(store, "index_rows") else None)
     try:
-        outcome = verify_bulk.bulk_walk(open_reader, MARKER + schema.fingerprint, size, due,
+        outcome = verify_bulk.bulk_walk(open_reader, header, size, due,
                                         chunk_level=verify_bulk.CHUNK_LEVEL,
-                                        meanwhile=check_notes)
+                                        meanwhile=check_notes, derived=derived)
     except Exception:  # noqa: BLE001 - a finding, no workers, ...: the exact walk decides
         return None
     if outcome is None or outcome.root is None:
@@ -354,4 +375,4 @@ def _verify_in_bulk(store: AuditStore, schema: Schema, verifier: VerifierKey, or
         return None
     signed = checker.verified[-1].size if checker.verified else 0
     return AuditReport(size, outcome.head.decode(), outcome.root.hex(),
-                       len(checker.verified), signed, None)
+                       len(checker.verified), signed, None), outcome.derived is True

@@ -15,6 +15,11 @@ entry's chain hash (the first fields of audit_entry: nothing is decoded); the tr
 built level by level and put in the order the nodes were stored (`_creation_order`), so
 the chunk's whole node range is one byte comparison with the stored hashes.
 
+With a `DerivedCheck`, each block of entries is also read for the rows the derived tables
+hold for it (broker.audit.derive_fast: the columns only, no fastavro) and those are
+compared with the stored rows of the same seqs, so every entry is read from the store
+once; `BulkOutcome.derived` says whether all matched (None: not checked).
+
 This path only ever says "intact" (with the same report as the exact walk of
 `broker.audit.verify`) or where it first saw a difference (`BulkOutcome.first_problem`,
 an entry number, for tests and logs): then the caller runs the exact walk, which names the
@@ -33,8 +38,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain, repeat
 from multiprocessing import get_context
-from typing import Protocol
+from typing import Any, Protocol, cast
 
+from broker.audit import derive_fast
 from broker.audit.entries import GENESIS
 from broker.audit.merkle import HASH_SIZE, fold_frontier
 from broker.audit.tree import level_index_of, node_count
@@ -70,6 +76,23 @@ class ChunkReader(Protocol):
     def close(self) -> None: ...
 
 
+class DerivedRowsReader(Protocol):
+    """A chunk reader that also reads the derived tables by seq range (None: unbounded)."""
+
+    def index_rows(self, lo: int | None, hi: int | None) -> list[tuple[Any, ...]]: ...
+
+    def subject_rows(self, lo: int | None, hi: int | None) -> list[tuple[Any, ...]]: ...
+
+
+@dataclass(frozen=True)
+class DerivedCheck:
+    """What a chunk needs to re-derive audit_index and audit_subject (picklable)."""
+
+    schema: dict[str, Any]  # the audit_entry schema as written (raw)
+    skip: int  # the single-object header's length
+    size: int  # entries in the log: the last block also owns every row past it
+
+
 @dataclass
 class ChunkResult:
     ok: bool
@@ -79,14 +102,16 @@ class ChunkResult:
     stack: list[bytes] = field(default_factory=list)  # its frontier (subtrees inside it)
     high_nodes: list[bytes] = field(default_factory=list)  # stored nodes above the chunk
     stacks_at: dict[int, list[bytes]] = field(default_factory=dict)  # frontier at due sizes
+    derived: bool | None = None  # the derived rows of its entries matched (None: unchecked)
 
 
 def scan_chunk(open_reader: Callable[[], ChunkReader], header: bytes, start: int, end: int,
-               due: Sequence[int], chunk_level: int = CHUNK_LEVEL) -> ChunkResult:
+               due: Sequence[int], chunk_level: int = CHUNK_LEVEL,
+               derived: DerivedCheck | None = None) -> ChunkResult:
     """Check entries [start, end) and the nodes their appends create (see the module doc)."""
     reader = open_reader()
     try:
-        return _scan(reader, header, start, end, due, chunk_level)
+        return _scan(reader, header, start, end, due, chunk_level, derived)
     finally:
         reader.close()
 
@@ -160,10 +185,28 @@ def _frontier(levels: list[list[bytes]], size: int) -> list[bytes]:
             for level in range(size.bit_length() - 1, -1, -1) if size >> level & 1]
 
 
+def _derived_matches(reader: DerivedRowsReader, derive: derive_fast.Derive,
+                     check: DerivedCheck, block: list[bytes], first: int) -> bool:
+    """The stored rows of seqs first.. are the rows the block's entries derive; the first
+    block of the log also owns every row before it, the last every row after it."""
+    lo = None if first == 0 else first
+    hi = None if first + len(block) >= check.size else first + len(block)
+    try:
+        index, subjects = derive(block, first)
+    except (IndexError, ValueError, UnicodeDecodeError):  # the exact comparison will say
+        return False
+    return reader.index_rows(lo, hi) == index and reader.subject_rows(lo, hi) == subjects
+
+
 def _read_leaves(reader: ChunkReader, header: bytes, start: int, end: int,
-                 result: ChunkResult) -> tuple[list[bytes], int | None]:
+                 result: ChunkResult, check: DerivedCheck | None = None
+                 ) -> tuple[list[bytes], int | None]:
     """The leaf hashes of entries start.. and the first entry whose seq or prev_hash is not
     what the chain says (None when every one of start..end-1 is stored and links)."""
+    derive = derive_fast.deriver(check.schema, check.skip) if check is not None else None
+    rows = cast("DerivedRowsReader", reader) if hasattr(reader, "index_rows") else None
+    if derive is not None and rows is not None:
+        result.derived = True
     leaves: list[bytes] = []
     prev = b""
     count = start
@@ -185,6 +228,8 @@ def _read_leaves(reader: ChunkReader, header: bytes, start: int, end: int,
             leaves.extend(hashes[:bad])
             return leaves, count + bad
         leaves.extend(hashes)
+        if result.derived and derive is not None and rows is not None and check is not None:
+            result.derived = _derived_matches(rows, derive, check, block, count)
         prev = chained[-1]
         count += n
     result.last_hash = prev
@@ -192,9 +237,9 @@ def _read_leaves(reader: ChunkReader, header: bytes, start: int, end: int,
 
 
 def _scan(reader: ChunkReader, header: bytes, start: int, end: int, due: Sequence[int],
-          chunk_level: int) -> ChunkResult:
+          chunk_level: int, derived: DerivedCheck | None = None) -> ChunkResult:
     result = ChunkResult(False)
-    leaves, bad = _read_leaves(reader, header, start, end, result)
+    leaves, bad = _read_leaves(reader, header, start, end, result, derived)
     checked = start + len(leaves)
     levels = tree_levels(leaves)
     computed = nodes_as_stored(levels)
@@ -254,6 +299,7 @@ class BulkOutcome:
     roots: dict[int, bytes]  # root at each due size
     root: bytes | None  # root of the whole log (None when empty or not intact)
     first_problem: int | None = None  # the first entry found to differ (None: intact)
+    derived: bool | None = None  # every chunk's derived rows matched (None: unchecked)
 
 
 def workers() -> int:
@@ -265,10 +311,12 @@ def workers() -> int:
 def bulk_walk(open_reader: Callable[[], ChunkReader], header: bytes, size: int,
               due: Sequence[int], chunk_level: int = CHUNK_LEVEL,
               processes: int | None = None,
-              meanwhile: Callable[[], None] | None = None) -> BulkOutcome | None:
+              meanwhile: Callable[[], None] | None = None,
+              derived: DerivedCheck | None = None) -> BulkOutcome | None:
     """Every entry, node and due root of a log of `size` entries. None, or an outcome
     with `first_problem`, on any difference. `meanwhile` runs in this process while the
-    workers scan (before the scan on one core); what it raises, this raises."""
+    workers scan (before the scan on one core); what it raises, this raises. With
+    `derived`, the derived tables too (the outcome's `derived`)."""
     chunk = 1 << chunk_level
     ranges = [(a, min(a + chunk, size)) for a in range(0, size, chunk)]
     per_chunk = [[s for s in due if a < s <= b] for a, b in ranges]
@@ -280,7 +328,8 @@ def bulk_walk(open_reader: Callable[[], ChunkReader], header: bytes, size: int,
                                    # (nor closes: it leaves by os._exit) what it inherits
                                    mp_context=get_context("fork"))
         try:
-            futures = [pool.submit(scan_chunk, open_reader, header, a, b, d, chunk_level)
+            futures = [pool.submit(scan_chunk, open_reader, header, a, b, d, chunk_level,
+                                   derived)
                        for (a, b), d in zip(ranges, per_chunk, strict=True)]
             if meanwhile is not None:
                 meanwhile()
@@ -292,7 +341,7 @@ def bulk_walk(open_reader: Callable[[], ChunkReader], header: bytes, size: int,
         meanwhile()
     reader = open_reader()
     try:
-        results = (_scan(reader, header, a, b, d, chunk_level)
+        results = (_scan(reader, header, a, b, d, chunk_level, derived)
                    for (a, b), d in zip(ranges, per_chunk, strict=True))
         return _join(results, ranges, due, chunk_level)
     finally:
@@ -305,7 +354,9 @@ def _join(results: Iterator[ChunkResult], ranges: list[tuple[int, int]], due: Se
     prefix: list[bytes] = []  # the frontier before the current chunk (chunk subtrees only)
     roots: dict[int, bytes] = {}
     final: list[bytes] = []
+    derived: list[bool | None] = []
     for (start, end), result in zip(ranges, results, strict=True):
+        derived.append(result.derived)
         if result.first_prev != head:  # the link into the chunk (or its first entry)
             return BulkOutcome(start, head, roots, None, start)
         if not result.ok:
@@ -332,4 +383,6 @@ def _join(results: Iterator[ChunkResult], ranges: list[tuple[int, int]], due: Se
     size = ranges[-1][1] if ranges else 0
     if any(s not in roots for s in due):
         return None
-    return BulkOutcome(size, head, roots, fold_frontier(final) if final else None)
+    checked = None if not derived or None in derived else all(derived)
+    return BulkOutcome(size, head, roots, fold_frontier(final) if final else None,
+                       derived=checked)

@@ -8,6 +8,11 @@ or edit index rows, and every report would lie while the tree still verified. So
 entries are proven, one pass decodes each entry, derives its index row and subject keys
 exactly as the sequencer did when it appended it, and compares them with the stored rows.
 The first difference is named by table and seq, never by a personal value.
+
+`audit verify` does this in its bulk chunks (verify_bulk, with broker.audit.derive_fast:
+each entry read once, no fastavro); this module's pass runs where that did not prove the
+tables (the exact walk, a difference to name). It too compares a range with derive_fast
+first, and only a range that differs is decoded with fastavro to name the difference.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any, Protocol, cast
 
 import fastavro
 
-from broker.audit import verify_bulk
+from broker.audit import derive_fast, verify_bulk
+from broker.audit.merkle import TreeBuilder, leaf_hash
 from broker.audit.sequencer import subject_keys
+from broker.audit.sqlite_store import index_rows_in, subject_rows_in
 from broker.audit.store import AuditStore
 from broker.audit.subject_report import SECTIONS, lift_of, restricted_by, section_of
 from broker.clock import to_millis
@@ -93,12 +100,18 @@ def derived_problem(store: DerivedRows, schema: Schema) -> str | None:
     """
     path = _db_path(store)
     size = _size(store)
-    if path is None or verify_bulk.workers() < 2 or size <= _RANGE:
+    if path is None:
         return _compare(store.audit_entries(0), store.index_rows(), store.subject_rows(),
                         _projecting_decoder(schema))
-    bounds = list(range(0, size, _RANGE))
+    bounds = list(range(0, max(size, 1), _RANGE))
     ranges = [(None if i == 0 else a, None if i == len(bounds) - 1 else a + _RANGE)
               for i, a in enumerate(bounds)]
+    if verify_bulk.workers() < 2 or len(ranges) == 1:
+        for lo, hi in ranges:
+            problem = _compare_range(path, schema.raw, len(schema.fingerprint), lo, hi)
+            if problem is not None:
+                return problem
+        return None
     with ProcessPoolExecutor(max_workers=verify_bulk.workers(),
                              mp_context=get_context("fork")) as pool:
         futures = [pool.submit(_compare_range, path, schema.raw, len(schema.fingerprint),
@@ -137,6 +150,8 @@ def _compare_range(path: str, raw: dict[str, Any], fingerprint_len: int, lo: int
             "seq >= :lo" if lo is not None else "", "seq < :hi" if hi is not None else "")
             if c) or "1"
         args = {"lo": lo, "hi": hi}
+        if _matches_fast(db, raw, len(MARKER) + fingerprint_len, lo, hi):
+            return None
         entries = db.execute(f"SELECT seq, entry FROM audit WHERE {where} ORDER BY seq",  # noqa: S608 - fixed clauses
                              args)
         index = db.execute("SELECT seq, name, recipient, purpose, decision, event_type, "  # noqa: S608
@@ -148,6 +163,46 @@ def _compare_range(path: str, raw: dict[str, Any], fingerprint_len: int, lo: int
                         _decoder(raw, writer, len(MARKER) + fingerprint_len))
     finally:
         db.close()
+
+
+def _matches_fast(db: sqlite3.Connection, raw: dict[str, Any], skip: int, lo: int | None,
+                  hi: int | None) -> bool:
+    """The stored rows of seq range [lo, hi) (None: unbounded) are the rows derive_fast
+    derives from its entries; False on any doubt (the exact comparison then decides)."""
+    derive = derive_fast.deriver(raw, skip)
+    if derive is None:
+        return False
+    where, args = _seq_clause(lo, hi)
+    cursor = db.execute(f"SELECT seq, entry FROM audit WHERE {where} ORDER BY seq", args)  # noqa: S608 - fixed clauses
+    expected = 0 if lo is None else lo
+    while block := cursor.fetchmany(_FAST_BLOCK):
+        first, n = block[0][0], len(block)
+        if first != expected or block[-1][0] != first + n - 1:  # not contiguous
+            return False
+        entries = [bytes(data) for _, data in block]
+        try:
+            index, subjects = derive(entries, first)
+        except (IndexError, ValueError, UnicodeDecodeError):
+            return False
+        if (index_rows_in(db, first, first + n) != index
+                or subject_rows_in(db, first, first + n) != subjects):
+            return False
+        expected = first + n
+    if hi is not None and expected != hi:
+        return False
+    # The first range owns every row before its entries, the last every row after them.
+    outside: list[tuple[int | None, int | None]] = [(None, 0)] if lo is None else []
+    outside += [(expected, None)] if hi is None else []
+    return all(not index_rows_in(db, a, b) and not subject_rows_in(db, a, b)
+               for a, b in outside)
+
+
+def _seq_clause(lo: int | None, hi: int | None) -> tuple[str, tuple[int, ...]]:
+    clauses = [c for c, v in (("seq >= ?", lo), ("seq < ?", hi)) if v is not None]
+    return " AND ".join(clauses) or "1", tuple(v for v in (lo, hi) if v is not None)
+
+
+_FAST_BLOCK = 4096
 
 
 def _compare(entry_rows: Iterator[tuple[int, bytes]], index: Iterator[tuple[Any, ...]],
@@ -209,9 +264,14 @@ def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any],
     (the auditor's own reading of the covenant versions) less the lifts in the log below
     the report's `lifts_up_to`; restricted entries must be absent, or in the FG's view
     present and marked.
+
+    The stated root is compared first, with the root of the log's own entries at that
+    size (hashed here, not read from the tree cache): a report complete up to a checkpoint
+    of another log, or of this log as it was before an edit, says nothing of this one.
     """
     person = str(report["subject"]["pseudonym"])
     size = int(report["complete_up_to"]["size"])
+    stated_root = str(report["complete_up_to"]["root"])
     restriction = report.get("restriction")
     lifts_up_to = _lifts_up_to(restriction)
     if lifts_up_to is None:
@@ -230,9 +290,14 @@ def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any],
     derived: dict[int, str] = {}
     under: dict[int, dict[str, Any]] = {}
     lifts: set[tuple[str, int]] = set()
-    for seq, data in store.audit_entries(0):
+    tree = TreeBuilder()
+    for expected, (seq, data) in enumerate(store.audit_entries(0)):
         if seq >= max(size, lifts_up_to):
             break
+        if seq != expected:
+            return f"entry {expected}: missing from the log (the next stored is {seq})"
+        if seq < size:  # the root the report states is the log's at its size
+            tree.append(leaf_hash(data))
         entry = decode(data)
         lift = lift_of(entry) if seq < lifts_up_to else None
         if lift is not None:
@@ -241,6 +306,13 @@ def report_difference(store: AuditStore, schema: Schema, report: dict[str, Any],
                               for s in entry.get("data_subjects") or ()):
             derived[seq] = section_of(entry)
             under[seq] = entry
+    if tree.size < size:
+        return (f"the report is complete up to size {size}, the log holds {tree.size} "
+                "entries")
+    root = tree.root().hex()
+    if stated_root != root:
+        return (f"the report states root {stated_root} at size {size}, the log's root at "
+                f"that size is {root}")
     restricted = frozenset(confidential - lifts) if isinstance(restriction, dict) else \
         frozenset()
     hidden = {seq for seq, entry in under.items() if restricted_by(entry, restricted)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from broker.app.assembly import declares
@@ -24,7 +25,7 @@ from broker.clock import parse_instant
 from broker.config import Settings
 from broker.errors import ConfigError, InputError
 from broker.metrics import parse_listen
-from broker.pipeline.ingest import split_lines
+from broker.pipeline.ingest import Oversized
 from broker.pipeline.port import IngressPublisher
 
 EXIT_OK, EXIT_FINDINGS = 0, 1
@@ -82,16 +83,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def ingest(args: argparse.Namespace, broker: Broker, data: bytes,
+def ingest(args: argparse.Namespace, broker: Broker,
+           lines: Iterable[tuple[int, bytes | Oversized]],
            signatures: dict[int, bytes] | None = None, traceparent: str | None = None) -> int:
-    """Produce the lines to the ingress topic and return; `serve` validates and decides.
-    A line's signature (by line number) goes with it in the cb-sig header."""
-    report = produce_lines(broker, args.source, args.event_type, split_lines(data),
-                           signatures, traceparent)
+    """Produce the lines (as the bounded line reader gives them) to the ingress topic and
+    return; `serve` validates and decides. A line's signature (by line number) goes with
+    it in the cb-sig header; an oversized line goes as its length, hash and prefix."""
+    report = produce_lines(broker, args.source, args.event_type, lines, signatures,
+                           traceparent)
     _emit(args, {"source": report.source, "event_type": report.event_type,
                  "topic": report.topic, "produced": report.produced,
+                 "oversized": report.oversized,
                  "partitions": {str(k): v for k, v in sorted(report.partitions.items())}},
-          f"{report.produced} records produced to {report.topic} (serve decides)")
+          f"{report.produced} records produced to {report.topic} (serve decides)"
+          + (f"; {report.oversized} over max_event_bytes, produced as their length, "
+             "SHA-256 and first bytes" if report.oversized else ""))
     return EXIT_OK
 
 

@@ -166,15 +166,6 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     print(json.dumps(payload, ensure_ascii=False) if args.json else text)
 
 
-def _read_input(name: str) -> bytes:
-    if name == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        raise InputError(f"{name}: cannot be read: {exc.strerror}") from None
-
-
 def _open_input(name: str) -> AbstractContextManager[BinaryIO]:
     if name == "-":
         return nullcontext(sys.stdin.buffer)
@@ -220,8 +211,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
-            data = _read_input(args.file)
-            return cli_kafka.ingest(args, broker, data, _signatures(args), traceparent)
+            with _open_input(args.file) as stream:  # a stream here too: a line is bounded
+                return cli_kafka.ingest(args, broker, read_lines(
+                    stream, settings.limits.max_event_bytes), _signatures(args), traceparent)
         with _open_input(args.file) as stream:  # read as a stream: a line is bounded
             signatures = _signatures(args)
             inputs = ((f"line {n}", line) for n, line in

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
+from broker.pipeline.ingest import Oversized
 from broker.policy.control import ControlEvent, ThemeSwitch
 
 
@@ -129,6 +130,7 @@ class IngressReport:
     topic: str
     produced: int = 0
     partitions: dict[int, int] = field(default_factory=dict)
+    oversized: int = 0  # of those produced, lines over max_event_bytes (bounded form)
 
 
 def check_tombstone_batch(batch: DecisionBatch) -> None:
@@ -230,7 +232,7 @@ class IngressPublisher(Protocol):
     """`ingest` publishes raw input and returns; a long-running `serve` validates, stores
     and decides."""
 
-    def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
+    def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes | Oversized]],
                 signatures: Mapping[int, bytes] | None = None,
                 traceparent: str | None = None) -> IngressReport:
         """`traceparent`: the source operation's W3C trace context, as the `traceparent`

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -137,6 +139,43 @@ def test_a_bad_principal_map_names_the_key(broker: Broker, tmp_path: Path, text:
     path = tmp_path / "principals.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
+        acl.load_principal_map(path, broker.covenant)
+
+
+def _alias_bomb(levels: int = 9, fan: int = 10) -> str:
+    """10**9 strings once expanded, about 1.4 KB as written (issue 15 finding 3)."""
+    lines = ["lol0: &a0 [" + ", ".join(['"lol"'] * fan) + "]"]
+    lines += [f"lol{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * fan) + "]"
+              for n in range(1, levels)]
+    return "broker: User:cb\ngroups:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+def test_an_alias_bomb_principal_map_is_refused_before_it_is_built(
+        broker: Broker, tmp_path: Path) -> None:
+    """The principal map goes through the one bounded YAML loader: the first anchor is
+    refused, by file and line, before any node exists (memory stays small)."""
+    path = tmp_path / "principals.yaml"
+    path.write_text(_alias_bomb())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: .*line 3 .*"
+                                              r"anchor &a0 is not allowed"):
+            acl.load_principal_map(path, broker.covenant)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("broker: User:cb\nsources: {politie: *who}\n", r"alias \*who is not allowed"),
+    ("broker: User:a\nbroker: User:b\n", "key 'broker' is written twice"),
+    ("broker: User:cb\n" + "#" * (300 * 1024) + "\n", "larger than the limit")])
+def test_a_principal_map_is_bounded_like_every_yaml_file(
+        broker: Broker, tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "principals.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: .*{message}"):
         acl.load_principal_map(path, broker.covenant)
 
 

@@ -287,3 +287,22 @@ def test_verify_report_against_the_log_finds_an_item_the_report_leaves_out(
     code, out, _ = report_for(log, *args)
     assert code == 1
     assert f"entry {left_out['seq']}: names the person, the report leaves it out" in out
+
+
+def test_verify_report_against_the_log_compares_the_stated_root(
+        log: Path, facts: dict[str, Any], tmp_path: Path) -> None:
+    """`complete_up_to` is (size, root): a report whose root is not the log's root at that
+    size is about another log (or this one before an edit), exit 1 naming both roots."""
+    report = json_report(log, VICTIMS[1])
+    honest = report["complete_up_to"]["root"]
+    size = report["complete_up_to"]["size"]
+    report["complete_up_to"]["root"] = "ab" * 32
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    args = ("audit", "verify-report", str(path), "--public-key", facts["key"])
+    code, out, _ = report_for(log, *args)
+    assert code == 0, out  # the proofs are against the signed note: they cannot tell
+    code, out, _ = report_for(log, *args, "--against-log")
+    assert code == 1
+    assert (f"the report states root {'ab' * 32} at size {size}, the log's root at that "
+            f"size is {honest}") in out

@@ -39,12 +39,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from broker.backends.kafka.errors import kafka_errors
 from broker.backends.kafka.topics import Layout
 from broker.config.kafka import KafkaConfig, TopicNames
+from broker.config.yaml_file import YamlFileError, load_yaml_file
 from broker.errors import ConfigError, StorageError
 from broker.pipeline.ingest import source_of
 from broker.policy.covenant import Covenant
@@ -117,13 +117,11 @@ class PrincipalMap(BaseModel):
 def load_principal_map(path: Path | None, covenant: Covenant) -> PrincipalMap:
     if path is None:
         return PrincipalMap()
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:  # bounded read, no aliases, no key written twice (see config.yaml_file)
+        data: Any = load_yaml_file(path)[1] or {}
         mapping = PrincipalMap.model_validate(data)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the principal map: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not YAML: {exc}") from None
+    except YamlFileError as exc:  # names the file, and the line where it can
+        raise ConfigError(f"the principal map {exc}") from None
     except ValidationError as exc:
         raise ConfigError("\n".join(
             f"{path}:{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"

@@ -31,6 +31,7 @@ from broker.backends.kafka.topics import Layout, ensure_topics
 from broker.config.kafka import KafkaConfig, split_position, store_position
 from broker.logs import get_logger
 from broker.model.schemas import SchemaRegistry
+from broker.pipeline.ingest import Oversized
 from broker.pipeline.port import (
     AuditAppender,
     ControlLog,
@@ -90,7 +91,8 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
             self.reader.close()
 
     # -- ingress: serve validates, stores and decides ---------------------------------------
-    def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes]],
+    def publish(self, source: str, event_type: str,
+                lines: Iterable[tuple[int, bytes | Oversized]],
                 signatures: Mapping[int, bytes] | None = None,
                 traceparent: str | None = None) -> IngressReport:
         # imported here: the producer side pulls in the partition worker's module

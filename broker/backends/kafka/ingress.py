@@ -5,6 +5,13 @@ it lands on the partition whose worker judges duplicates of that id); the ``sour
 header names the producing source and ``line`` its line number; a line's signature, if
 given, goes in ``cb-sig`` (broker/pipeline/signatures.py). Validation, storing and
 deciding happen in `serve`.
+
+The lines come from the bounded line reader (`read_lines`, as the embedded ingest reads
+them), so a huge line or file never sits in memory (issue 15 item 7). A line over
+max_event_bytes is produced as what the quarantine keeps of it (`Oversized.bounded_form`:
+its length, SHA-256 and first bytes), with the ``cb-oversized`` header giving its length
+and hash; `serve` then quarantines that bounded record, never the whole line (which no
+Kafka record could hold anyway: message.max.bytes is 1 MB by default).
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from broker.backends.kafka.errors import kafka_errors
+from broker.backends.kafka.framing import OVERSIZED_HEADER
 from broker.backends.kafka.io import close_quietly, headers
 from broker.backends.kafka.pipeline import home_partition
 from broker.errors import StorageError
 from broker.pipeline.core import PipelineCore
+from broker.pipeline.ingest import Oversized
 from broker.pipeline.port import IngressReport
 from broker.pipeline.signatures import SIGNATURE_HEADER
 
@@ -40,7 +49,7 @@ def event_id_of(line: bytes) -> str | None:
 
 
 def produce_lines(broker: PipelineCore, source: str, event_type: str,
-                  lines: Iterable[tuple[int, bytes]],
+                  lines: Iterable[tuple[int, bytes | Oversized]],
                   signatures: Mapping[int, bytes] | None = None,
                   traceparent: str | None = None) -> ProduceReport:
     publisher = broker.backend.ingress
@@ -50,7 +59,8 @@ def produce_lines(broker: PipelineCore, source: str, event_type: str,
                              signatures, traceparent)
 
 
-def produce(log: KafkaEventLog, source: str, full: str, lines: Iterable[tuple[int, bytes]],
+def produce(log: KafkaEventLog, source: str, full: str,
+            lines: Iterable[tuple[int, bytes | Oversized]],
             signatures: Mapping[int, bytes] | None = None,
             traceparent: str | None = None) -> ProduceReport:
     """KafkaEventLog.publish: the lines of a resolved event type to its ingress topic."""
@@ -61,15 +71,20 @@ def produce(log: KafkaEventLog, source: str, full: str, lines: Iterable[tuple[in
         futures = []
         with kafka_errors(f"producing to {topic}"):
             for number, line in lines:
-                event_id = event_id_of(line)
+                over = line if isinstance(line, Oversized) else None
+                value = line.bounded_form() if isinstance(line, Oversized) else line
+                event_id = event_id_of(value) if over is None else None
                 sig = (signatures or {}).get(number)
                 partition = (home_partition(event_id, log.cfg.partitions)
                              if event_id else None)
                 futures.append(producer.send(
-                    topic, value=line, key=event_id.encode() if event_id else None,
+                    topic, value=value, key=event_id.encode() if event_id else None,
                     partition=partition, headers=[
                         *headers(source=source, line=number, traceparent=traceparent),
+                        *([(OVERSIZED_HEADER, f"{over.length} {over.sha256}".encode())]
+                          if over is not None else []),
                         *([(SIGNATURE_HEADER, sig)] if sig is not None else [])]))
+                report.oversized += over is not None
             producer.flush(timeout=SEND_TIMEOUT_S)
             for future in futures:
                 meta = future.get(timeout=SEND_TIMEOUT_S)

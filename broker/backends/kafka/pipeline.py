@@ -43,6 +43,7 @@ from broker.audit.entries import Draft, at_offset
 from broker.backends.kafka.chain import AuditChain, Transaction, run_transaction
 from broker.backends.kafka.egress import EgressLink, egress_headers, egress_key, egress_value
 from broker.backends.kafka.event_log import KafkaEventLog
+from broker.backends.kafka.framing import OVERSIZED_HEADER, oversized_of
 from broker.backends.kafka.io import (
     Clients,
     close_quietly,
@@ -205,8 +206,10 @@ class PartitionWorker:
                 # another source in the header is refused as the embedded ingest does.
                 position = f"{tp.topic}:{tp.partition}:{record.offset}"
                 by_position[position] = (tp.topic, record)
+                value = bytes(record.value or b"")
+                over = oversized_of(header_bytes(record, OVERSIZED_HEADER), value)
                 inputs.append(RawInput(header(record, "source") or source_of(event_type),
-                                       event_type, position, bytes(record.value or b""),
+                                       event_type, position, over or value,
                                        header_bytes(record, SIGNATURE_HEADER),
                                        # bytes as sent: a header that is not UTF-8 is a
                                        # bad traceparent, not a crash
