@@ -191,3 +191,22 @@ class SourceCheck:
             return f"entry {seq}: differs from partition {p} entry {s} on Kafka"
         self.integrated[p] = expected + 1
         return None
+
+
+@dataclass(frozen=True)
+class IntegrationCheck:
+    """The integrated log against the Kafka chains, per audit partition."""
+
+    chains: dict[int, ChainReport]
+    integrated: dict[int, int]  # entries integrated, per partition (as the log holds them)
+    problem: str | None
+
+    @property
+    def pending(self) -> dict[int, int]:
+        return {p: max(0, r.entries - self.integrated.get(p, 0))
+                for p, r in self.chains.items()}
+
+    def as_json(self) -> dict[str, Any]:
+        return {str(p): {"entries": r.entries, "head": r.head, "problem": r.problem,
+                         "integrated": self.integrated.get(p, 0),
+                         "pending": self.pending[p]} for p, r in self.chains.items()}

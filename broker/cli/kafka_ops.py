@@ -16,7 +16,7 @@ from broker.app.assembly import declares
 from broker.app.service import Broker
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.audit.verify import pending_verdict
-from broker.backends.kafka.audit_integrator import KafkaAuditIntegrator, check_integrated
+from broker.backends.kafka.audit_integrator import KafkaAuditIntegrator
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.ingress import produce_lines
 from broker.backends.kafka.runner import DenialTail, serve
@@ -112,7 +112,7 @@ def audit_verify(args: argparse.Namespace, broker: Broker) -> int:
     and every integrated entry against its Kafka chain entry; exit 1 naming the first
     problem. Committed entries not integrated yet are pending: reported, and a problem only
     with --require-signed."""
-    check = check_integrated(_kafka_log(broker), _integrated(broker))
+    check = _kafka_log(broker).check_integrated(_integrated(broker))
     assert broker.audit is not None
     verdict = verify_pinned(args, broker.audit)
     integrated = verdict.as_json()

@@ -22,6 +22,8 @@ from typing import Protocol
 
 from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
+from broker.audit.integrate import IntegrationCheck
+from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.pipeline.ingest import Oversized
 from broker.policy.control import ControlEvent, ThemeSwitch
 
@@ -252,3 +254,8 @@ class PartitionChains(Protocol):
     """The audit log as one hash chain per audit partition."""
 
     def verify_audit_partitions(self) -> dict[int, ChainReport]: ...
+
+    def check_integrated(self, store: IntegratedAuditDb) -> IntegrationCheck:
+        """The integrated log (`audit integrate`) against the chains: every integrated
+        entry a chain entry, once and in order; what the chains hold beyond it pending."""
+        ...

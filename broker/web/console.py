@@ -387,16 +387,10 @@ async def verify_now(request: Request, user: FgUser,
 
 def _kafka_sources(broker: Broker) -> dict[str, Any]:
     """Kafka: the audit chains against the integrated log, as `audit verify` checks them."""
-    integrated = broker.backend.integrated
-    if integrated is None:
+    integrated, chains = broker.backend.integrated, broker.backend.partition_chains
+    if integrated is None or chains is None:
         return {}
-    from broker.backends.kafka.audit_integrator import check_integrated  # noqa: PLC0415
-    from broker.backends.kafka.event_log import KafkaEventLog  # noqa: PLC0415 - Kafka only
-
-    log = broker.backend.capability(KafkaEventLog)  # the chains the integrated log covers
-    if log is None:
-        return {}
-    check = check_integrated(log, integrated)
+    check = chains.check_integrated(integrated)
     return {"pending": sum(check.pending.values()), "problem": check.problem}
 
 

@@ -23,12 +23,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 from kafka import TopicPartition
 
-from broker.audit.chain import ChainReport, verify_chain
-from broker.audit.integrate import ChainPosition, ChainRead, SourceCheck, pending_chain, rounds
+from broker.audit.chain import verify_chain
+from broker.audit.integrate import (
+    ChainPosition,
+    ChainRead,
+    IntegrationCheck,
+    SourceCheck,
+    pending_chain,
+    rounds,
+)
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.backends.kafka.event_log import KafkaEventLog
@@ -159,24 +165,6 @@ class KafkaAuditIntegrator:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True  # the pass in hand finishes (its rounds are committed)
 
-
-@dataclass(frozen=True)
-class IntegrationCheck:
-    """The integrated log against the Kafka chains, per audit partition."""
-
-    chains: dict[int, ChainReport]
-    integrated: dict[int, int]  # entries integrated, per partition (as the log holds them)
-    problem: str | None
-
-    @property
-    def pending(self) -> dict[int, int]:
-        return {p: max(0, r.entries - self.integrated.get(p, 0))
-                for p, r in self.chains.items()}
-
-    def as_json(self) -> dict[str, Any]:
-        return {str(p): {"entries": r.entries, "head": r.head, "problem": r.problem,
-                         "integrated": self.integrated.get(p, 0),
-                         "pending": self.pending[p]} for p, r in self.chains.items()}
 
 
 def check_integrated(log: KafkaEventLog, store: IntegratedAuditDb) -> IntegrationCheck:

@@ -21,6 +21,8 @@ from kafka import TopicPartition
 
 from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
+from broker.audit.integrate import IntegrationCheck
+from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.backends.kafka.chain import verify_partitions
 from broker.backends.kafka.commands import CommandWriter, ControlReader, ExpiryIndex
 from broker.backends.kafka.egress import CAUSES, EgressLink, record_link, to_egress_record
@@ -222,6 +224,12 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
                for p in range(self.cfg.audit_partitions)]
         for _, records in sorted(read_all(self.reader, tps).items()):
             yield from (bytes(r.value) for r in records)
+
+    def check_integrated(self, store: IntegratedAuditDb) -> IntegrationCheck:
+        # the integrator reads this log's chains: imported here, it imports this module
+        from broker.backends.kafka.audit_integrator import check_integrated  # noqa: PLC0415
+
+        return check_integrated(self, store)
 
     def verify_audit_partitions(self) -> dict[int, ChainReport]:
         return verify_partitions(self.reader, self.audit_schema, self.layout.names.audit,
