@@ -30,6 +30,7 @@ from broker.pipeline.port import (
     IngressPublisher,
     IngressPurge,
     PartitionChains,
+    RevisionLog,
     StoreWriter,
 )
 from broker.policy.plan import PlanSet
@@ -56,6 +57,7 @@ class Backend:
     ingress: IngressPublisher | None = None  # ingest publishes; `serve` decides (Kafka)
     purge: IngressPurge | None = None  # raw input kept until purged (Kafka)
     integrated: IntegratedAuditDb | None = None  # the chains sequenced by `audit integrate`
+    revisions: RevisionLog | None = None  # corrections and withdrawals, applied in the caller
 
     @property
     def audit_is_live(self) -> bool:
@@ -103,7 +105,7 @@ def embedded(parts: Parts) -> Backend:
         log.close()
         raise
     return Backend("embedded", log, keys, parts.audit.audit_log(log.audit), writer=log,
-                   decisions=log, chain=log)
+                   decisions=log, chain=log, revisions=log)
 
 
 def kafka(parts: Parts) -> Backend:

@@ -129,6 +129,25 @@ class Triage:
         backends call this just before their commit."""
         self.sealer.flush()
 
+    # -- corrections and withdrawals (broker/pipeline/corrections.py) --------------------------
+    def check_signature(self, item: RawInput) -> None:
+        """The source's signature of a correction or withdrawal, as of any input."""
+        if isinstance(item.raw, Oversized):
+            raise InvalidEvent("event_too_large", f"{item.raw.length} bytes, the limit is "
+                               f"{self.limits.max_event_bytes}")
+        self.source_keys.check(item.source, item.event_type, item.raw, item.signature)
+
+    def accept(self, item: RawInput, now_ms: int) -> Accepted:
+        """Signature and validation of one input, as `triage` does them (InvalidEvent)."""
+        return self._validate(item, now_ms)
+
+    def quarantine(self, bad: list[tuple[RawInput, str, str]], now: datetime
+                   ) -> tuple[list[Quarantined], list[Draft]]:
+        """Quarantine records (sealed) and their audit drafts for (input, code, reason)."""
+        judged = [self._bad(item, code, reason, to_millis(now)) for item, code, reason in bad]
+        return ([self._seal(q, now) for q, _ in judged],
+                [self._audit(q, over) for q, over in judged])
+
     # -- the steps ----------------------------------------------------------------------------
     def _validate(self, item: RawInput, now_ms: int) -> Accepted:
         if isinstance(item.raw, Oversized):  # its bytes are gone: the size alone decides
