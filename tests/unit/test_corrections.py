@@ -1,0 +1,295 @@
+"""Corrections and withdrawals from the sources (AVG art. 19, issue 13 item 7) on the
+embedded backend: each recipient of the original gets exactly one retraction (a tombstone,
+cause rectified or withdrawn) and, where the covenant releases the corrected event, one
+new record; only the owning source may revise an event; a revision of an event never
+stored is quarantined; replay applies revisions in their order."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker.app.lifecycle import replay
+from broker.app.service import Broker, Delivered
+from broker.clock import parse_instant
+from broker.model.json_input import convert
+from broker.model.render import to_json
+from broker.pipeline.decide import Decider
+from broker.pipeline.port import StoredEvent
+from broker.policy.decision import Release
+from tests import factories as f
+
+NOW = parse_instant("2026-05-10T12:00:00Z")
+LATER = NOW + timedelta(hours=2)
+RECIPIENTS = ("boa-hor-noord", "boa-hor-oost", "boa-hor-zuid", "boa-hor-west",
+              "interventieteam", "preventie")
+
+
+def stream(broker: Broker, recipient: str, now: Any = LATER) -> list[Delivered]:
+    return broker.consume(recipient, None, 0, now)
+
+
+def by_event(delivered: list[Delivered], broker: Broker, recipient: str
+             ) -> dict[tuple[str, int], list[Delivered]]:
+    """A recipient's deliveries grouped by (purpose, store offset of the event)."""
+    offsets = {(r.purpose, r.offset): r.event_offset
+               for r in broker.log.read_egress(recipient, None, 0)}
+    out: dict[tuple[str, int], list[Delivered]] = {}
+    for d in delivered:
+        out.setdefault((d.purpose, offsets[(d.purpose, d.offset)]), []).append(d)
+    return out
+
+
+def audit(broker: Broker, name: str | None = None) -> list[dict[str, Any]]:
+    schema = broker.registry.get("records.audit_entry")
+    out = [schema.decode(d) for _, d in broker.log.audit_rows()]
+    return [e for e in out if name is None or e["name"] == name]
+
+
+def withdrawal(event_id: str, reason: str = "ten onrechte verzonden") -> str:
+    return json.dumps({"event_id": event_id, "reason": reason})
+
+
+def test_correction_retracts_once_per_earlier_recipient_and_releases_where_allowed(
+        broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", "politie.woninginbraak", f.lines(burglary), NOW)
+    before = {r: stream(broker, r, NOW) for r in RECIPIENTS}
+    assert [d.purpose for d in before["boa-hor-noord"]] == ["surveillance-woninginbraak"]
+    assert before["boa-hor-oost"] == []
+    # the police fix a wrong address: the burglary was in oost, not noord
+    corrected = dict(burglary, address=dict(burglary["address"], wijk="oost",
+                                            street="Ouderkerkerlaan", postcode="1183 AB"))
+
+    report = broker.ingest_revisions("correction", "politie", "politie.woninginbraak",
+                                     f.lines(corrected), LATER)
+
+    assert report.accepted == 1
+    assert report.quarantined == []
+    noord = stream(broker, "boa-hor-noord")
+    assert [(d.kind, d.record.get("cause")) for d in noord] == [
+        ("record", None), ("tombstone", "rectified")]
+    assert noord[1].record["ref"] == noord[0].record["ref"]
+    assert noord[1].record["released_offset"] == noord[0].offset
+    oost = stream(broker, "boa-hor-oost")  # did not get the original, qualifies now
+    assert [d.kind for d in oost] == ["record"]
+    assert oost[0].record["street"] == "Ouderkerkerlaan"
+    preventie = stream(broker, "preventie")  # two purposes: one retraction and record each
+    for purpose, items in by_event(preventie, broker, "preventie").items():
+        assert [d.kind for d in items] == ["record", "tombstone", "record"], purpose
+        assert items[1].record["cause"] == "rectified"
+        assert items[2].record["street"] == "Ouderkerkerlaan"
+    retractions = [e for e in audit(broker, "tombstone") if e["reason_code"] == "rectified"]
+    assert len(retractions) == 3  # noord surveillance, preventie x2
+    assert all(e["decision"] == "retract" and e["detail"]["cause"] == "rectified"
+               and e["event_id"] == burglary["event_id"] and e["data_subjects"]
+               for e in retractions)
+    assert len(audit(broker, "correction")) == 1
+    assert report.retractions == 3
+    assert broker.verify_audit().ok
+
+
+def test_identical_correction_resent_is_a_duplicate_and_retracts_nothing_more(
+        broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", "politie.woninginbraak", f.lines(burglary), NOW)
+    corrected = dict(burglary, modus_operandi="flipperen")
+    broker.ingest_revisions("correction", "politie", "politie.woninginbraak",
+                            f.lines(corrected), LATER)
+    again = broker.ingest_revisions("correction", "politie", "politie.woninginbraak",
+                                    f.lines(corrected, corrected), LATER)
+    assert again.accepted == 0
+    assert [q.reason_code for q in again.quarantined] == ["duplicate_correction"] * 2
+    assert again.retractions == 0
+    kinds = Counter(d.kind for d in stream(broker, "boa-hor-noord"))
+    assert kinds == Counter({"record": 2, "tombstone": 1})
+
+
+def test_withdrawal_retracts_each_recipient_once_and_no_expiry_follows(broker: Broker) -> None:
+    ban = f.gebiedsverbod()  # noord and oost, and interventieteam
+    broker.ingest("om", "om.gebiedsverbod", f.lines(ban), NOW)
+    report = broker.ingest_revisions("withdrawal", "om", "om.gebiedsverbod",
+                                     f.lines(withdrawal(ban["event_id"], "vroeg opgeheven")),
+                                     LATER)
+    assert report.accepted == 1
+    assert report.retractions == 3
+    after_ban = parse_instant("2026-08-02T08:00:00Z")  # past valid_until 2026-07-31
+    assert broker.sweep_expiries(after_ban) == 0
+    for recipient in ("boa-hor-noord", "boa-hor-oost", "interventieteam"):
+        got = stream(broker, recipient)
+        assert [(d.kind, d.record.get("cause")) for d in got] == [
+            ("record", None), ("tombstone", "withdrawn")], recipient
+    withdrawn = audit(broker, "withdrawal")
+    assert len(withdrawn) == 1
+    assert withdrawn[0]["reason"] == "vroeg opgeheven"
+    assert withdrawn[0]["data_subjects"]  # names the person of the event, by pseudonym
+    # nothing can follow a withdrawal
+    late = broker.ingest_revisions("correction", "om", "om.gebiedsverbod",
+                                   f.lines(dict(ban, legal_ground="x")), LATER)
+    assert [q.reason_code for q in late.quarantined] == ["already_withdrawn"]
+
+
+def test_a_source_cannot_withdraw_another_sources_event(broker: Broker) -> None:
+    ban = f.gebiedsverbod()
+    broker.ingest("om", "om.gebiedsverbod", f.lines(ban), NOW)
+    quarantined = broker.log.quarantine_count()
+    report = broker.ingest_revisions("withdrawal", "gemeente", "om.gebiedsverbod",
+                                     f.lines(withdrawal(ban["event_id"])), LATER)
+    assert report.accepted == 0
+    assert [q.reason_code for q in report.quarantined] == ["source_not_owner"]
+    assert broker.log.quarantine_count() == quarantined + 1
+    assert all(d.kind == "record" for r in ("boa-hor-noord", "interventieteam")
+               for d in stream(broker, r))
+    # nor correct it (the corrected event's type is not its to send either)
+    fixed = broker.ingest_revisions("correction", "gemeente", "om.gebiedsverbod",
+                                    f.lines(dict(ban, legal_ground="x")), LATER)
+    assert [q.reason_code for q in fixed.quarantined] == ["source_not_owner"]
+
+
+def test_withdrawal_or_correction_of_an_unknown_event_is_quarantined(broker: Broker) -> None:
+    stored = f.gebiedsverbod()
+    broker.ingest("om", "om.gebiedsverbod", f.lines(stored), NOW)
+    quarantined = broker.log.quarantine_count()
+    report = broker.ingest_revisions("withdrawal", "om", "om.gebiedsverbod",
+                                     f.lines(withdrawal(f.new_id()), "{not json",
+                                             json.dumps({"event_id": stored["event_id"]})),
+                                     LATER)
+    codes = {q.position: q.reason_code for q in report.quarantined}
+    assert codes == {"line 1": "unknown_original", "line 2": "invalid_json",
+                     "line 3": "missing_field"}
+    assert broker.log.quarantine_count() == quarantined + 3
+    quarantine_entries = [e for e in audit(broker, "quarantine")
+                          if e["reason_code"] == "unknown_original"]
+    assert len(quarantine_entries) == 1
+    other_type = broker.ingest_revisions("correction", "politie", "politie.woninginbraak",
+                                         f.lines(f.woninginbraak()), LATER)
+    assert [q.reason_code for q in other_type.quarantined] == ["unknown_original"]
+
+
+def test_subject_report_shows_the_retraction_chain(broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", "politie.woninginbraak", f.lines(burglary), NOW)
+    broker.ingest_revisions("withdrawal", "politie", "politie.woninginbraak",
+                            f.lines(withdrawal(burglary["event_id"])), LATER)
+    pseudonym = broker.sealer.subject_pseudonym("bsn", burglary["victim"]["bsn"])
+    assert broker.audit is not None
+    report = broker.audit.subject_report(pseudonym, "bsn", "2026-05-10T14:00:00Z")
+    entries = [e for e in audit(broker) if any(
+        s["pseudonym"] == pseudonym for s in e["data_subjects"])]
+    chain = [(e["name"], e["decision"], e["reason_code"]) for e in entries]
+    assert ("withdrawal", "withdraw", "withdrawal_request") in chain
+    assert ("tombstone", "retract", "withdrawn") in chain
+    disclosed = {(i["action"], i["decision"], i["reason_code"])
+                 for i in report["disclosures"]}
+    assert ("tombstone", "retract", "withdrawn") in disclosed
+
+
+def test_replay_applies_corrections_and_withdrawals_in_order(broker: Broker) -> None:
+    first, second = f.woninginbraak(), f.woninginbraak()
+    broker.ingest("politie", "politie.woninginbraak", f.lines(first, second), NOW)
+    broker.ingest_revisions("correction", "politie", "politie.woninginbraak",
+                            f.lines(dict(first, modus_operandi="flipperen")), LATER)
+    broker.ingest_revisions("withdrawal", "politie", "politie.woninginbraak",
+                            f.lines(withdrawal(second["event_id"])), LATER)
+    out = replay(broker, "boa-hor-noord", "surveillance-woninginbraak",
+                 broker.covenant.covenant.version, None)
+    shape = [(d.kind, d.record.get("modus_operandi"), d.record.get("cause"))
+             for d in out.records]
+    assert shape == [("record", "cilinder_trekken", None), ("record", "cilinder_trekken", None),
+                     ("tombstone", None, "rectified"), ("record", "flipperen", None),
+                     ("tombstone", None, "withdrawn")]
+    live = [(d.kind, d.record.get("modus_operandi")) for d in
+            stream(broker, "boa-hor-noord")]
+    assert live == [(d.kind, d.record.get("modus_operandi")) for d in out.records]
+
+
+# -- the property: whatever the sequence, one live record per event, as decided afresh -----
+
+_WIJKEN = ("noord", "oost", "zuid")
+_step = st.one_of(
+    st.tuples(st.just("event"), st.integers(0, 2), st.sampled_from(_WIJKEN), st.booleans()),
+    st.tuples(st.just("correction"), st.integers(0, 2), st.sampled_from(_WIJKEN),
+              st.booleans()),
+    st.tuples(st.just("withdrawal"), st.integers(0, 2), st.just("-"), st.just(False)),
+)
+
+
+def _burglary(event_id: str, wijk: str, consent: bool) -> dict[str, Any]:
+    return f.woninginbraak(event_id=event_id, address={"wijk": wijk},
+                           victim={"consent_prevention_advice": consent})
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(steps=st.lists(_step, min_size=1, max_size=7))
+def test_each_stream_ends_with_at_most_one_live_record_per_event_as_decided_afresh(
+        make_broker: Any, steps: list[tuple[str, int, str, bool]]) -> None:
+    broker: Broker = make_broker()
+    try:
+        ids = [f.new_id() for _ in range(3)]
+        latest: dict[str, dict[str, Any]] = {}
+        withdrawn: set[str] = set()
+        for action, n, wijk, consent in steps:
+            event_id = ids[n]
+            if action == "event":
+                event = _burglary(event_id, wijk, consent)
+                broker.ingest("politie", "politie.woninginbraak", f.lines(event), NOW)
+                latest.setdefault(event_id, event)
+            elif action == "correction":
+                event = _burglary(event_id, wijk, consent)
+                report = broker.ingest_revisions("correction", "politie",
+                                                 "politie.woninginbraak", f.lines(event), NOW)
+                if report.accepted:
+                    latest[event_id] = event
+            else:
+                broker.ingest_revisions("withdrawal", "politie", "politie.woninginbraak",
+                                        f.lines(withdrawal(event_id)), NOW)
+                if event_id in latest:
+                    withdrawn.add(event_id)
+        originals = broker.revision_log.originals("politie.woninginbraak", ids)
+        ctx = broker.context(NOW)
+        decider: Decider = broker.decider_at(ctx)
+        for recipient in RECIPIENTS:
+            records = broker.log.read_egress(recipient, None, 0)
+            ended = {(r.purpose, int(d.record["released_offset"])) for r, d in
+                     ((r, broker.render(r)) for r in records) if r.kind == "tombstone"}
+            live: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for r in records:
+                if r.kind == "record" and (r.purpose, r.offset) not in ended:
+                    live.setdefault((r.purpose, r.event_offset), []).append(
+                        broker.render(r).record)
+            for event_id, event in latest.items():
+                original = originals[event_id]
+                for plan in decider.plans.plans_for("politie.woninginbraak"):
+                    if plan.recipient != recipient:
+                        continue
+                    got = live.get((plan.purpose, original.offset), [])
+                    assert len(got) <= 1
+                    if event_id in withdrawn:
+                        assert got == []
+                        continue
+                    fresh = StoredEvent(original.offset, original.event_type,
+                                        original.source, event_id,
+                                        broker.registry.get("politie.woninginbraak").encode(
+                                            _encoded(broker, event)),
+                                        "t", original.ingested_ms)
+                    decision = decider.decide_one(plan, fresh, decider.open(fresh), ctx)
+                    if isinstance(decision, Release):
+                        assert len(got) == 1
+                        assert got[0] == to_json(decision.view)
+                    else:
+                        assert got == []
+        assert broker.verify_audit().ok
+    finally:
+        broker.close()
+
+
+def _encoded(broker: Broker, event: dict[str, Any]) -> dict[str, Any]:
+    return convert(broker.registry.get("politie.woninginbraak").raw, event,
+                   broker.limits).record
