@@ -22,8 +22,8 @@ from broker.audit.entries import draft
 from broker.clock import from_millis, now_utc, to_millis
 from broker.errors import BrokerError, CovenantError, PolicyError
 from broker.model.render import to_json
-from broker.pipeline.decide import Decider
 from broker.pipeline import corrections
+from broker.pipeline.decide import Decider
 from broker.pipeline.port import StoredEvent, StoredRevision
 from broker.policy.control import ControlEvent
 from broker.policy.covenant import load_covenant

@@ -70,6 +70,20 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
                        "`acl plan`)")
 
 
+def _ingest_options(ingest: argparse.ArgumentParser) -> None:
+    ingest.add_argument("--source", required=True)
+    ingest.add_argument("--type", required=True, dest="event_type")
+    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+    ingest.add_argument("--signatures", type=Path, metavar="FILE",
+                        help="the source's detached Ed25519 signatures: line N is the "
+                        "base64 signature of input line N (see `source sign`)")
+    ingest.add_argument("--action", choices=["event", "correction", "withdrawal"],
+                        default="event",
+                        help="correction: each line is the whole corrected event with the "
+                        "original event_id; withdrawal: each line is {\"event_id\": ..., "
+                        "\"reason\": ...} (AVG art. 19); default: new events")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covenant-broker",
@@ -86,12 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=20260512)
 
     ingest = command("ingest", "JSON lines in; decides synchronously on the embedded backend")
-    ingest.add_argument("--source", required=True)
-    ingest.add_argument("--type", required=True, dest="event_type")
-    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
-    ingest.add_argument("--signatures", type=Path, metavar="FILE",
-                        help="the source's detached Ed25519 signatures: line N is the "
-                        "base64 signature of input line N (see `source sign`)")
+    _ingest_options(ingest)
 
     consume = command("consume", "released records, one JSON object a line")
     consume.add_argument("--recipient", required=True)
@@ -190,6 +199,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
+        revising = getattr(args, "action", "event") != "event"
+        if revising and broker.backend.revisions is None:
+            raise InputError(f"--action {args.action}: corrections and withdrawals are "
+                             "applied on the embedded backend only, so far")
         if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
@@ -199,8 +212,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             signatures = _signatures(args)
             inputs = ((f"line {n}", line) for n, line in
                       read_lines(stream, settings.limits.max_event_bytes))
-            report = broker.ingest(args.source, args.event_type, inputs, _now(args),
-                                   {f"line {n}": sig for n, sig in signatures.items()})
+            by_line = {f"line {n}": sig for n, sig in signatures.items()}
+            report = (broker.ingest_revisions(args.action, args.source, args.event_type,
+                                              inputs, _now(args), by_line) if revising
+                      else broker.ingest(args.source, args.event_type, inputs, _now(args),
+                                         by_line))
     finally:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))
@@ -216,11 +232,14 @@ def _ingest_json(report: IngestReport) -> dict[str, Any]:
         "dropped_fields": [{"position": p, "fields": f} for p, f in report.dropped_fields],
         "released": report.decided.released, "withheld": report.decided.withheld,
         "tombstones": report.tombstones,
+        **({"action": report.action, "retractions": report.retractions}
+           if report.action != "event" else {}),
     }
 
 
 def _ingest_text(report: IngestReport) -> str:
-    lines = [f"{report.event_type} from {report.source}: {report.accepted} accepted, "
+    what = "" if report.action == "event" else f" ({report.action}s)"
+    lines = [f"{report.event_type} from {report.source}{what}: {report.accepted} accepted, "
              f"{len(report.quarantined)} quarantined"]
     lines += [f"  quarantined {q.position}: {q.reason_code}: {q.reason}"
               for q in report.quarantined]
@@ -228,6 +247,7 @@ def _ingest_text(report: IngestReport) -> str:
               for p, f in report.dropped_fields]
     lines.append(f"decisions: {report.decided.released} released, "
                  f"{report.decided.withheld} withheld"
+                 + (f", {report.retractions} retractions" if report.retractions else "")
                  + (f", {report.tombstones} expiry tombstones" if report.tombstones else ""))
     return "\n".join(lines)
 

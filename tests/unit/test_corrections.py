@@ -7,8 +7,11 @@ stored is quarantined; replay applies revisions in their order."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import tempfile
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +20,7 @@ from hypothesis import strategies as st
 from broker.app.lifecycle import replay
 from broker.app.service import Broker, Delivered
 from broker.clock import parse_instant
+from broker.config import load_settings
 from broker.model.json_input import convert
 from broker.model.render import to_json
 from broker.pipeline.decide import Decider
@@ -47,7 +51,7 @@ def by_event(delivered: list[Delivered], broker: Broker, recipient: str
 
 def audit(broker: Broker, name: str | None = None) -> list[dict[str, Any]]:
     schema = broker.registry.get("records.audit_entry")
-    out = [schema.decode(d) for _, d in broker.log.audit_rows()]
+    out = [schema.decode(d) for d in broker.log.audit_entries()]
     return [e for e in out if name is None or e["name"] == name]
 
 
@@ -229,8 +233,16 @@ def _burglary(event_id: str, wijk: str, consent: bool) -> dict[str, Any]:
                                  HealthCheck.too_slow])
 @given(steps=st.lists(_step, min_size=1, max_size=7))
 def test_each_stream_ends_with_at_most_one_live_record_per_event_as_decided_afresh(
-        make_broker: Any, steps: list[tuple[str, int, str, bool]]) -> None:
-    broker: Broker = make_broker()
+        steps: list[tuple[str, int, str, bool]]) -> None:
+    with tempfile.TemporaryDirectory() as data_dir:  # a fresh data dir per example
+        _check_sequence(own_broker(Path(data_dir)), steps)
+
+
+def own_broker(data_dir: Path) -> Broker:
+    return Broker(load_settings(overrides={"data_dir": data_dir}, environ={}))
+
+
+def _check_sequence(broker: Broker, steps: list[tuple[str, int, str, bool]]) -> None:
     try:
         ids = [f.new_id() for _ in range(3)]
         latest: dict[str, dict[str, Any]] = {}
@@ -293,3 +305,22 @@ def test_each_stream_ends_with_at_most_one_live_record_per_event_as_decided_afre
 def _encoded(broker: Broker, event: dict[str, Any]) -> dict[str, Any]:
     return convert(broker.registry.get("politie.woninginbraak").raw, event,
                    broker.limits).record
+
+
+def test_a_data_dir_from_before_revisions_opens_and_gains_the_table(tmp_path: Path) -> None:
+    broker = own_broker(tmp_path / "data")
+    ban = f.gebiedsverbod()
+    broker.ingest("om", "om.gebiedsverbod", f.lines(ban), NOW)
+    path = broker.settings.data_dir / "broker.db"
+    broker.close()
+    db = sqlite3.connect(path)  # as a data dir made before this change: no revisions table
+    db.executescript("DROP TABLE revisions;")
+    db.close()
+    again = own_broker(tmp_path / "data")
+    try:
+        report = again.ingest_revisions("withdrawal", "om", "om.gebiedsverbod",
+                                        f.lines(withdrawal(ban["event_id"])), LATER)
+        assert report.retractions == 3
+        assert again.verify_audit().ok
+    finally:
+        again.close()
