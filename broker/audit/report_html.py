@@ -29,7 +29,9 @@ _SECTIONS = [
 
 _DECISIONS = {"release": "verstrekt", "withhold": "niet verstrekt",
               "expire": "vervallen: de ontvanger is gemeld dat de grond is beëindigd",
-              "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist"}
+              "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist",
+              "retract": "ingetrokken: de bron heeft het gegeven gecorrigeerd of "
+                         "teruggetrokken, de ontvanger is gemeld"}
 _ACTIONS = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
             "erasure": "verwijdering", "quarantine": "geweigerde invoer",
             "control": "beheerhandeling"}

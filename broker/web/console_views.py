@@ -40,13 +40,16 @@ TRANSFORMS_NL = {
 }
 DECISIONS_NL = {"release": "verstrekt", "withhold": "niet verstrekt",
                 "expire": "vervallen (vervalmelding)", "refused": "geweigerd",
+                "retract": "ingetrokken (gecorrigeerd of teruggetrokken door de bron)",
+                "correct": "gecorrigeerd door de bron", "withdraw": "teruggetrokken door de bron",
                 "destroy_keys": "sleutels vernietigd"}
 ACTIONS_NL = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
               "quarantine": "geweigerde invoer", "control": "beheerhandeling",
               "erasure": "verwijdering", "retention": "bewaartermijn", "replay": "herberekening",
               "ack": "ontvangst bevestigd", "subject_report": "inzageverzoek",
               "broker_start": "broker gestart", "broker_stop": "broker gestopt",
-              "write_refused": "schrijven geweigerd (Kafka)"}
+              "write_refused": "schrijven geweigerd (Kafka)",
+              "correction": "correctie door de bron", "withdrawal": "intrekking door de bron"}
 _MONTHS = ["jan", "feb", "mrt", "apr", "mei", "jun", "jul", "aug", "sep", "okt", "nov", "dec"]
 
 

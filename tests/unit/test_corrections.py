@@ -27,6 +27,7 @@ from broker.pipeline.decide import Decider
 from broker.pipeline.port import StoredEvent
 from broker.policy.decision import Release
 from tests import factories as f
+from tests.unit.web_support import open_web
 
 NOW = parse_instant("2026-05-10T12:00:00Z")
 LATER = NOW + timedelta(hours=2)
@@ -324,3 +325,24 @@ def test_a_data_dir_from_before_revisions_opens_and_gains_the_table(tmp_path: Pa
         assert again.verify_audit().ok
     finally:
         again.close()
+
+
+def test_the_recipient_api_delivers_a_retraction_with_its_cause(tmp_path: Path) -> None:
+    for web in open_web(tmp_path / "data"):
+        at = web.clock.now
+
+        def lift(b: Broker, at: Any = at) -> None:
+            ban = b.revision_log.originals(
+                "om.gebiedsverbod", [s.event_id for s in b.log.read_store(-1, 100)
+                                     if s.event_type == "om.gebiedsverbod"])
+            (event_id,) = ban
+            b.ingest_revisions("withdrawal", "om", "om.gebiedsverbod",
+                               f.lines(withdrawal(event_id)), at)
+
+        web.run(lift)
+        got = web.client.get("/v1/streams/handhaving-gebiedsverbod/records",
+                             headers=web.token("boa-hor-oost"))
+        assert got.status_code == 200, got.text
+        records = got.json()["records"]
+        assert [r.get("tombstone_cause") for r in records] == [None, "withdrawn"]
+        assert records[1]["record"]["ref"] == records[0]["record"]["ref"]
