@@ -420,12 +420,20 @@ class Broker:
         return len(batch.egress)
 
     def _data_subjects_at(self, offsets: Iterable[int]) -> list[dict[str, str]]:
-        """Subject pseudonyms of stored events (from the envelope, even after erasure)."""
+        """Subject pseudonyms of stored events (from the envelope, even after erasure), and
+        of their corrections: a record of the event may come from any of its versions."""
         out: list[dict[str, str]] = []
+        revisions = self.backend.revisions
         for offset in sorted(set(offsets)):
             for stored in self.log.read_store(offset - 1, 1):
-                out.extend(s for s in Decider.data_subjects(self.decider.open(stored))
-                           if s not in out)
+                versions = [stored]
+                if revisions is not None:
+                    versions += [corrections.as_stored(r, stored) for r in
+                                 revisions.revisions_of(stored.event_type, [stored.event_id])
+                                 if r.action == corrections.CORRECTION]
+                for version in versions:
+                    out.extend(s for s in Decider.data_subjects(self.decider.open(version))
+                               if s not in out)
         return out
 
     # -- egress -----------------------------------------------------------------------------

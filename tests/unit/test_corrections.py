@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +27,7 @@ from broker.model.json_input import convert
 from broker.model.render import to_json
 from broker.pipeline.decide import Decider
 from broker.pipeline.port import StoredEvent
+from broker.pipeline.signatures import sign
 from broker.policy.decision import Release
 from tests import factories as f
 from tests.unit.web_support import open_web
@@ -346,3 +349,35 @@ def test_the_recipient_api_delivers_a_retraction_with_its_cause(tmp_path: Path) 
         records = got.json()["records"]
         assert [r.get("tombstone_cause") for r in records] == [None, "withdrawn"]
         assert records[1]["record"]["ref"] == records[0]["record"]["ref"]
+
+
+def test_a_read_after_a_correction_names_the_corrected_events_subject(broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", "politie.woninginbraak", f.lines(burglary), NOW)
+    fixed = dict(burglary, victim=dict(burglary["victim"], bsn="123456782"))  # wrong person
+    broker.ingest_revisions("correction", "politie", "politie.woninginbraak",
+                            f.lines(fixed), LATER)
+    stream(broker, "preventie")
+    named = {s["pseudonym"] for s in audit(broker, "access")[-1]["data_subjects"]}
+    assert broker.sealer.subject_pseudonym("bsn", "123456782") in named
+
+
+def test_revisions_are_signed_like_any_input(make_broker: Any, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    public = tmp_path / "om.pub"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    broker: Broker = make_broker(sources={"om": {"public_key": str(public)}})
+    ban = json.dumps(f.gebiedsverbod()).encode()
+    broker.ingest("om", "om.gebiedsverbod", [("line 1", ban)], NOW,
+                  {"line 1": sign(key, "om.gebiedsverbod", ban)})
+    lift = withdrawal(json.loads(ban)["event_id"]).encode()
+    unsigned = broker.ingest_revisions("withdrawal", "om", "om.gebiedsverbod",
+                                       [("line 1", lift)], LATER)
+    assert [q.reason_code for q in unsigned.quarantined] == ["signature_missing"]
+    assert unsigned.retractions == 0
+    signed = broker.ingest_revisions("withdrawal", "om", "om.gebiedsverbod",
+                                     [("line 1", lift)], LATER,
+                                     {"line 1": sign(key, "om.gebiedsverbod", lift)})
+    assert signed.accepted == 1
+    assert signed.retractions == 3
