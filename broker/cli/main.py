@@ -73,15 +73,17 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
 def _ingest_options(ingest: argparse.ArgumentParser) -> None:
     ingest.add_argument("--source", required=True)
     ingest.add_argument("--type", required=True, dest="event_type")
-    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+    ingest.add_argument("file", nargs="?", help="JSON-lines file of new events, or - for "
+                        "standard input")
     ingest.add_argument("--signatures", type=Path, metavar="FILE",
                         help="the source's detached Ed25519 signatures: line N is the "
                         "base64 signature of input line N (see `source sign`)")
-    ingest.add_argument("--action", choices=["event", "correction", "withdrawal"],
-                        default="event",
-                        help="correction: each line is the whole corrected event with the "
-                        "original event_id; withdrawal: each line is {\"event_id\": ..., "
-                        "\"reason\": ...} (AVG art. 19); default: new events")
+    revision = ingest.add_mutually_exclusive_group()  # AVG art. 19, instead of FILE
+    revision.add_argument("--correction", metavar="FILE",
+                          help="corrections: each line the whole corrected event, with the "
+                          "original event_id")
+    revision.add_argument("--withdrawal", metavar="FILE",
+                          help='withdrawals: each line {"event_id": ..., "reason": ...}')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,10 +201,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
-        revising = getattr(args, "action", "event") != "event"
+        action = _ingest_action(args)
+        revising = action != "event"
         if revising and broker.backend.revisions is None:
-            raise InputError(f"--action {args.action}: corrections and withdrawals are "
-                             "applied on the embedded backend only, so far")
+            raise InputError(f"--{action}: corrections and withdrawals are applied on the "
+                             "embedded backend only, so far")
         if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
@@ -213,7 +216,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             inputs = ((f"line {n}", line) for n, line in
                       read_lines(stream, settings.limits.max_event_bytes))
             by_line = {f"line {n}": sig for n, sig in signatures.items()}
-            report = (broker.ingest_revisions(args.action, args.source, args.event_type,
+            report = (broker.ingest_revisions(action, args.source, args.event_type,
                                               inputs, _now(args), by_line) if revising
                       else broker.ingest(args.source, args.event_type, inputs, _now(args),
                                          by_line))
@@ -221,6 +224,21 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))
     return EXIT_OK
+
+
+def _ingest_action(args: argparse.Namespace) -> str:
+    """"event", "correction" or "withdrawal"; sets args.file to the input to read."""
+    for action in ("correction", "withdrawal"):
+        path = getattr(args, action, None)
+        if path is not None:
+            if args.file is not None:
+                raise InputError(f"give either FILE or --{action} FILE, not both")
+            args.file = path
+            return action
+    if args.file is None:
+        raise InputError("ingest needs FILE (new events), --correction FILE or "
+                         "--withdrawal FILE")
+    return "event"
 
 
 def _ingest_json(report: IngestReport) -> dict[str, Any]:

@@ -381,3 +381,37 @@ def test_revisions_are_signed_like_any_input(make_broker: Any, tmp_path: Path) -
                                      {"line 1": sign(key, "om.gebiedsverbod", lift)})
     assert signed.accepted == 1
     assert signed.retractions == 3
+
+
+def test_cli_ingest_correction_and_withdrawal(tmp_path: Path) -> None:
+    from tests.unit.test_cli import run  # noqa: PLC0415 - the CLI tests' subprocess runner
+
+    data = tmp_path / "data"
+    burglary, ban = f.woninginbraak(), f.gebiedsverbod()
+    (tmp_path / "b.jsonl").write_text(json.dumps(burglary) + "\n")
+    (tmp_path / "v.jsonl").write_text(json.dumps(ban) + "\n")
+    fixed = dict(burglary, modus_operandi="flipperen")
+    (tmp_path / "fix.jsonl").write_text(json.dumps(fixed) + "\n")
+    (tmp_path / "lift.jsonl").write_text(withdrawal(ban["event_id"]) + "\n"
+                                         + withdrawal(f.new_id()) + "\n")
+    assert run("ingest", "--source", "politie", "--type", "politie.woninginbraak",
+               tmp_path / "b.jsonl", data=data).returncode == 0
+    assert run("ingest", "--source", "om", "--type", "om.gebiedsverbod",
+               tmp_path / "v.jsonl", data=data).returncode == 0
+    done = run("--json", "ingest", "--source", "politie", "--type", "politie.woninginbraak",
+               "--correction", tmp_path / "fix.jsonl", data=data)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["action"], out["accepted"], out["retractions"]) == ("correction", 1, 3)
+    done = run("--json", "ingest", "--source", "om", "--type", "om.gebiedsverbod",
+               "--withdrawal", tmp_path / "lift.jsonl", data=data)
+    out = json.loads(done.stdout)
+    assert (out["action"], out["accepted"], out["retractions"]) == ("withdrawal", 1, 3)
+    assert [q["reason_code"] for q in out["quarantine"]] == ["unknown_original"]
+    consumed = run("--json", "consume", "--recipient", "boa-hor-noord", data=data)
+    causes = [json.loads(line).get("tombstone_cause") for line in consumed.stdout.splitlines()]
+    assert sorted(c for c in causes if c) == ["rectified", "withdrawn"]
+    both = run("ingest", "--source", "om", "--type", "om.gebiedsverbod", tmp_path / "v.jsonl",
+               "--withdrawal", tmp_path / "lift.jsonl", data=data)
+    assert both.returncode == 2
+    assert "not both" in both.stderr
