@@ -30,6 +30,7 @@ from broker.pipeline.port import StoredEvent
 from broker.pipeline.signatures import sign
 from broker.policy.decision import Release
 from tests import factories as f
+from tests.unit.test_cli import run
 from tests.unit.web_support import open_web
 
 NOW = parse_instant("2026-05-10T12:00:00Z")
@@ -384,8 +385,6 @@ def test_revisions_are_signed_like_any_input(make_broker: Any, tmp_path: Path) -
 
 
 def test_cli_ingest_correction_and_withdrawal(tmp_path: Path) -> None:
-    from tests.unit.test_cli import run  # noqa: PLC0415 - the CLI tests' subprocess runner
-
     data = tmp_path / "data"
     burglary, ban = f.woninginbraak(), f.gebiedsverbod()
     (tmp_path / "b.jsonl").write_text(json.dumps(burglary) + "\n")
