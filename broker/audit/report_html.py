@@ -34,7 +34,8 @@ _DECISIONS = {"release": "verstrekt", "withhold": "niet verstrekt",
                          "teruggetrokken, de ontvanger is gemeld"}
 _ACTIONS = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
             "erasure": "verwijdering", "quarantine": "geweigerde invoer",
-            "control": "beheerhandeling"}
+            "control": "beheerhandeling", "correction": "correctie door de bron",
+            "withdrawal": "intrekking door de bron"}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;max-width:60rem;

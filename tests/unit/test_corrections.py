@@ -420,3 +420,20 @@ def test_cli_ingest_correction_and_withdrawal(tmp_path: Path) -> None:
                "--withdrawal", tmp_path / "lift.jsonl", data=data)
     assert both.returncode == 2
     assert "not both" in both.stderr
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda i, r: json.dumps({"event_id": i, "reason": r}).encode(),
+              st.one_of(st.uuids().map(str), st.text(max_size=40)), st.text(max_size=40)),
+), min_size=1, max_size=5), action=st.sampled_from(["correction", "withdrawal"]))
+def test_any_revision_input_is_accepted_or_quarantined_never_dropped(
+        broker: Broker, lines: list[bytes], action: str) -> None:
+    inputs = [(f"line {i}", line) for i, line in enumerate(lines, 1)]
+    quarantined = broker.log.quarantine_count()
+    report = broker.ingest_revisions(action, "om", "om.gebiedsverbod", inputs, LATER)
+    assert report.accepted == 0  # nothing was stored to revise
+    assert len(report.quarantined) == len(lines)
+    assert broker.log.quarantine_count() == quarantined + len(lines)
