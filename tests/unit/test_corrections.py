@@ -437,3 +437,16 @@ def test_any_revision_input_is_accepted_or_quarantined_never_dropped(
     assert report.accepted == 0  # nothing was stored to revise
     assert len(report.quarantined) == len(lines)
     assert broker.log.quarantine_count() == quarantined + len(lines)
+
+
+def test_a_corrected_ban_expires_once_by_its_corrected_end(broker: Broker) -> None:
+    ban = f.gebiedsverbod()  # valid until 2026-07-31
+    broker.ingest("om", "om.gebiedsverbod", f.lines(ban), NOW)
+    broker.ingest_revisions("correction", "om", "om.gebiedsverbod",
+                            f.lines(dict(ban, valid_until="2026-06-30")), LATER)
+    assert broker.sweep_expiries(parse_instant("2026-07-01T08:00:00Z")) == 3
+    assert broker.sweep_expiries(parse_instant("2026-08-02T08:00:00Z")) == 0
+    got = stream(broker, "boa-hor-noord", parse_instant("2026-08-02T08:00:00Z"))
+    assert [(d.kind, d.record.get("cause"), d.record.get("valid_until")) for d in got] == [
+        ("record", None, "2026-07-31"), ("tombstone", "rectified", None),
+        ("record", None, "2026-06-30"), ("tombstone", "expired", None)]
