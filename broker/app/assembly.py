@@ -31,6 +31,7 @@ from broker.pipeline.port import (
     IngressPublisher,
     IngressPurge,
     PartitionChains,
+    RevisionLog,
     StoreWriter,
 )
 from broker.policy.plan import PlanSet
@@ -61,6 +62,7 @@ class Backend:
     # Whether releases carry a sealed copy for the backend to hold at rest (the embedded
     # egress table). Kafka egress is the view itself, ended by tombstones and compaction.
     seal_egress: bool = True
+    revisions: RevisionLog | None = None  # corrections and withdrawals, applied in the caller
 
     @property
     def audit_is_live(self) -> bool:
@@ -108,7 +110,7 @@ def embedded(parts: Parts) -> Backend:
         log.close()
         raise
     return Backend("embedded", log, keys, parts.audit.audit_log(log.audit), writer=log,
-                   decisions=log, chain=log)
+                   decisions=log, chain=log, revisions=log)
 
 
 def kafka(parts: Parts) -> Backend:

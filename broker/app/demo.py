@@ -3,8 +3,11 @@
 Everything derives from a fixed seed and a pinned clock, so two runs print the same
 figures. The day: the police register burglaries in the morning and afternoon, the mayor
 switches the intervention team's burglary theme on at 09:00, the OM sends area bans and
-detention returns, boa's share observations, a few feeds send bad lines, and the next
-morning one area ban has ended, so its recipients get an expiry tombstone.
+detention returns, boa's share observations, a few feeds send bad lines, at noon the
+police correct a wrong address of a morning burglary and in the afternoon the OM lifts an
+area ban early (a correction and a withdrawal, AVG art. 19: the recipients of the old
+records get a retraction), and the next morning one area ban has ended, so its recipients
+get an expiry tombstone.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ class Step:
     event_type: str
     lines: list[str]
     label: str
+    action: str = "event"  # or "correction", "withdrawal" (Broker.ingest_revisions)
 
 
 def _jl(objs: list[dict[str, Any]]) -> list[str]:
@@ -172,6 +176,13 @@ def build_day(seed: int) -> tuple[list[Step], datetime, datetime]:
     oversized = s.waarneming(afternoon)
     oversized["description"] = "x" * (17 * 1024)
     extra = dict(s.waarneming(afternoon), app_version="4.2.1", gps_accuracy=12)
+    street, _ = WIJKEN[burglaries_am[0]["address"]["wijk"]]
+    fixed = dict(burglaries_am[0], address=dict(  # the police fix a wrong address
+        burglaries_am[0]["address"], street=street[(street.index(
+            burglaries_am[0]["address"]["street"]) + 1) % len(street)],
+        house_number=str(int(burglaries_am[0]["address"]["house_number"]) + 1)))
+    lift = {"event_id": bans[0]["event_id"],
+            "reason": "gebiedsverbod vervroegd opgeheven door het OM"}
     pm_lines = [*_jl(burglaries_pm), "{not json", json.dumps(bad_burglary),
                 json.dumps(missing), json.dumps(wrong_type), json.dumps(burglaries_am[3])]
     steps = [
@@ -181,8 +192,12 @@ def build_day(seed: int) -> tuple[list[Step], datetime, datetime]:
              "08:00 OM area bans"),
         Step(DAY + timedelta(hours=10), "om", "om.detentie_uitstroom", _jl(returns),
              "10:00 detention returns"),
+        Step(DAY + timedelta(hours=12), "politie", "politie.woninginbraak", _jl([fixed]),
+             "12:00 police correct a burglary's address", "correction"),
         Step(afternoon, "politie", "politie.woninginbraak", pm_lines,
              "14:00 police feed, with bad lines and a resent event"),
+        Step(DAY + timedelta(hours=16), "om", "om.gebiedsverbod", _jl([lift]),
+             "16:00 OM lifts an area ban early", "withdrawal"),
         Step(DAY + timedelta(hours=18), "gemeente", "gemeente.boa_waarneming",
              [*_jl(observations), json.dumps(oversized), json.dumps(extra)],
              "18:00 boa observations, one oversized, one with extra fields"),
@@ -211,7 +226,9 @@ def run_demo(settings: Settings, *, explicit_data_dir: bool, seed: int,
                 broker.switch_theme("woninginbraak", True, theme_on)
                 theme_done = True
             inputs = [(f"line {i}", line.encode()) for i, line in enumerate(step.lines, 1)]
-            reports.append((step, broker.ingest(step.source, step.event_type, inputs, step.at)))
+            reports.append((step, broker.ingest(step.source, step.event_type, inputs, step.at)
+                            if step.action == "event" else broker.ingest_revisions(
+                                step.action, step.source, step.event_type, inputs, step.at)))
         sweep_at = now or next_morning
         tombstones = broker.sweep_expiries(sweep_at)
         summary = _summary(broker, reports, tombstones, sweep_at, data_dir)
@@ -262,6 +279,7 @@ def _summary(broker: Broker, reports: list[tuple[Step, IngestReport]], tombstone
                      "withheld_reasons": dict(sorted(reasons.get((r, p), Counter()).items()))}
                     for r, p in streams],
         "tombstones": tombstones, "examples": examples,
+        "retractions": {r.action: r.retractions for _, r in reports if r.action != "event"},
         "audit": {"ok": verify.ok, "entries": verify.entries, "head": verify.head,
                   "problem": verify.problem},
     }
@@ -283,7 +301,10 @@ def _render(summary: dict[str, Any]) -> str:
         why = ", ".join(f"{k} {v}" for k, v in s["withheld_reasons"].items())
         out.append(f"{s['recipient'] + ' / ' + s['purpose']:56} {s['released']:>8} "
                    f"{s['withheld']:>8}  {why}")
-    out += ["", f"expiry tombstones at {summary['sweep_at']}: {summary['tombstones']}", "",
+    retracted = ", ".join(f"{n} after the {action}" for action, n in
+                          summary["retractions"].items())
+    out += ["", f"retractions (AVG art. 19): {retracted or 'none'}",
+            f"expiry tombstones at {summary['sweep_at']}: {summary['tombstones']}", "",
             "one redacted record per stream:"]
     for stream, record in summary["examples"].items():
         out.append(f"  {stream}")

@@ -15,14 +15,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from broker.app.service import Broker, Delivered
 from broker.audit.entries import draft
 from broker.clock import from_millis, now_utc, to_millis
 from broker.errors import BrokerError, CovenantError, PolicyError
 from broker.model.render import to_json
+from broker.pipeline import corrections
 from broker.pipeline.decide import Decider
-from broker.pipeline.port import StoredEvent
+from broker.pipeline.port import StoredEvent, StoredRevision
 from broker.policy.control import ControlEvent
 from broker.policy.covenant import load_covenant
 from broker.policy.decision import Release
@@ -30,6 +32,32 @@ from broker.policy.lint import lint
 from broker.policy.plan import compile_plans
 
 MIN_APPROVERS = 2
+
+
+def _revisions(broker: Broker) -> Iterator[StoredRevision]:
+    log = broker.backend.revisions
+    after = -1
+    while log is not None:
+        batch = log.read_revisions(after, broker.settings.decide_batch_size)
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].seq
+
+
+def _timeline(broker: Broker) -> Iterator[StoredEvent | StoredRevision]:
+    """Stored events and revisions (corrections, withdrawals) in the order they came: a
+    revision after the store offset that was the last when it was stored."""
+    revisions = _revisions(broker)
+    pending = next(revisions, None)
+    for stored in _stored_events(broker):
+        while pending is not None and pending.after_store_offset < stored.offset:
+            yield pending
+            pending = next(revisions, None)
+        yield stored
+    while pending is not None:
+        yield pending
+        pending = next(revisions, None)
 
 
 def _stored_events(broker: Broker, since_ms: int | None = None) -> Iterator[StoredEvent]:
@@ -124,8 +152,11 @@ def replay(broker: Broker, recipient: str, purpose: str | None, version: int,
     """Rebuild a recipient's stream from the store under one covenant version.
 
     Each event is decided at its own ingest time (or at `now` when given), under the
-    control state of that time. Same store, version and keys: the same bytes. Holds the
-    whole stream in memory; `replay_into` streams it instead.
+    control state of that time; corrections and withdrawals are applied in their order,
+    as when they came: a retraction (tombstone) of the record the stream holds for the
+    event, and for a correction the corrected event decided afresh. Same store, version
+    and keys: the same bytes. Holds the whole stream in memory; `replay_into` streams it
+    instead.
     """
     out = Replayed()
 
@@ -150,27 +181,55 @@ def replay_into(broker: Broker, recipient: str, purpose: str | None, version: in
     count = 0
     decider: Decider | None = None
     decided_at: int | None = None
-    for stored in _stored_events(broker):
-        ctx = broker.context(now or from_millis(stored.ingested_ms), control)
+    live: dict[tuple[str, int], tuple[int, str | None]] = {}  # (purpose, event) -> record
+    tombstone_schema = broker.registry.get("records.tombstone")
+
+    def put(plan_purpose: str, event_type: str, kind: str, value: dict[str, Any],
+            view: bytes) -> int:
+        nonlocal count
+        offset = offsets.get(plan_purpose, 0)
+        offsets[plan_purpose] = offset + 1
+        digest.update(view)
+        committed.update(view)
+        count += 1
+        emit(Delivered(offset, event_type, plan_purpose, recipient, kind, to_json(value)), view)
+        return offset
+
+    for item in _timeline(broker):
+        ctx = broker.context(now or from_millis(item.ingested_ms), control)
         if decider is None or ctx.now_ms != decided_at:  # one look-up per ingest batch
             decider, decided_at = broker.decider_at(ctx, version), ctx.now_ms
-        plans = [p for p in decider.plans.plans_for(stored.event_type)
+        plans = [p for p in decider.plans.plans_for(item.event_type)
                  if p.recipient == recipient and (purpose is None or p.purpose == purpose)]
         if not plans:
             continue
+        if isinstance(item, StoredRevision):
+            stored = broker.revision_log.originals(item.event_type, [item.event_id])[
+                item.event_id]
+            for plan in plans:  # the retraction of what the stream holds for the event
+                held = live.pop((plan.purpose, stored.offset), None)
+                if held is not None:
+                    cause = corrections.CAUSE[item.action]
+                    value = {"ref": held[1], "expired": True, "expired_after": ctx.today,
+                             "released_offset": held[0], "cause": cause,
+                             "reason": corrections.RETRACT_REASON[item.action]}
+                    put(plan.purpose, item.event_type, "tombstone", value,
+                        tombstone_schema.encode(value))
+            if item.action != corrections.CORRECTION:
+                continue
+            stored = corrections.as_stored(item, stored)
+        else:
+            stored = item
         opened = decider.open(stored)
         for plan in plans:
             decision = decider.decide_one(plan, stored, opened, ctx)
             if not isinstance(decision, Release):
                 continue
-            offset = offsets.get(plan.purpose, 0)
-            offsets[plan.purpose] = offset + 1
-            view = plan.view_schema.encode(decision.view)
-            digest.update(view)
-            committed.update(view)
-            count += 1
-            emit(Delivered(offset, stored.event_type, plan.purpose, recipient, "record",
-                           to_json(decision.view)), view)
+            ref = decision.view.get("ref")
+            offset = put(plan.purpose, stored.event_type, "record", decision.view,
+                         plan.view_schema.encode(decision.view))
+            live[(plan.purpose, stored.offset)] = (offset, ref if isinstance(ref, str)
+                                                   else None)
     summary = ReplaySummary(count, digest.hexdigest())
     now_ms = to_millis(now or now_utc())
     broker.log.append_audit([draft(

@@ -34,7 +34,7 @@ from broker.metrics import BrokerMetrics
 from broker.model.json_input import Limits
 from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
-from broker.pipeline import erasure, expiry
+from broker.pipeline import corrections, erasure, expiry
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
 from broker.pipeline.port import (
     DecisionSink,
@@ -42,6 +42,9 @@ from broker.pipeline.port import (
     EventLog,
     NewEvent,
     QuarantineNote,
+    RevisionLog,
+    StoredEvent,
+    StoredRevision,
     StoreWriter,
 )
 from broker.pipeline.signatures import load_source_keys
@@ -68,6 +71,8 @@ class IngestReport:
     dropped_fields: list[tuple[str, list[str]]] = field(default_factory=list)
     decided: DecideCounts = field(default_factory=DecideCounts)
     tombstones: int = 0
+    action: str = "event"  # or "correction", "withdrawal" (broker/pipeline/corrections.py)
+    retractions: int = 0  # tombstones with cause rectified or withdrawn
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,8 @@ class Broker:
         self.logger.info("ingested", source=source, event_type=event_type,
                          accepted=report.accepted, quarantined=len(quarantined))
         report.decided = self.decide_pending(now)
+        if self.backend.revisions is not None:  # any left by an interrupted revision ingest
+            self.apply_revisions(now, report)
         report.tombstones = self.sweep_expiries(now)
         self.destroy_expired_keys(now)
         self.observe_checkpoint()
@@ -377,6 +384,87 @@ class Broker:
                             dropped_fields=list(run.dropped_fields),
                             decided=DecideCounts(run.stored, run.released, run.withheld),
                             tombstones=run.tombstones)
+    # -- corrections and withdrawals (AVG art. 19; broker/pipeline/corrections.py) ----------
+    @property
+    def revision_log(self) -> RevisionLog:
+        if self.backend.revisions is None:
+            raise StorageError(f"corrections and withdrawals are applied on the embedded "
+                               f"backend; {SERVE_DECIDES}")
+        return self.backend.revisions
+
+    def ingest_revisions(self, action: str, source: str, event_type: str,
+                         inputs: Iterable[tuple[str, bytes | Oversized]], now: datetime,
+                         signatures: Mapping[str, bytes] | None = None) -> IngestReport:
+        """Corrections (each input the whole corrected event, with the original event_id)
+        or withdrawals (`{"event_id": ..., "reason": ...}`) of one event type: triaged,
+        stored with their audit entries, then applied: every recipient of the event gets
+        one retraction and, for a correction the covenant releases, the new record."""
+        corrections.check_action(action)
+        event_type = self.resolve_type(source, event_type)
+        log = self.revision_log
+        signatures = signatures or {}
+        now_ms = to_millis(now)
+        report = IngestReport(source, event_type, action=action)
+        self.decide_pending(now)  # the originals are decided before they are revised
+        result = corrections.triage_revisions(
+            self.triage, self.registry, action,
+            (RawInput(source, event_type, position, raw, signatures.get(position))
+             for position, raw in inputs), now, log, self._subjects_of)
+        self.triage.flush_keys()
+        log.append_revisions(result.revisions, result.quarantined, result.audits, now_ms)
+        self.metrics.observe_input(event_type, len(result.revisions) + len(result.quarantined))
+        self.metrics.observe_quarantine(q.reason_code for q in result.quarantined)
+        self.metrics.observe_audit(len(result.audits))
+        report.accepted = len(result.revisions)
+        report.quarantined = [QuarantineNote(q.position, q.reason_code, q.reason)
+                              for q in result.quarantined]
+        self.logger.info("revisions ingested", action=action, source=source,
+                         event_type=event_type, accepted=report.accepted,
+                         quarantined=len(result.quarantined))
+        self.apply_revisions(now, report)
+        report.tombstones = self.sweep_expiries(now)
+        self.destroy_expired_keys(now)
+        self.observe_checkpoint()
+        return report
+
+    def apply_revisions(self, now: datetime, report: IngestReport | None = None) -> int:
+        """Apply every stored revision after the corrections position, one committed batch
+        each (a revision sees the records the one before it released); returns them."""
+        log = self.revision_log
+        ctx = self.context(now)
+        schema = self.registry.get("records.tombstone")
+        counts = report.decided if report is not None else DecideCounts()
+        applied = 0
+        while True:
+            pending = log.read_revisions(self.decisions.position(corrections.CONSUMER),
+                                         self.settings.decide_batch_size)
+            if not pending:
+                return applied
+            for revision in pending:
+                original = log.originals(revision.event_type, [revision.event_id])[
+                    revision.event_id]
+                before = self._version_before(revision, original)
+                batch = corrections.apply(
+                    revision, original, log.live_records(revision.event_type, original.offset),
+                    self.decider_at(ctx), schema, ctx, self._subjects_of(before), counts)
+                self.sealer.flush()
+                self.decisions.commit_decisions(batch, ctx.now_ms)
+                self.metrics.observe_decisions(batch, 1, 0.0)
+                applied += 1
+                if report is not None:
+                    report.retractions += sum(1 for eg in batch.egress
+                                              if eg.kind == "tombstone")
+
+    def _version_before(self, revision: StoredRevision, original: StoredEvent) -> StoredEvent:
+        """The version of the event its live records were released from: the latest
+        correction before `revision`, else the original."""
+        earlier = [r for r in self.revision_log.revisions_of(revision.event_type,
+                                                             [revision.event_id])
+                   if r.seq < revision.seq and r.action == corrections.CORRECTION]
+        return corrections.as_stored(earlier[-1], original) if earlier else original
+
+    def _subjects_of(self, stored: StoredEvent) -> list[dict[str, str]]:
+        return Decider.data_subjects(self.decider.open(stored))
 
     def observe_checkpoint(self) -> None:
         """Refresh the checkpoint-age gauge (embedded: one indexed read)."""
@@ -424,12 +512,20 @@ class Broker:
         return len(batch.egress)
 
     def _data_subjects_at(self, offsets: Iterable[int]) -> list[dict[str, str]]:
-        """Subject pseudonyms of stored events (from the envelope, even after erasure)."""
+        """Subject pseudonyms of stored events (from the envelope, even after erasure), and
+        of their corrections: a record of the event may come from any of its versions."""
         out: list[dict[str, str]] = []
+        revisions = self.backend.revisions
         for offset in sorted(set(offsets)):
             for stored in self.log.read_store(offset - 1, 1):
-                out.extend(s for s in Decider.data_subjects(self.decider.open(stored))
-                           if s not in out)
+                versions = [stored]
+                if revisions is not None:
+                    versions += [corrections.as_stored(r, stored) for r in
+                                 revisions.revisions_of(stored.event_type, [stored.event_id])
+                                 if r.action == corrections.CORRECTION]
+                for version in versions:
+                    out.extend(s for s in Decider.data_subjects(self.decider.open(version))
+                               if s not in out)
         return out
 
     # -- egress -----------------------------------------------------------------------------

@@ -29,10 +29,13 @@ _SECTIONS = [
 
 _DECISIONS = {"release": "verstrekt", "withhold": "niet verstrekt",
               "expire": "vervallen: de ontvanger is gemeld dat de grond is beëindigd",
-              "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist"}
+              "erase": "gewist: de ontvanger is gemeld dat uw gegevens zijn gewist",
+              "retract": "ingetrokken: de bron heeft het gegeven gecorrigeerd of "
+                         "teruggetrokken, de ontvanger is gemeld"}
 _ACTIONS = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
             "erasure": "verwijdering", "quarantine": "geweigerde invoer",
-            "control": "beheerhandeling",
+            "control": "beheerhandeling", "correction": "correctie door de bron",
+            "withdrawal": "intrekking door de bron",
             "party_read": "opgevraagd door een convenantpartij (de bron van de gegevens)"}
 
 _STYLE = """

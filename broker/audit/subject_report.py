@@ -5,7 +5,8 @@ and never by the identifier itself: the caller pseudonymises the BSN with the su
 first, and nothing here sees it. Each entry the index names is decoded and kept only if it
 really names the pseudonym, then sorted into:
   disclosures  decisions that released data, and the tombstones of released data
-               (expiry tombstones, erasure notices)
+               (expiry tombstones, erasure notices, retractions of corrected or
+               withdrawn events)
   withheld     decisions that did not release (with the reason)
   accesses     a recipient retrieving records about the person
   other        anything else naming the person (an erasure, for example)
@@ -87,7 +88,7 @@ def valid_pseudonym(text: str) -> bool:
 
 def section_of(entry: dict[str, Any]) -> str:
     decision = entry.get("decision")
-    if decision in ("release", "expire", "erase"):
+    if decision in ("release", "expire", "erase", "retract"):
         return "disclosures"
     if decision == "withhold":
         return "withheld"

@@ -178,7 +178,8 @@ def _open_input(name: str) -> AbstractContextManager[BinaryIO]:
 def _ingest_arguments(ingest: argparse.ArgumentParser) -> None:
     ingest.add_argument("--source", required=True)
     ingest.add_argument("--type", required=True, dest="event_type")
-    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+    ingest.add_argument("file", nargs="?", help="JSON-lines file of new events, or - for "
+                        "standard input")
     ingest.add_argument("--signatures", type=Path, metavar="FILE",
                         help="the source's detached Ed25519 signatures: line N is the "
                         "base64 signature of input line N (see `source sign`)")
@@ -186,6 +187,12 @@ def _ingest_arguments(ingest: argparse.ArgumentParser) -> None:
                         help="W3C trace context of the source's operation that produced "
                         "this file (00-<trace id>-<span id>-<flags>): every event goes on "
                         "in that trace, the span recorded as the foreign operation")
+    revision = ingest.add_mutually_exclusive_group()  # AVG art. 19, instead of FILE
+    revision.add_argument("--correction", metavar="FILE",
+                          help="corrections: each line the whole corrected event, with the "
+                          "original event_id")
+    revision.add_argument("--withdrawal", metavar="FILE",
+                          help='withdrawals: each line {"event_id": ..., "reason": ...}')
 
 
 def _signatures(args: argparse.Namespace) -> dict[int, bytes]:
@@ -208,6 +215,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     broker = Broker(settings)
     try:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
+        action = _ingest_action(args)
+        revising = action != "event"
+        if revising and broker.backend.revisions is None:
+            raise InputError(f"--{action}: corrections and withdrawals are applied on the "
+                             "embedded backend only, so far")
         if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
@@ -218,13 +230,30 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             signatures = _signatures(args)
             inputs = ((f"line {n}", line) for n, line in
                       read_lines(stream, settings.limits.max_event_bytes))
-            report = broker.ingest(args.source, args.event_type, inputs, _now(args),
-                                   {f"line {n}": sig for n, sig in signatures.items()},
-                                   traceparent)
+            by_line = {f"line {n}": sig for n, sig in signatures.items()}
+            report = (broker.ingest_revisions(action, args.source, args.event_type,
+                                              inputs, _now(args), by_line) if revising
+                      else broker.ingest(args.source, args.event_type, inputs, _now(args),
+                                         by_line, traceparent))
     finally:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))
     return EXIT_OK
+
+
+def _ingest_action(args: argparse.Namespace) -> str:
+    """"event", "correction" or "withdrawal"; sets args.file to the input to read."""
+    for action in ("correction", "withdrawal"):
+        path = getattr(args, action, None)
+        if path is not None:
+            if args.file is not None:
+                raise InputError(f"give either FILE or --{action} FILE, not both")
+            args.file = path
+            return action
+    if args.file is None:
+        raise InputError("ingest needs FILE (new events), --correction FILE or "
+                         "--withdrawal FILE")
+    return "event"
 
 
 def _ingest_json(report: IngestReport) -> dict[str, Any]:
@@ -236,11 +265,14 @@ def _ingest_json(report: IngestReport) -> dict[str, Any]:
         "dropped_fields": [{"position": p, "fields": f} for p, f in report.dropped_fields],
         "released": report.decided.released, "withheld": report.decided.withheld,
         "tombstones": report.tombstones,
+        **({"action": report.action, "retractions": report.retractions}
+           if report.action != "event" else {}),
     }
 
 
 def _ingest_text(report: IngestReport) -> str:
-    lines = [f"{report.event_type} from {report.source}: {report.accepted} accepted, "
+    what = "" if report.action == "event" else f" ({report.action}s)"
+    lines = [f"{report.event_type} from {report.source}{what}: {report.accepted} accepted, "
              f"{len(report.quarantined)} quarantined"]
     lines += [f"  quarantined {q.position}: {q.reason_code}: {q.reason}"
               for q in report.quarantined]
@@ -248,6 +280,7 @@ def _ingest_text(report: IngestReport) -> str:
               for p, f in report.dropped_fields]
     lines.append(f"decisions: {report.decided.released} released, "
                  f"{report.decided.withheld} withheld"
+                 + (f", {report.retractions} retractions" if report.retractions else "")
                  + (f", {report.tombstones} expiry tombstones" if report.tombstones else ""))
     return "\n".join(lines)
 

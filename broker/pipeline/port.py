@@ -74,6 +74,42 @@ class QuarantineNote:
     reason: str
 
 
+@dataclass(frozen=True)
+class NewRevision:
+    """A source's correction or withdrawal of an event it sent (AVG art. 19), accepted.
+
+    A correction holds the whole corrected event (sealed as a stored event is); a
+    withdrawal holds no event, only the source's reason. `digest` is a keyed commitment to
+    the corrected event's encoding: re-sending the identical correction is a duplicate.
+    """
+
+    action: str  # "correction" or "withdrawal"
+    event_type: str
+    source: str
+    event_id: str
+    original_offset: int  # store offset of the original event
+    payload: bytes  # sealed corrected event; b"" for a withdrawal
+    reason: str  # the withdrawal's reason; "" for a correction
+    digest: str
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class StoredRevision:
+    seq: int  # order of revisions, from 0
+    action: str
+    event_type: str
+    source: str
+    event_id: str
+    original_offset: int
+    payload: bytes
+    reason: str
+    digest: str
+    trace_id: str
+    ingested_ms: int
+    after_store_offset: int  # the last store offset when it was stored: its place in replay
+
+
 @dataclass
 class NewEgress:
     """A record for one (recipient, purpose) stream, with the audit draft that justifies it.
@@ -212,6 +248,28 @@ class StoreWriter(Protocol):
                       audits: list[Draft], now_ms: int) -> list[StoredEvent]: ...
 
     def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]: ...
+
+
+class RevisionLog(Protocol):
+    """Corrections and withdrawals (broker/pipeline/corrections.py), stored beside the
+    store (whose event ids are unique per type), with the live records they retract."""
+
+    def append_revisions(self, revisions: list[NewRevision], quarantined: list[Quarantined],
+                         audits: list[Draft], now_ms: int) -> list[StoredRevision]: ...
+
+    def read_revisions(self, after: int, limit: int) -> list[StoredRevision]: ...
+
+    def revisions_of(self, event_type: str, event_ids: list[str]) -> list[StoredRevision]:
+        """The revisions of these events, in order."""
+        ...
+
+    def originals(self, event_type: str, event_ids: list[str]) -> dict[str, StoredEvent]:
+        """The stored events with these ids, by id."""
+        ...
+
+    def live_records(self, event_type: str, event_offset: int) -> list[EgressRecord]:
+        """The released records of one stored event that no tombstone ends yet."""
+        ...
 
 
 class DecisionSink(Protocol):

@@ -137,6 +137,28 @@ class Triage:
         backends call this just before their commit."""
         self.sealer.flush()
 
+    # -- corrections and withdrawals (broker/pipeline/corrections.py) --------------------------
+    def check_signature(self, item: RawInput) -> bytes:
+        """The source's signature of an input (a correction or withdrawal too); an oversized
+        input is refused by its size alone: its bytes are gone."""
+        if isinstance(item.raw, Oversized):
+            raise InvalidEvent("event_too_large", f"{item.raw.length} bytes, the limit is "
+                               f"{self.limits.max_event_bytes}")
+        self.source_keys.check(item.source, item.event_type, item.raw, item.signature)
+        return item.raw
+
+    def accept(self, item: RawInput, now_ms: int) -> Accepted:
+        """Signature and validation of one input, as `triage` does them (InvalidEvent)."""
+        return self._validate(item, now_ms)
+
+    def quarantine(self, bad: list[tuple[RawInput, str, str]], now: datetime
+                   ) -> tuple[list[Quarantined], list[Draft]]:
+        """Quarantine records (sealed) and their audit drafts for (input, code, reason)."""
+        judged = [(*self._bad(item, code, reason, to_millis(now)), trace.inbound(item.traceparent))
+                  for item, code, reason in bad]
+        return ([self._seal(q, now) for q, _, _ in judged],
+                [self._audit(q, over, span) for q, over, span in judged])
+
     # -- the steps ----------------------------------------------------------------------------
     @staticmethod
     def _span(item: RawInput, out: TriageResult) -> trace.Inbound:
@@ -148,11 +170,8 @@ class Triage:
         return span
 
     def _validate(self, item: RawInput, now_ms: int) -> Accepted:
-        if isinstance(item.raw, Oversized):  # its bytes are gone: the size alone decides
-            raise InvalidEvent("event_too_large", f"{item.raw.length} bytes, the limit is "
-                               f"{self.limits.max_event_bytes}")
-        self.source_keys.check(item.source, item.event_type, item.raw, item.signature)
-        return validate(item.raw, item.source, item.event_type, self.registry, self.limits,
+        raw = self.check_signature(item)
+        return validate(raw, item.source, item.event_type, self.registry, self.limits,
                         now_ms=now_ms)
 
     def _bad(self, item: RawInput, code: str, reason: str,

@@ -84,7 +84,9 @@ def derive_view(name: str, purpose: Purpose, source: Schema) -> dict[str, Any]:
         if REF_SOURCE not in source.fields:
             raise ViewError(f"purposes.{name}: {source.name} has no {REF_SOURCE} to derive "
                             f"the record's {REF} from")
-        fields.append({"name": REF, "type": "string", "doc": REF_DOC})
+        # the default: records released before every view had a ref (an older view
+        # schema, kept in schemas/views/history/) still read, with an empty ref
+        fields.append({"name": REF, "type": "string", "default": "", "doc": REF_DOC})
     elif ref_rule.transform != "pseudonymise":
         # the ref is the Kafka key a recipient sees: in clear it could link purposes
         raise ViewError(f"purposes.{name}.fields.{REF}: the record's reference must use "

@@ -58,8 +58,9 @@ Delivery of released records to recipient systems under the covenant.
   Any other stream is refused with 403, and the refusal is written to the audit log.
 * Read from an offset; the response's `next_offset` is where to ask next. Records carry
   the released view as `covenant-broker consume` prints it; a tombstone has
-  `"tombstone": true`, `"tombstone_cause"` (`expired`, or `erasure` when the data subject's
-  personal data was erased) and the reference of the record to delete.
+  `"tombstone": true`, `"tombstone_cause"` (`expired`; `erasure` when the data subject's
+  personal data was erased; `rectified` or `withdrawn` when the source corrected or
+  withdrew the event) and the reference of the record to delete.
 * Long-poll with `wait` (seconds) to be answered as soon as a first record is there; the
   server may answer earlier, empty, at its own limit (a proxy's idle timeout, say).
 * Every read is one `access` entry in the audit log, with the range it returned.

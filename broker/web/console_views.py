@@ -40,6 +40,8 @@ TRANSFORMS_NL = {
 }
 DECISIONS_NL = {"release": "verstrekt", "withhold": "niet verstrekt",
                 "expire": "vervallen (vervalmelding)", "refused": "geweigerd",
+                "retract": "ingetrokken (gecorrigeerd of teruggetrokken door de bron)",
+                "correct": "gecorrigeerd door de bron", "withdraw": "teruggetrokken door de bron",
                 "destroy_keys": "sleutels vernietigd"}
 ACTIONS_NL = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opgehaald",
               "quarantine": "geweigerde invoer", "control": "beheerhandeling",
@@ -48,7 +50,8 @@ ACTIONS_NL = {"decide": "besluit", "tombstone": "vervalmelding", "access": "opge
               "broker_start": "broker gestart", "broker_stop": "broker gestopt",
               "write_refused": "schrijven geweigerd (Kafka)", "login": "FG-aanmelding",
               "logout": "FG-afmelding", "audit_search": "auditlog doorzocht",
-              "verify": "verificatie uitgevoerd", "impact": "effect van voorstel berekend"}
+              "verify": "verificatie uitgevoerd", "impact": "effect van voorstel berekend",
+              "correction": "correctie door de bron", "withdrawal": "intrekking door de bron"}
 _MONTHS = ["jan", "feb", "mrt", "apr", "mei", "jun", "jul", "aug", "sep", "okt", "nov", "dec"]
 
 

@@ -73,9 +73,11 @@ class DeliveredRecord(BaseModel):
                                    "(ref, released_offset) of the record to delete")
     tombstone: bool | None = Field(default=None, description="present and true for a "
                                    "tombstone: delete the record with this reference")
-    tombstone_cause: Literal["expired", "erasure"] | None = Field(
-        default=None, description="for a tombstone: expired (the basis ended) or erasure "
-        "(the data subject's personal data was erased: AVG art. 17 and 19)")
+    tombstone_cause: Literal["expired", "erasure", "rectified", "withdrawn"] | None = Field(
+        default=None, description="for a tombstone: expired (the basis ended), erasure "
+        "(the data subject's personal data was erased: AVG art. 17 and 19), rectified (the "
+        "source corrected the event; a corrected record follows where it is released) or "
+        "withdrawn (the source withdrew the event: AVG art. 19)")
     erased_fields: list[str] | None = Field(default=None, description="fields that are null "
                                             "because their data subject was erased")
     traceparent: str | None = Field(default=None, description="W3C trace context of the "

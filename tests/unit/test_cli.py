@@ -236,6 +236,9 @@ def test_demo_runs_end_to_end_and_its_audit_verifies(tmp_path: Path) -> None:
     summary = json.loads(done.stdout)
     assert summary["audit"]["ok"] is True
     assert summary["tombstones"] > 0
+    # the day's correction and early lift of an area ban retract what they replace
+    assert summary["retractions"]["correction"] > 0
+    assert summary["retractions"]["withdrawal"] > 0
     assert sum(s["released"] for s in summary["streams"]) > 0
     assert {"invalid_json", "missing_field", "source_not_owner", "duplicate_event",
             "field_too_large", "naive_timestamp"} <= set(summary["quarantine_reasons"])

@@ -40,8 +40,11 @@ from broker.pipeline.port import (
     EgressRecord,
     NewEgress,
     NewEvent,
+    NewRevision,
     Quarantined,
+    RevisionLog,
     StoredEvent,
+    StoredRevision,
     StoreReader,
     StoreWriter,
     TombstoneWriter,
@@ -111,11 +114,33 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 """
 
-_IMMUTABLE = ("store", "egress", "audit", "control", "documents")
+# Corrections and withdrawals (broker/pipeline/corrections.py): a table of their own, added
+# to existing data dirs by CREATE IF NOT EXISTS, since the store's UNIQUE (event_type,
+# event_id) keeps one row per event and is never rebuilt.
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS revisions (
+    seq INTEGER PRIMARY KEY,
+    action TEXT NOT NULL CHECK (action IN ('correction', 'withdrawal')),
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    original_offset INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    ingested_ms INTEGER NOT NULL,
+    after_store_offset INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revisions_of_event ON revisions (event_type, event_id, seq);
+CREATE INDEX IF NOT EXISTS egress_of_event ON egress (event_type, event_offset);
+"""
+
+_IMMUTABLE = ("store", "egress", "audit", "control", "documents", "revisions")
 
 
 class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, EgressReader,
-                     ControlLog, AuditAppender, AuditChain):
+                     ControlLog, AuditAppender, AuditChain, RevisionLog):
     """The whole port on SQLite, the synchronous pipeline included. One instance per
     process; writers in other processes serialise."""
 
@@ -195,13 +220,17 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
                 "trace_id, foreign_trace, ingested_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(s.offset, s.event_type, s.source, s.event_id, s.payload, s.trace_id,
                   s.foreign_trace, now_ms) for s in stored])
-            db.executemany(
-                "INSERT INTO quarantine (source, declared_type, position, reason_code, reason, "
-                "raw, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(q.source, q.declared_type, q.position, q.reason_code, q.reason, q.raw,
-                  q.received_ms) for q in quarantined])
+            self._insert_quarantine(db, quarantined)
             self._append_audit(db, audits)
         return stored
+
+    @staticmethod
+    def _insert_quarantine(db: sqlite3.Connection, quarantined: list[Quarantined]) -> None:
+        db.executemany(
+            "INSERT INTO quarantine (source, declared_type, position, reason_code, reason, "
+            "raw, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(q.source, q.declared_type, q.position, q.reason_code, q.reason, q.raw,
+              q.received_ms) for q in quarantined])
 
     def quarantine_count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM quarantine")[0][0])
@@ -213,6 +242,68 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
             "ORDER BY store_offset LIMIT ?", (after, limit))
         return [StoredEvent(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7])
                 for r in rows]
+
+    # -- corrections and withdrawals -------------------------------------------------------
+    _REVISION_COLS = ("seq, action, event_type, source, event_id, original_offset, payload, "
+                      "reason, digest, trace_id, ingested_ms, after_store_offset")
+
+    def append_revisions(self, revisions: list[NewRevision], quarantined: list[Quarantined],
+                         audits: list[Draft], now_ms: int) -> list[StoredRevision]:
+        out: list[StoredRevision] = []
+        with self._write() as db:
+            row = db.execute("SELECT MAX(seq) FROM revisions").fetchone()
+            seq = -1 if row[0] is None else int(row[0])
+            row = db.execute("SELECT MAX(store_offset) FROM store").fetchone()
+            after = -1 if row[0] is None else int(row[0])
+            for r in revisions:
+                seq += 1
+                out.append(StoredRevision(seq, r.action, r.event_type, r.source, r.event_id,
+                                          r.original_offset, r.payload, r.reason, r.digest,
+                                          r.trace_id, now_ms, after))
+            db.executemany(
+                f"INSERT INTO revisions ({self._REVISION_COLS}) "  # noqa: S608 - constant columns
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(s.seq, s.action, s.event_type, s.source, s.event_id, s.original_offset,
+                  s.payload, s.reason, s.digest, s.trace_id, s.ingested_ms,
+                  s.after_store_offset) for s in out])
+            self._insert_quarantine(db, quarantined)
+            self._append_audit(db, audits)
+        return out
+
+    def read_revisions(self, after: int, limit: int) -> list[StoredRevision]:
+        return [_row_to_revision(r) for r in self._read(
+            f"SELECT {self._REVISION_COLS} FROM revisions WHERE seq > ? "  # noqa: S608 - constant columns
+            "ORDER BY seq LIMIT ?", (after, limit))]
+
+    def revisions_of(self, event_type: str, event_ids: list[str]) -> list[StoredRevision]:
+        out: list[StoredRevision] = []
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.extend(_row_to_revision(r) for r in self._read(
+                f"SELECT {self._REVISION_COLS} FROM revisions WHERE event_type = ? "  # noqa: S608 - placeholders only
+                f"AND event_id IN ({marks}) ORDER BY seq", (event_type, *chunk)))
+        return sorted(out, key=lambda r: r.seq)
+
+    def originals(self, event_type: str, event_ids: list[str]) -> dict[str, StoredEvent]:
+        out: dict[str, StoredEvent] = {}
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._read(
+                    "SELECT store_offset, event_type, source, event_id, payload, trace_id, "  # noqa: S608 - placeholders only
+                    f"ingested_ms, foreign_trace FROM store WHERE event_type = ? "
+                    f"AND event_id IN ({marks})", (event_type, *chunk)):
+                out[r[3]] = StoredEvent(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7])
+        return out
+
+    def live_records(self, event_type: str, event_offset: int) -> list[EgressRecord]:
+        return [_row_to_egress(r) for r in self._read(
+            f"SELECT {self._EGRESS_COLS} FROM egress e WHERE event_type = ? "  # noqa: S608 - constant columns
+            "AND event_offset = ? AND kind = 'record' AND NOT EXISTS ("
+            "SELECT 1 FROM egress t WHERE t.recipient = e.recipient "
+            "AND t.purpose = e.purpose AND t.tombstone_for = e.egress_offset) "
+            "ORDER BY recipient, purpose, egress_offset", (event_type, event_offset))]
 
     # -- decide ----------------------------------------------------------------------------
     def position(self, consumer: str) -> int:
@@ -346,6 +437,11 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
 def _egress_record(eg: NewEgress, offset: int) -> EgressRecord:
     return EgressRecord(eg.recipient, eg.purpose, offset, eg.event_type, eg.kind, eg.payload,
                         eg.event_offset, eg.ref, eg.expires_on, eg.released_ms, eg.traceparent)
+
+
+def _row_to_revision(r: Any) -> StoredRevision:
+    return StoredRevision(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), bytes(r[6]), r[7],
+                          r[8], r[9], int(r[10]), int(r[11]))
 
 
 def _row_to_egress(r: Any) -> EgressRecord:

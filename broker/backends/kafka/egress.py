@@ -47,7 +47,8 @@ _NONCE = 12
 _PAD = 64  # plaintext padded to a multiple of this: the length tells no offset's size
 _AD = b"covenant-broker egress link v1|"
 # records.tombstone's cause -> the header a recipient reads (later: withdrawn, rectified)
-CAUSES = {"expired": "expired", "erasure": "erased"}
+CAUSES = {"expired": "expired", "erasure": "erased", "rectified": "rectified",
+          "withdrawn": "withdrawn"}
 
 
 @dataclass(frozen=True)
