@@ -75,15 +75,19 @@ def test_a_sources_traceparent_comes_out_on_the_egress_record_and_in_the_audit_e
         entries = by_event[bad["event_id"]]
         assert entries
         assert all(e["trace_id"] != TRACE and e["foreign_span_id"] is None for e in entries)
-    released = {e["span_id"] for e in mine if e["decision"] == "release"}
+    released = {e["span_id"]: e["detail"]["outbound_trace_id"] for e in mine
+                if e["decision"] == "release"}
     assert released
     headers = [dict(r.headers or ()).get("traceparent") for records in snap.egress.values()
                for r in records]
     parsed = [trace.parse(h) for h in headers]
     assert all(p is not None for p in parsed)  # every release names its span
-    ours = [p for p in parsed if p is not None and p.trace_id == TRACE]
-    assert ours
-    assert {p.parent_id for p in ours} == released
+    # each in its stream's own trace, which the release's entry names: never the source's
+    # trace id, which would link the event's streams (issue 12)
+    ours = [p for p in parsed if p is not None and p.parent_id in released]
+    assert {p.parent_id for p in ours} == set(released)
+    assert all(p.trace_id == released[p.parent_id] != TRACE for p in ours)
+    assert len({p.trace_id for p in ours}) == len(ours)
 
 
 def test_serve_counts_the_bad_traceparents_it_ignored(kafka_bootstrap: str,

@@ -324,10 +324,11 @@ class Server:
                 [self.broker.process_entry(name, self._now(), self._process_trace)], name)
         except TransientBackendError as exc:
             self._on_retry(exc)
-            self.logger.warning(f"{name} not written", partition=index, error=str(exc))
+            self.logger.warning("process entry not written", entry=name, partition=index,
+                                error=str(exc))
             self._suspend(index, self._tps(index))
             return False
-        self.logger.info(f"{name} audited", partition=index)
+        self.logger.info("process entry audited", entry=name, partition=index)
         return True
 
     def _open(self, indices: list[int]) -> None:
