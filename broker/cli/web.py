@@ -122,59 +122,59 @@ def _clock(args: argparse.Namespace) -> Callable[[], datetime]:
 
 
 def _tokens(args: argparse.Namespace, settings: Settings, state: Any) -> int:
+    """`web token`: a recipient's read tokens."""
     from broker.web import auth  # noqa: PLC0415 - the web stack only when used
 
-    now_ms = to_millis(_clock(args)())
-    action = args.token_command
-    if action == "create":
-        covenant = load_covenant(settings.policy_file())
-        if args.recipient not in covenant.recipients:
-            raise InputError(f"unknown recipient {args.recipient!r}; the covenant lists "
-                             f"{', '.join(covenant.recipients)}")
-        made = auth.create_token(state, args.recipient, args.label, now_ms)
-        if args.json:
-            print(json.dumps({"token": made.token, "token_id": made.token_id,
-                              "recipient": args.recipient}))
-        else:
-            print(made.token)
-            print(f"token id {made.token_id} for {args.recipient}: shown once, only its hash "
-                  "is kept", file=sys.stderr)
-        return EXIT_OK
-    if action == "revoke":
-        if not state.revoke_token(args.token_id, now_ms):
-            raise InputError(f"no active token with id {args.token_id!r}")
-        print(f"token {args.token_id} revoked")
-        return EXIT_OK
-    rows = [{"token_id": t.token_id, "recipient": t.recipient, "label": t.label,
-             "created": iso_instant(from_millis(t.created_ms)),
-             "revoked": iso_instant(from_millis(t.revoked_ms)) if t.revoked_ms else None}
-            for t in state.tokens()]
-    for row in rows:
-        print(json.dumps(row) if args.json else
-              f"{row['token_id']}  {row['recipient']:<20} {row['created']}  "
-              f"{'revoked ' + row['revoked'] if row['revoked'] else 'active'}  {row['label']}")
-    return EXIT_OK
+    return _token_command(args, state, args.token_command, "recipient", "token",
+                          lambda: list(load_covenant(settings.policy_file()).recipients),
+                          "the covenant lists",
+                          auth.create_token, state.revoke_token, state.tokens)
 
 
 def _party_tokens(args: argparse.Namespace, settings: Settings, state: Any) -> int:
+    """`web party-token`: a covenant party's (a source's) tokens for the party read API."""
     from broker.web import auth  # noqa: PLC0415 - the web stack only when used
 
+    return _token_command(args, state, args.party_token_command, "party", "party token",
+                          lambda: list(load_covenant(settings.policy_file()).sources),
+                          "the covenant's sources are",
+                          auth.create_party_token, state.revoke_party_token,
+                          state.party_tokens)
+
+
+def _token_command(args: argparse.Namespace, state: Any, action: str, holder: str,
+                   what: str, known: Callable[[], list[str]], known_as: str, create: Any,
+                   revoke: Any, listed: Any) -> int:
+    """create, revoke or list the tokens of one kind; `holder` is the attribute (and
+    option) naming whom a token belongs to."""
     now_ms = to_millis(_clock(args)())
-    action = args.party_token_command
     if action == "create":
-        covenant = load_covenant(settings.policy_file())
-        if args.party not in covenant.sources:
-            raise InputError(f"unknown source party {args.party!r}; the covenant's sources are "
-                             f"{', '.join(covenant.sources)}")
-        made = auth.create_party_token(state, args.party, args.label, now_ms)
+        owner, names = getattr(args, holder), known()  # the covenant, read for create only
+        if owner not in names:
+            kind = "recipient" if holder == "recipient" else "source party"
+            raise InputError(f"unknown {kind} {owner!r}; {known_as} {', '.join(names)}")
+        made = create(state, owner, args.label, now_ms)
         if args.json:
-            print(json.dumps({"token": made.token, "token_id": made.token_id,
-                              "party": args.party}))
+            print(json.dumps({"token": made.token, "token_id": made.token_id, holder: owner}))
         else:
             print(made.token)
-            print(f"party token id {made.token_id} for {args.party}: shown once, only its "
-                  "hash is kept", file=sys.stderr)
+            print(f"{what} id {made.token_id} for {owner}: shown once, only its hash is kept",
+                  file=sys.stderr)
         return EXIT_OK
+    if action == "revoke":
+        if not revoke(args.token_id, now_ms):
+            raise InputError(f"no active {what} with id {args.token_id!r}")
+        print(f"{what} {args.token_id} revoked")
+        return EXIT_OK
+    rows = [{"token_id": t.token_id, holder: getattr(t, holder), "label": t.label,
+             "created": iso_instant(from_millis(t.created_ms)),
+             "revoked": iso_instant(from_millis(t.revoked_ms)) if t.revoked_ms else None}
+            for t in listed()]
+    for row in rows:
+        print(json.dumps(row) if args.json else
+              f"{row['token_id']}  {row[holder]:<20} {row['created']}  "
+              f"{'revoked ' + row['revoked'] if row['revoked'] else 'active'}  {row['label']}")
+    return EXIT_OK
     if action == "revoke":
         if not state.revoke_party_token(args.token_id, now_ms):
             raise InputError(f"no active party token with id {args.token_id!r}")
