@@ -2,7 +2,7 @@
 
 A plain kafka-python consumer (read_committed, no broker code) reads every egress topic
 of a deployment and decodes each value with the Apache `avro` package, from nothing but
-the view schema files (schemas/views/*.avsc). What it decodes equals what `consume`
+the view schemas as `schemas show` prints them. What it decodes equals what `consume`
 delivers; every key is the record's per-purpose ref; expiry and erasure arrive as Kafka
 tombstones (null value, the record's key, a `cause` header); and nothing on any topic
 (key, header or value) links one event's records across purposes: the same burglary on
@@ -34,7 +34,6 @@ from tests.integration.kafka_support import (
     snapshot,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = "2026-05-10T12:00:00Z"
 LATER = "2026-05-25T12:00:00Z"  # the area ban below has ended: its records expire
 BSN = "246813579"
@@ -45,11 +44,17 @@ VIEW_INDEPENDENT = {"kind", "released_ms"}  # the same for every record of one d
 
 
 def view_schemas() -> dict[str, avro.schema.Schema]:
-    """Avro full name -> schema, parsed by the avro package from the published files."""
+    """Avro full name -> schema, parsed by the avro package from what `schemas list` and
+    `schemas show` print: all a recipient needs, without the repository."""
+    code, listed = run_cli(["--json", "schemas", "list"])
+    assert code == 0, listed
     out = {}
-    for path in sorted((REPO / "schemas" / "views").glob("*.avsc")):
-        raw = json.loads(path.read_text())
-        out[f"{raw['namespace']}.{raw['name']}"] = avro.schema.parse(path.read_text())
+    for entry in json.loads(listed)["schemas"]:
+        if entry["kind"] != "views" or entry["version"] != "current":
+            continue
+        code, shown = run_cli(["schemas", "show", entry["fingerprint"]])
+        assert code == 0, shown
+        out[entry["name"]] = avro.schema.parse(shown)
     return out
 
 
