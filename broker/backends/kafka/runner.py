@@ -256,7 +256,27 @@ class Server:
         self._maybe_purge()
         self._maybe_audit_denials()
         self._maybe_observe_checkpoint()
+        if not self.until_idle:
+            self._refresh_while_empty()
         return self.until_idle and not records and self._idle()
+
+    def _refresh_while_empty(self) -> float | None:
+        """While the assignment is empty, ask for fresh metadata every few seconds, so
+        that a rebalance onto partitions the consumer did not know yet is not left to the
+        five-minute metadata age. How long it has been empty; None when it is not."""
+        assigned = self.listener.assigned
+        if assigned is None or assigned or self.listener.changed or self.reopen_at:
+            if assigned:
+                self._empty_since = None
+            return None
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = self._metadata_asked = now
+        elif now - self._metadata_asked > EMPTY_ASSIGNMENT_REFRESH_S:
+            self._metadata_asked = now
+            # kafka-python has no public call for this; its cluster metadata object does.
+            self.consumer._client.cluster.request_update()
+        return now - self._empty_since
 
     def _await_visible(self) -> None:
         """Before --until-idle returns: what it committed is visible to readers (a commit
@@ -570,30 +590,20 @@ class Server:
         assigned = self.listener.assigned
         if assigned is None or self.listener.changed or self.reopen_at:
             return False
-        if not assigned:
+        waited = self._refresh_while_empty()
+        if waited is not None:
             # An empty assignment is idle only when it lasts: on a fresh cluster the first
             # join can come back empty before the consumer's metadata knows the topics, and
             # the group rebalances once it does. Treating that as idle ended --until-idle
-            # with nothing processed.
-            # Under heavy load the join can also outlast a session timeout (the member is
-            # dropped and joins again). Metadata is refreshed every few seconds meanwhile so
-            # that a rebalance is not left to the five-minute metadata age.
-            now = time.monotonic()
-            if self._empty_since is None:
-                self._empty_since = self._metadata_asked = now
-            elif now - self._metadata_asked > EMPTY_ASSIGNMENT_REFRESH_S:
-                self._metadata_asked = now
-                # kafka-python has no public call for this; its cluster metadata object does.
-                self.consumer._client.cluster.request_update()
-            if now - self._empty_since <= EMPTY_ASSIGNMENT_GRACE_S:
+            # with nothing processed. Under heavy load the join can also outlast a session
+            # timeout (the member is dropped and joins again).
+            if waited <= EMPTY_ASSIGNMENT_GRACE_S:
                 return False
             # Past the grace, empty is idle only when the group has nothing left to do:
             # under load a join can come back empty while input waits (seen in the
             # scenario suite), and stopping then leaves it undecided. A bound still holds
             # when another member keeps the partitions for itself.
-            return not self._group_behind() or \
-                now - self._empty_since > EMPTY_ASSIGNMENT_PENDING_S
-        self._empty_since = None
+            return not self._group_behind() or waited > EMPTY_ASSIGNMENT_PENDING_S
         ends = end_offsets(self.consumer, sorted(assigned, key=str))
         with kafka_errors("checking for more input"):
             return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
