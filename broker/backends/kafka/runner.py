@@ -108,8 +108,6 @@ class ServeReport:
 # rebalance as soon as the ingress topics' partitions are known.
 EMPTY_ASSIGNMENT_GRACE_S = 30.0
 EMPTY_ASSIGNMENT_REFRESH_S = 2.0
-# ... and while the group's committed offsets are behind the ingress, up to this long
-EMPTY_ASSIGNMENT_PENDING_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -575,16 +573,6 @@ class Server:
             self.logger.info("ingress purged", partitions=len(purged),
                              below_offsets=sum(purged.values()))
 
-    def _group_behind(self) -> bool:
-        """Whether any ingress partition holds input past the group's committed offset."""
-        tps = [TopicPartition(topic, p) for topic in self.layout.ingress_topics()
-               for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            return False
-        ends = end_offsets(self.consumer, tps)
-        with kafka_errors("reading the group's committed offsets"):
-            return any((self.consumer.committed(tp) or 0) < ends[tp] for tp in tps)
-
     def _idle(self) -> bool:
         """Every assigned partition is open and read up to its last stable offset."""
         assigned = self.listener.assigned
@@ -597,13 +585,7 @@ class Server:
             # the group rebalances once it does. Treating that as idle ended --until-idle
             # with nothing processed. Under heavy load the join can also outlast a session
             # timeout (the member is dropped and joins again).
-            if waited <= EMPTY_ASSIGNMENT_GRACE_S:
-                return False
-            # Past the grace, empty is idle only when the group has nothing left to do:
-            # under load a join can come back empty while input waits (seen in the
-            # scenario suite), and stopping then leaves it undecided. A bound still holds
-            # when another member keeps the partitions for itself.
-            return not self._group_behind() or waited > EMPTY_ASSIGNMENT_PENDING_S
+            return waited > EMPTY_ASSIGNMENT_GRACE_S
         ends = end_offsets(self.consumer, sorted(assigned, key=str))
         with kafka_errors("checking for more input"):
             return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
