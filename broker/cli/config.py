@@ -37,6 +37,15 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser],
     global_options(check, True)
 
 
+def _refused(args: argparse.Namespace, problems: list[str]) -> int:
+    """Each problem, on stderr or in the JSON answer: the config could not be used."""
+    if args.json:
+        print(json.dumps({"ok": False, "problems": problems}))
+    else:
+        print("\n".join(problems), file=sys.stderr)
+    return EXIT_ERROR
+
+
 def effective(settings: Settings) -> dict[str, Any]:
     """The settings as JSON values; secrets (by type or by key name) masked."""
     values = settings.model_dump(mode="json")
@@ -76,11 +85,7 @@ def cmd_config(args: argparse.Namespace,
     else:
         problems = path_problems(settings)
     if problems:
-        if args.json:
-            print(json.dumps({"ok": False, "problems": problems}))
-        else:
-            print("\n".join(problems), file=sys.stderr)
-        return EXIT_ERROR
+        return _refused(args, problems)
     values = effective(settings)
     try:
         topics = topic_names(settings)
@@ -89,11 +94,7 @@ def cmd_config(args: argparse.Namespace,
     except (ConfigError, SchemaError) as exc:
         problems = str(exc).splitlines()
     if problems:
-        if args.json:
-            print(json.dumps({"ok": False, "problems": problems}))
-        else:
-            print("\n".join(problems), file=sys.stderr)
-        return EXIT_ERROR
+        return _refused(args, problems)
     config_file = args.config or os.environ.get(ENV_PREFIX + "CONFIG")
     if args.json:
         payload = {"ok": True, "config_file": str(config_file) if config_file else None,

@@ -15,7 +15,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from broker.clock import to_millis
@@ -166,3 +166,10 @@ def end_session(request: Request) -> None:
     state, _, oldest = _session_clock(request)
     state.end_session(hash_token(sid) if isinstance(sid, str) else "", oldest)
     request.session.clear()
+
+
+def unauthorized(credentials: HTTPAuthorizationCredentials | None, missing: str,
+                 unknown: str) -> HTTPException:
+    """The 401 of a bearer route: `missing` without a token, `unknown` for one not live."""
+    return HTTPException(401, missing if credentials is None else unknown,
+                         headers={"WWW-Authenticate": "Bearer"})

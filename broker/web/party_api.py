@@ -43,7 +43,7 @@ from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
 from broker.clock import to_millis
 from broker.model.render import to_json
-from broker.web.auth import token_party
+from broker.web.auth import token_party, unauthorized
 from broker.web.recipient_api import MAX_OFFSET, PURPOSE_PATTERN, ErrorBody
 from broker.web.state import WebState
 from broker.web.worker import BrokerWorker
@@ -142,9 +142,8 @@ def party_caller(request: Request,
     state: WebState = request.app.state.web_state
     found = token_party(state, credentials)
     if found is None:
-        detail = "a party read token is required" if credentials is None else \
-            "unknown or revoked party token"
-        raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+        raise unauthorized(credentials, "a party read token is required",
+                           "unknown or revoked party token")
     return Caller(*found)
 
 

@@ -25,7 +25,7 @@ from broker.audit.entries import draft
 from broker.clock import to_millis
 from broker.policy.catalog import catalog
 from broker.web.access import recipient_accessor
-from broker.web.auth import token_identity
+from broker.web.auth import token_identity, unauthorized
 from broker.web.state import WebState
 from broker.web.worker import BrokerWorker
 
@@ -146,9 +146,8 @@ def caller(request: Request,
     state: WebState = request.app.state.web_state
     identity = token_identity(state, credentials)
     if identity is None:
-        detail = "an API token is required" if credentials is None else \
-            "unknown or revoked API token"
-        raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+        raise unauthorized(credentials, "an API token is required",
+                           "unknown or revoked API token")
     recipient, request.state.token_id = identity
     return recipient
 
