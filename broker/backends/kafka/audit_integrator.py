@@ -1,7 +1,10 @@
 """`audit integrate`: the Kafka audit chains sequenced into the verifiable audit log.
 
-Each pass reads every audit partition read_committed from the offset after its last
-integrated entry, verifies what it reads with `broker.audit.chain.verify_chain` as the
+Each pass reads every audit partition read_committed from the record that holds the
+entry after its last integrated one (a batch record holds a transaction's entries, so a
+pass that stopped between rounds resumes inside one and skips what it integrated),
+unpacks the batches and verifies their entries
+(broker/backends/kafka/audit_batch.py, `broker.audit.chain.verify_chain`) as the
 continuation of the chain from the stored position (seq and prev_hash from the stored
 head, so a topic rewritten after integration is caught where it continues), and appends
 those entries to
@@ -26,7 +29,6 @@ from types import FrameType
 
 from kafka import TopicPartition
 
-from broker.audit.chain import verify_chain
 from broker.audit.integrate import (
     ChainPosition,
     ChainRead,
@@ -37,6 +39,7 @@ from broker.audit.integrate import (
 )
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.backends.kafka.audit_batch import read_partition
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import read_with_ends
 from broker.errors import TransientBackendError
@@ -70,11 +73,10 @@ def read_chains(log: KafkaEventLog, positions: dict[int, ChainPosition] | None =
     out: Chains = {}
     for tp in tps:
         pos = start[tp.partition]
-        data = [bytes(record.value) for record in records[tp]]
-        report = verify_chain(log.audit_schema, enumerate(data, pos.entries),
-                              count=pos.entries, head=pos.head)
-        out[tp.partition] = ChainRead(pos.entries, data, [r.offset for r in records[tp]],
-                                      ends[tp], report)
+        read = read_partition(log.audit_schema, records[tp], count=pos.entries,
+                              head=pos.head, resume=pos.entries > 0)
+        out[tp.partition] = ChainRead(pos.entries, read.data, read.offsets, ends[tp],
+                                      read.report)
     return out
 
 
