@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def _mix(broker: Any, count: int, seed: int = 7) -> list[tuple[str, str, str, by
     """(source, event type, event_id, Avro bytes): the pipeline bench's mix and weights."""
     synth = DaySynth(random.Random(seed))
     day = DAY.date()
-    makers = [
+    makers: list[tuple[float, str, str, Callable[[], dict[str, Any]]]] = [
         (0.55, "politie", "politie.woninginbraak",
          lambda: synth.woninginbraak(DAY + timedelta(hours=14))),
         (0.10, "om", "om.gebiedsverbod",

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from kafka import TopicPartition
 
@@ -70,14 +71,18 @@ def read_chains(log: KafkaEventLog, positions: dict[int, ChainPosition] | None =
         else positions
     records, ends = read_with_ends(log.reader, {tp: start[tp.partition].next_offset
                                                 for tp in tps})
-    out: Chains = {}
-    for tp in tps:
-        pos = start[tp.partition]
-        read = read_partition(log.audit_schema, records[tp], count=pos.entries,
-                              head=pos.head, resume=pos.entries > 0)
-        out[tp.partition] = ChainRead(pos.entries, read.data, read.offsets, ends[tp],
-                                      read.report)
-    return out
+    return {tp.partition: chain_read(log.audit_schema, start[tp.partition], records[tp],
+                                     ends[tp]) for tp in tps}
+
+
+def chain_read(schema: Schema, pos: ChainPosition, records: list[Any], end: int) -> ChainRead:
+    """One partition's batch records read from `pos.next_offset` to `end`, unpacked and
+    verified as the continuation of the chain at `pos`. The first record may hold entries
+    `pos` already counts (a pass that stopped between rounds stored a position inside it):
+    they are skipped."""
+    read = read_partition(schema, records, count=pos.entries, head=pos.head,
+                          resume=pos.entries > 0)
+    return ChainRead(pos.entries, read.data, read.offsets, end, read.report)
 
 
 def integrate(store: IntegratedAuditDb, schema: Schema, chains: Chains,
