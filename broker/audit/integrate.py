@@ -41,8 +41,9 @@ class ChainPosition:
     partition: int
     entries: int  # entries of the chain integrated so far
     head: str = GENESIS  # chain hash of the last of them
-    # where the source is read on from (Kafka: the offset after the last integrated entry;
-    # offsets are not entry numbers: transaction markers take offsets too). A read hint,
+    # where the source is read on from (Kafka: the offset of the record that holds the next
+    # entry, which may also hold integrated ones (a batch record holds a transaction's
+    # entries), or the end of the last read; offsets are not entry numbers). A read hint,
     # not part of what the position is.
     next_offset: int = field(default=0, compare=False)
 
@@ -94,7 +95,7 @@ class PendingChain:
     records: list[dict[str, Any]]  # decoded entries start.entries, start.entries + 1, ...
     data: list[bytes]
     head: str  # the verified chain hash after the last entry
-    offsets: list[int] = field(default_factory=list)  # the source offset of each entry
+    offsets: list[int] = field(default_factory=list)  # the source record of each entry
     end: int = 0  # the source offset the read ended at
 
     def position_after(self, k: int) -> ChainPosition:

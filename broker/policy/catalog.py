@@ -24,6 +24,7 @@ RECORD_USES = {
     "records.sealed_record": "record: the sealed store (only the broker reads it)",
     "records.quarantine_entry": "record: quarantine",
     "records.audit_entry": "record: the audit log",
+    "records.audit_batch": "record: the audit topic (the entries of one transaction)",
     "records.data_key": "record: the data key topic",
     "records.tombstone": "record: tombstone",
 }

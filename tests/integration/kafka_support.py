@@ -23,7 +23,7 @@ import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from broker.app.service import Broker
-from broker.audit.chain import verify_chain
+from broker.backends.kafka.audit_batch import read_partition
 from broker.backends.kafka.egress import tombstone_for
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import Clients, header, read_all
@@ -137,11 +137,11 @@ def snapshot(env: KafkaEnv) -> Snapshot:
             audit_tps = [TopicPartition(layout.names.audit, p)
                          for p in range(log.cfg.audit_partitions)]
             raw = read_all(reader, audit_tps)
-            audit = {tp.partition: [schema.decode(r.value) for r in records]
-                     for tp, records in raw.items()}
-            chains = {tp.partition: verify_chain(schema, ((i, bytes(r.value))
-                                                          for i, r in enumerate(records)))
-                      for tp, records in raw.items()}
+            read = {tp.partition: read_partition(schema, records)
+                    for tp, records in raw.items()}
+            audit = {p: [schema.decode(data) for data in entries.data]
+                     for p, entries in read.items()}
+            chains = {p: entries.report for p, entries in read.items()}
             written = [TopicPartition(layout.names.store, p) for p in range(log.cfg.partitions)]
             stored = read_all(reader, written)
             unreadable = [r.offset for records in stored.values() for r in records

@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
 from broker.app.service import Broker
+from broker.backends.kafka.audit_batch import entries_of
 from broker.backends.kafka.io import Clients, read_all
 from broker.config import load_settings
 from tests import factories as f
@@ -90,8 +91,8 @@ def _audit(env: Node) -> list[dict[str, Any]]:
         try:
             tps = [TopicPartition("covenant.audit", p)
                    for p in range(broker.settings.kafka.audit_partitions)]
-            return [schema.decode(r.value) for records in read_all(reader, tps).values()
-                    for r in records]
+            return [schema.decode(data) for tp, records in read_all(reader, tps).items()
+                    for data in entries_of(schema, records, tp.partition)]
         finally:
             reader.close()
     finally:

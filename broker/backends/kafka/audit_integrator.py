@@ -1,7 +1,10 @@
 """`audit integrate`: the Kafka audit chains sequenced into the verifiable audit log.
 
-Each pass reads every audit partition read_committed from the offset after its last
-integrated entry, verifies what it reads with `broker.audit.chain.verify_chain` as the
+Each pass reads every audit partition read_committed from the record that holds the
+entry after its last integrated one (a batch record holds a transaction's entries, so a
+pass that stopped between rounds resumes inside one and skips what it integrated),
+unpacks the batches and verifies their entries
+(broker/backends/kafka/audit_batch.py, `broker.audit.chain.verify_chain`) as the
 continuation of the chain from the stored position (seq and prev_hash from the stored
 head, so a topic rewritten after integration is caught where it continues), and appends
 those entries to
@@ -23,10 +26,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from kafka import TopicPartition
 
-from broker.audit.chain import verify_chain
 from broker.audit.integrate import (
     ChainPosition,
     ChainRead,
@@ -37,6 +40,7 @@ from broker.audit.integrate import (
 )
 from broker.audit.sequencer import AuditSequencer
 from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.backends.kafka.audit_batch import read_partition
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import read_with_ends
 from broker.errors import TransientBackendError
@@ -67,15 +71,18 @@ def read_chains(log: KafkaEventLog, positions: dict[int, ChainPosition] | None =
         else positions
     records, ends = read_with_ends(log.reader, {tp: start[tp.partition].next_offset
                                                 for tp in tps})
-    out: Chains = {}
-    for tp in tps:
-        pos = start[tp.partition]
-        data = [bytes(record.value) for record in records[tp]]
-        report = verify_chain(log.audit_schema, enumerate(data, pos.entries),
-                              count=pos.entries, head=pos.head)
-        out[tp.partition] = ChainRead(pos.entries, data, [r.offset for r in records[tp]],
-                                      ends[tp], report)
-    return out
+    return {tp.partition: chain_read(log.audit_schema, start[tp.partition], records[tp],
+                                     ends[tp]) for tp in tps}
+
+
+def chain_read(schema: Schema, pos: ChainPosition, records: list[Any], end: int) -> ChainRead:
+    """One partition's batch records read from `pos.next_offset` to `end`, unpacked and
+    verified as the continuation of the chain at `pos`. The first record may hold entries
+    `pos` already counts (a pass that stopped between rounds stored a position inside it):
+    they are skipped."""
+    read = read_partition(schema, records, count=pos.entries, head=pos.head,
+                          resume=pos.entries > 0)
+    return ChainRead(pos.entries, read.data, read.offsets, end, read.report)
 
 
 def integrate(store: IntegratedAuditDb, schema: Schema, chains: Chains,

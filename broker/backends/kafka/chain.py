@@ -6,10 +6,15 @@ partition N only by ``<prefix>-commands`` (access, control and expiry entries). 
 transactional id per partition means one writer per chain: Kafka fences every older
 producer with that id when a new one runs init_transactions(), and completes (commits or
 aborts) the older one's open transaction first. So after init_transactions() the last
-committed record of the partition is the chain head, and nobody else can append after it:
+entry of the last committed record of the partition is the chain head, and nobody else
+can append after it:
 
-* entry.seq is the entry's position among the committed records of its partition
-  (Kafka offsets are not used: transaction markers and aborted records occupy offsets);
+* a transaction's entries travel in one record, a `records.audit_batch` (several, in
+  order, if they would exceed the record size limit; broker/backends/kafka/audit_batch.py),
+  sent just before the commit;
+* entry.seq is the entry's position among the committed entries of its partition
+  (Kafka offsets are not used: a record holds many entries, and transaction markers and
+  aborted records occupy offsets);
 * entry.prev_hash is the chain hash of the previous committed entry in the partition: its
   RFC 9162 leaf hash, SHA-256(0x00 || entry bytes), in hex (`entries.chain_hash`).
 
@@ -21,14 +26,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from broker.audit.chain import ChainReport, verify_chain
+from broker.audit.chain import ChainReport
 from broker.audit.entries import GENESIS, Draft, SealedEntry, chain_hash, seal
+from broker.backends.kafka.audit_batch import (
+    MAX_RECORD_BYTES,
+    batch_schema,
+    encode_batch,
+    last_entry,
+    read_partition,
+    split,
+)
 from broker.backends.kafka.errors import kafka_errors
 from broker.backends.kafka.io import Header, last_committed, read_all
 from broker.errors import AuditIntegrityError
@@ -36,6 +49,9 @@ from broker.model.schemas import Schema
 
 T = TypeVar("T")
 SEND_TIMEOUT_S = 60.0
+# What a record adds to its value in a produce request: the record batch header (61
+# bytes), the record's own framing and the seq/count headers; rounded up generously.
+RECORD_OVERHEAD = 1024
 
 
 @dataclass(frozen=True)
@@ -53,19 +69,14 @@ class AuditChain:
         self.head: ChainHead | None = None
 
     def recover(self, reader: KafkaConsumer) -> ChainHead:
-        """Read the head from the last committed entry; call after init_transactions()."""
+        """Read the head from the last entry of the last committed record; call after
+        init_transactions()."""
         record = last_committed(reader, self.tp)
         if record is None:
             self.head = ChainHead(0, GENESIS)
             return self.head
-        try:
-            seq = int(self.schema.decode(record.value)["seq"])
-        except Exception as exc:  # noqa: BLE001 - any decode failure means a damaged log
-            raise AuditIntegrityError(
-                f"audit partition {self.tp.partition}: the last entry (offset "
-                f"{record.offset}) does not decode ({type(exc).__name__}); refusing to "
-                "extend a damaged chain") from None
-        self.head = ChainHead(seq + 1, chain_hash(record.value))
+        seq, data = last_entry(self.schema, record, self.tp.partition)
+        self.head = ChainHead(seq + 1, chain_hash(data))
         return self.head
 
     def seal(self, head: ChainHead, drafts: list[Draft]) -> tuple[list[SealedEntry], ChainHead]:
@@ -93,6 +104,7 @@ class Transaction:
         self.audited = 0
         self.written: dict[TopicPartition, int] = {}  # highest offset whose send returned
         self._audit_sends: list[Any] = []
+        self._pending: list[SealedEntry] = []  # sealed, sent as batches before the commit
 
     def send(self, topic: str, value: bytes | None, *, key: bytes | None = None,
              partition: int | None = None, headers: list[Header] | None = None) -> Any:
@@ -116,13 +128,25 @@ class Transaction:
                 offsets.append(int(meta.offset))
         return offsets
 
-    def audit(self, drafts: list[Draft], key: bytes | None = None) -> None:
+    def audit(self, drafts: list[Draft]) -> None:
+        """Seal entries on the chain; they are sent, with every other entry of the
+        transaction, in one batch record just before the commit (`send_audit`)."""
         sealed, self.head = self.chain.seal(self.head, drafts)
-        for entry in sealed:
-            self._audit_sends.append(self.send(
-                self.chain.tp.topic, entry.data, key=key, partition=self.chain.tp.partition,
-                headers=[("seq", str(entry.seq).encode())]))
+        self._pending += sealed
         self.audited += len(sealed)
+
+    def send_audit(self) -> None:
+        """The transaction's entries as batch records (one unless they exceed the record
+        size limit), in chain order, on the chain's partition."""
+        if not self._pending:
+            return
+        schema = batch_schema(self.chain.schema)
+        limit = min(MAX_RECORD_BYTES, _max_request_size(self.producer) - RECORD_OVERHEAD)
+        for batch in split(self._pending[0].seq, [e.data for e in self._pending], limit):
+            self._audit_sends.append(self.send(
+                self.chain.tp.topic, encode_batch(schema, batch),
+                partition=self.chain.tp.partition, headers=batch.headers()))
+        self._pending = []
 
     def note_audit_offsets(self) -> None:
         """After the commit (which flushed every send): the audit offsets as written."""
@@ -149,6 +173,7 @@ def run_transaction(producer: KafkaProducer, chain: AuditChain, what: str,
     tx = Transaction(producer, chain, what)
     try:
         result = body(tx)
+        tx.send_audit()
         with kafka_errors(what):
             producer.commit_transaction()
     except BaseException:
@@ -170,12 +195,13 @@ def abort_quietly(producer: KafkaProducer) -> None:
 
 def verify_partitions(reader: KafkaConsumer, schema: Schema, topic: str,
                       partitions: int) -> dict[int, ChainReport]:
-    """Verify the chain of every audit partition from its committed records."""
+    """Verify the chain of every audit partition from its committed batch records."""
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     records = read_all(reader, tps)
-    return {tp.partition: verify_chain(schema, _rows(records[tp])) for tp in tps}
+    return {tp.partition: read_partition(schema, records[tp]).report for tp in tps}
 
 
-def _rows(records: list[Any]) -> Iterator[tuple[int, bytes]]:
-    for position, record in enumerate(records):
-        yield position, bytes(record.value)
+def _max_request_size(producer: KafkaProducer) -> int:
+    config = getattr(producer, "config", None)
+    value = config.get("max_request_size") if isinstance(config, dict) else None
+    return int(value) if isinstance(value, int) else 1_048_576  # kafka-python's default

@@ -24,13 +24,14 @@ KEYS = {
     "store": "event_id",
     "egress": "the record's per-purpose opaque reference (ref)",
     "quarantine": "none",
-    "audit": "none (one hash chain per partition)",
+    "audit": "none (one hash chain per partition; a record holds the entries of one "
+             "transaction, records.audit_entry each)",
     "control": "control event name",
     "expiry": "recipient/purpose/released_offset",
     "keys": "data key id",
 }
 RECORD_SCHEMAS = {"store": "records.sealed_record", "quarantine": "records.quarantine_entry",
-                  "audit": "records.audit_entry", "keys": "records.data_key"}
+                  "audit": "records.audit_batch", "keys": "records.data_key"}
 OTHER_VALUES = {"control": "JSON control event (broker-internal)",
                 "expiry": "tombstone offset as decimal text (broker-internal)"}
 

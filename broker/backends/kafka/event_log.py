@@ -23,6 +23,7 @@ from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
 from broker.audit.integrate import IntegrationCheck
 from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.backends.kafka.audit_batch import entries_of
 from broker.backends.kafka.chain import verify_partitions
 from broker.backends.kafka.commands import CommandWriter, ControlReader, ExpiryIndex
 from broker.backends.kafka.egress import CAUSES, EgressLink, record_link, to_egress_record
@@ -222,8 +223,8 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
     def audit_entries(self) -> Iterator[bytes]:
         tps = [TopicPartition(self.layout.names.audit, p)
                for p in range(self.cfg.audit_partitions)]
-        for _, records in sorted(read_all(self.reader, tps).items()):
-            yield from (bytes(r.value) for r in records)
+        for tp, records in sorted(read_all(self.reader, tps).items()):
+            yield from entries_of(self.audit_schema, records, tp.partition)
 
     def check_integrated(self, store: IntegratedAuditDb) -> IntegrationCheck:
         # the integrator reads this log's chains: imported here, it imports this module
