@@ -112,7 +112,7 @@ def test_an_event_and_two_corrections_in_one_batch_apply_in_order(
     are judged, and the second correction retracts the first one's record."""
     burglary = f.woninginbraak()
     first = dict(burglary, modus_operandi="flipperen")
-    second = dict(burglary, modus_operandi="slot_forceren")
+    second = dict(burglary, modus_operandi="raam_forceren")
     publisher = kafka_broker.backend.ingress
     assert publisher is not None
     publisher.publish("politie", "politie.woninginbraak", f.numbered(burglary))
@@ -128,7 +128,7 @@ def test_an_event_and_two_corrections_in_one_batch_apply_in_order(
                                 ("tombstone", None, "rectified"),
                                 ("record", "flipperen", None),
                                 ("tombstone", None, "rectified"),
-                                ("record", "slot_forceren", None)]
+                                ("record", "raam_forceren", None)]
     assert noord[3].record["released_offset"] == noord[2].offset
     assert len(shared.audit(kafka_broker, "correction")) == 2
 
