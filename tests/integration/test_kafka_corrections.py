@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from broker.app.service import Broker
 from broker.backends.kafka.io import header, read_all
@@ -260,3 +260,23 @@ def test_replay_on_kafka_names_its_input_order(kafka_broker: Broker) -> None:
     assert revision.original_offset == original[ban["event_id"]].offset
     assert revision.after_store_offset >= revision.original_offset
     assert revision.ingested_ms == to_millis(LATER)
+
+
+def test_an_unknown_action_header_is_quarantined_not_a_crash(kafka_broker: Broker) -> None:
+    """A source controls the action header: any value but correction or withdrawal (bytes
+    that are not UTF-8 too) is quarantined as unknown_action, and serve goes on."""
+    ban = f.gebiedsverbod()
+    shared.ingest(kafka_broker, "om.gebiedsverbod", ban)
+    kafka = kafka_broker.settings.kafka
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    lift = shared.withdrawal(ban["event_id"]).encode()
+    try:
+        for action in (b"delete", b"\xff\xfe", b"", b"Withdrawal"):
+            producer.send(f"{kafka.topic_prefix}ingress.om.gebiedsverbod", lift,
+                          key=ban["event_id"].encode(),
+                          headers=[("action", action), ("source", b"om")]).get(timeout=30)
+    finally:
+        producer.close()
+    report = shared.revise(kafka_broker, "withdrawal", "om", "om.gebiedsverbod", lift.decode())
+    assert sorted(q.reason_code for q in report.quarantined) == ["unknown_action"] * 4
+    assert (report.accepted, report.retractions) == (1, 3)

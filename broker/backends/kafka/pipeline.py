@@ -84,6 +84,8 @@ from broker.pipeline.triage import RawInput, TriagedEvent
 from broker.policy.decision import DecisionContext
 
 CONSUMER = "serve"
+UNKNOWN_ACTION = (f"the {ACTION_HEADER} header is neither {' nor '.join(corrections.ACTIONS)}; "
+                  "a new event has no such header")
 
 
 @dataclass
@@ -216,7 +218,7 @@ class PartitionWorker:
             raise RuntimeError(f"partition {self.index}: process() before open()")
         events, revisions = split_revisions(batch)
         triage = self._triage(events, ctx)
-        self._route_revisions(batch, revisions, triage)
+        self._route_revisions(batch, revisions, triage, ctx)
         counts = BatchCounts(consumed=sum(len(r) for r in batch.values()))
 
         def body(tx: Transaction) -> None:
@@ -342,9 +344,12 @@ class PartitionWorker:
 
     # -- corrections and withdrawals (broker/backends/kafka/revisions.py) -----------------
     def _route_revisions(self, batch: dict[TopicPartition, list[Any]],
-                         revisions: dict[TopicPartition, list[Any]], triage: _Batch) -> None:
+                         revisions: dict[TopicPartition, list[Any]], triage: _Batch,
+                         ctx: DecisionContext) -> None:
         """Forward the revisions that belong to another partition (as events are), group
-        the others in runs, and move every consumed offset past the revisions too."""
+        the others in runs, quarantine those whose action is neither correction nor
+        withdrawal, and move every consumed offset past the revisions too."""
+        unknown: list[tuple[RawInput, str, str]] = []
         for tp, records in batch.items():
             if records:
                 triage.offsets[tp] = records[-1].offset + 1
@@ -362,15 +367,24 @@ class PartitionWorker:
                 if event_id and home_partition(event_id, partitions) != self.index:
                     triage.forwards.append((tp.topic, event_id, record))
                     continue
-                action = header(record, ACTION_HEADER) or ""
+                # bytes as sent: a header that is not UTF-8 is an unknown action, not a crash
+                action = (header_bytes(record, ACTION_HEADER) or b"").decode("utf-8", "replace")
+                over = oversized_of(header_bytes(record, OVERSIZED_HEADER), value)
+                item = RawInput(
+                    header(record, "source") or source_of(event_type), event_type,
+                    f"{tp.topic}:{tp.partition}:{record.offset}", over or value,
+                    header_bytes(record, SIGNATURE_HEADER), header_bytes(record, "traceparent"))
+                if action not in corrections.ACTIONS:
+                    unknown.append((item, "unknown_action", UNKNOWN_ACTION))
+                    continue
                 if run is None or run.action != action:
                     run = _Run(tp.topic, action, record.offset)
                     triage.runs.append(run)
-                over = oversized_of(header_bytes(record, OVERSIZED_HEADER), value)
-                run.inputs.append(RawInput(
-                    header(record, "source") or source_of(event_type), event_type,
-                    f"{tp.topic}:{tp.partition}:{record.offset}", over or value,
-                    header_bytes(record, SIGNATURE_HEADER), header_bytes(record, "traceparent")))
+                run.inputs.append(item)
+        if unknown:
+            quarantined, audits = self.broker.triage.quarantine(unknown, ctx.now)
+            triage.quarantined += quarantined
+            triage.audits += audits
 
     def _revision_state(self) -> PartitionRevisions:
         """Partition p's revision state, read from the topics the first time (after this
