@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from broker.app.service import Broker
 from broker.backends.kafka.io import header, read_all
+from broker.backends.kafka.revisions import home_partition
 from broker.clock import to_millis
 from tests import factories as f
 from tests.integration.kafka_support import (
@@ -280,3 +281,31 @@ def test_an_unknown_action_header_is_quarantined_not_a_crash(kafka_broker: Broke
     report = shared.revise(kafka_broker, "withdrawal", "om", "om.gebiedsverbod", lift.decode())
     assert sorted(q.reason_code for q in report.quarantined) == ["unknown_action"] * 4
     assert (report.accepted, report.retractions) == (1, 3)
+
+
+def test_a_withdrawal_on_the_wrong_partition_is_forwarded_to_its_original(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Two partitions: a withdrawal produced to the partition that does not hold its
+    original is forwarded there (as an event is) and judged against it."""
+    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=2)
+    built = env.broker()
+    try:
+        ban = f.gebiedsverbod()
+        shared.ingest(built, "om.gebiedsverbod", ban)
+        home = home_partition(ban["event_id"], 2)
+        kafka = built.settings.kafka
+        producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        try:
+            producer.send(f"{kafka.topic_prefix}ingress.om.gebiedsverbod",
+                          shared.withdrawal(ban["event_id"]).encode(), partition=1 - home,
+                          headers=[("action", b"withdrawal"), ("source", b"om")]
+                          ).get(timeout=30)
+        finally:
+            producer.close()
+        report = shared.revise(built, "withdrawal", "om", "om.gebiedsverbod")
+        assert (report.accepted, report.retractions, report.quarantined) == (1, 3, [])
+        (revision,) = built.revision_reader.read_revisions(-1, 10)
+        assert revision.seq % 2 == home  # stored on the original's partition
+    finally:
+        built.close()
+        env.cleanup()
