@@ -18,6 +18,11 @@ control state then, as the same stored event (same store offset, so a recipient 
 it replaces the earlier record) with the corrected payload. A recipient that did not get
 the original but qualifies now gets the new record only. A withdrawn record has its
 tombstone, so no expiry tombstone follows for it.
+
+Both backends run these rules: the embedded one in Broker.ingest_revisions /
+apply_revisions (one committed batch per revision, the revision's seq as the position),
+Kafka in the partition worker that owns the original's partition, inside the batch's
+transaction (broker/backends/kafka/revisions.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ here, and this class does not declare it: on Kafka, `ingest` publishes to the in
 topics (IngressPublisher) and `serve` (broker/backends/kafka/runner.py,
 broker/backends/kafka/pipeline.py) validates, stores and decides, one transaction per
 partition and batch. read_store works: it reads the store topic by store position
-(offset * N + partition).
+(offset * N + partition). The corrections and withdrawals `serve` stored are read here
+(RevisionReader: replay and the audit's subject look-ups), from the revisions topic.
 
 Reads are read_committed: a record is visible once its transaction committed, and a
 consume reads each stream up to its last stable offset at the time of the read.

@@ -15,7 +15,11 @@ transaction holding:
 5. one audit entry per quarantine and per (event, recipient, purpose) decision, chained
    on audit partition p;
 6. the consumed ingress offsets (send_offsets_to_transaction, with the consumer's group
-   metadata, so a member that lost the partition in a rebalance cannot commit them).
+   metadata, so a member that lost the partition in a rebalance cannot commit them);
+7. the batch's corrections and withdrawals (records with an ``action`` header), after its
+   events: on ``revisions`` partition p, with their retractions and corrected records on
+   the egress topics, the retractions' entries on ``expiry``, and their audit entries
+   (broker/backends/kafka/revisions.py).
 
 Either all of it commits or none of it is visible to read_committed readers, and the
 offsets move only with it: after a crash the batch is redone from the committed offsets,
@@ -392,7 +396,11 @@ class PartitionWorker:
         if self.revisions is None:
             if self._revision_reader is None:
                 self._revision_reader = self.clients.reader(f"revisions-{self.index}")
-            if self.written and not wait_visible(self._revision_reader, self.written):
+            names = self.layout.names
+            mine = {tp: offset for tp, offset in self.written.items()  # p's own partitions
+                    if tp.partition == self.index
+                    and tp.topic in (names.store, names.revisions, names.audit)}
+            if mine and not wait_visible(self._revision_reader, mine):
                 raise TransientBackendError(f"partition {self.index}: earlier batches not "
                                             "yet visible; reading the revision state later")
             state = PartitionRevisions(self.layout, self.index, self.link,

@@ -45,9 +45,17 @@ from kafka.partitioner.default import murmur2
 
 from broker.backends.kafka.commands import read_tombstoned
 from broker.backends.kafka.egress import EgressLink, to_egress_record
-from broker.backends.kafka.io import header, headers, read_all, read_range, read_with_ends
+from broker.backends.kafka.io import (
+    header,
+    headers,
+    read_all,
+    read_range,
+    read_with_ends,
+    wait_visible,
+)
 from broker.backends.kafka.topics import Layout
 from broker.config.kafka import split_position, store_position
+from broker.errors import TransientBackendError
 from broker.model.schemas import Schema
 from broker.pipeline.port import EgressRecord, NewEgress, StoredEvent, StoredRevision
 
@@ -128,8 +136,8 @@ class RevisionIndex:
 @dataclass
 class PartitionRevisions:
     """Partition p's originals, revisions, releases and tombstones (see the module doc):
-    the RevisionReader `corrections.triage_revisions` judges against, and the live records
-    `corrections.apply` retracts. The worker adds its batch's events and releases as it
+    what `corrections.triage_revisions` judges against (through `reader_view`), and the
+    live records `corrections.apply` retracts. The worker adds its batch's events and releases as it
     writes them, so a revision sees what came before it in the same batch."""
 
     layout: Layout
@@ -263,6 +271,13 @@ class PartitionRevisions:
             if record is None:
                 recipient, purpose, offset = key
                 tp = TopicPartition(self.layout.names.egress(recipient, purpose), 0)
+                # Other workers write the stream too: their open transactions can hold its
+                # last stable offset below this committed record for a moment. Wait for it
+                # rather than take it for gone.
+                if not wait_visible(reader, {tp: offset}):
+                    raise TransientBackendError(
+                        f"egress {recipient}/{purpose} offset {offset}: not readable yet; "
+                        "the batch is retried")
                 found = read_range(reader, {tp: offset}, max_records=1).get(tp, [])
                 if not found or found[0].offset != offset:
                     continue  # gone past the purpose's retention
