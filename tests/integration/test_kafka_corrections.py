@@ -309,3 +309,30 @@ def test_a_withdrawal_on_the_wrong_partition_is_forwarded_to_its_original(
     finally:
         built.close()
         env.cleanup()
+
+
+def test_the_subject_report_shows_the_chain_once_integrated(kafka_bootstrap: str,
+                                                            tmp_path: Path) -> None:
+    """On Kafka the subject report reads the integrated log: after `audit integrate` it
+    shows the withdrawal's retractions under disclosures, as on the embedded backend."""
+    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=2)
+    built = env.broker()
+    try:
+        burglary = f.woninginbraak()
+        shared.ingest(built, "politie.woninginbraak", burglary)
+        shared.revise(built, "withdrawal", "politie", "politie.woninginbraak",
+                      shared.withdrawal(burglary["event_id"]))
+        built.close()
+        code, out = run_cli([*env.args(), "--json", "audit", "integrate"])
+        assert code == 0, out
+        code, out = run_cli([*env.args(), "--json", "--now", LATER.isoformat(), "audit",
+                             "subject-report", "--bsn", burglary["victim"]["bsn"]])
+        assert code == 0, out
+        report = json.loads(out)
+        disclosed = {(i["action"], i["decision"], i["reason_code"])
+                     for i in report["disclosures"]}
+        assert ("tombstone", "retract", "withdrawn") in disclosed
+        assert ("decide", "release", None) in disclosed
+    finally:
+        built.close()
+        env.cleanup()
