@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from broker.audit.entries import Draft, at_offset
@@ -157,7 +157,7 @@ class PartitionWorker:
         self._unsure: tuple[str, Any] | None = None  # (what, head) of an ambiguous append
         # corrections and withdrawals: partition p's state, read when the first arrives
         self.revisions: PartitionRevisions | None = None
-        self._revision_reader: Any = None
+        self._revision_reader: KafkaConsumer | None = None
 
     @property
     def is_open(self) -> bool:
