@@ -32,6 +32,7 @@ from broker.pipeline.port import (
     IngressPurge,
     PartitionChains,
     RevisionLog,
+    RevisionReader,
     StoreWriter,
 )
 from broker.policy.plan import PlanSet
@@ -63,6 +64,8 @@ class Backend:
     # egress table). Kafka egress is the view itself, ended by tombstones and compaction.
     seal_egress: bool = True
     revisions: RevisionLog | None = None  # corrections and withdrawals, applied in the caller
+    # the stored corrections and withdrawals, read (Kafka: written by `serve`)
+    revision_reader: RevisionReader | None = None
 
     @property
     def audit_is_live(self) -> bool:
@@ -110,7 +113,8 @@ def embedded(parts: Parts) -> Backend:
         log.close()
         raise
     return Backend("embedded", log, keys, parts.audit.audit_log(log.audit), writer=log,
-                   decisions=log, chain=log, revisions=log)
+                   decisions=log, chain=log, revisions=log,
+                   revision_reader=log)
 
 
 def kafka(parts: Parts) -> Backend:
@@ -139,7 +143,7 @@ def kafka(parts: Parts) -> Backend:
         raise
     return Backend("kafka", log, keys, parts.audit.audit_log(integrated.audit),
                    partition_chains=log, ingress=log, purge=log, integrated=integrated,
-                   runner=UntilIdle(), seal_egress=False)
+                   runner=UntilIdle(), seal_egress=False, revision_reader=log)
 
 
 @dataclass(frozen=True)

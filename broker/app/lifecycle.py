@@ -35,7 +35,7 @@ MIN_APPROVERS = 2
 
 
 def _revisions(broker: Broker) -> Iterator[StoredRevision]:
-    log = broker.backend.revisions
+    log = broker.backend.revision_reader
     after = -1
     while log is not None:
         batch = log.read_revisions(after, broker.settings.decide_batch_size)
@@ -204,8 +204,8 @@ def replay_into(broker: Broker, recipient: str, purpose: str | None, version: in
         if not plans:
             continue
         if isinstance(item, StoredRevision):
-            stored = broker.revision_log.originals(item.event_type, [item.event_id])[
-                item.event_id]
+            # the original by the store position the revision names (on Kafka one read)
+            stored = broker.log.read_store(item.original_offset - 1, 1)[0]
             for plan in plans:  # the retraction of what the stream holds for the event
                 held = live.pop((plan.purpose, stored.offset), None)
                 if held is not None:

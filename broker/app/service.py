@@ -43,6 +43,7 @@ from broker.pipeline.port import (
     NewEvent,
     QuarantineNote,
     RevisionLog,
+    RevisionReader,
     StoredEvent,
     StoredRevision,
     StoreWriter,
@@ -387,10 +388,55 @@ class Broker:
     # -- corrections and withdrawals (AVG art. 19; broker/pipeline/corrections.py) ----------
     @property
     def revision_log(self) -> RevisionLog:
+        """The revisions applied in this process (embedded); on Kafka `serve` applies them
+        (ingest_revisions_settled publishes and runs it)."""
         if self.backend.revisions is None:
-            raise StorageError(f"corrections and withdrawals are applied on the embedded "
-                               f"backend; {SERVE_DECIDES}")
+            raise StorageError(f"corrections and withdrawals are applied in this process on "
+                               f"the embedded backend only; {SERVE_DECIDES}")
         return self.backend.revisions
+
+    @property
+    def revision_reader(self) -> RevisionReader:
+        """The stored corrections and withdrawals, on every backend."""
+        if self.backend.revision_reader is None:
+            raise StorageError(f"backend {self.backend.name} keeps no corrections or "
+                               "withdrawals")
+        return self.backend.revision_reader
+
+    def ingest_revisions_settled(self, action: str, source: str, event_type: str,
+                                 lines: Iterable[tuple[int, bytes | Oversized]],
+                                 now: datetime, signatures: Mapping[int, bytes] | None = None
+                                 ) -> IngestReport:
+        """Corrections or withdrawals as numbered input lines, returned once settled (as
+        ingest_settled does for events): on the embedded backend ingest_revisions; on
+        Kafka published to the event type's ingress topic with their `action` header,
+        keyed by the event they revise, and the pipeline run here until idle (the report
+        covers all that run settled; quarantine positions are topic:partition:offset)."""
+        corrections.check_action(action)
+        publisher, runner = self.backend.ingress, self.backend.runner
+        if publisher is None:
+            by_line = {f"line {n}": sig for n, sig in (signatures or {}).items()}
+            return self.ingest_revisions(action, source, event_type,
+                                         ((f"line {n}", raw) for n, raw in lines), now, by_line)
+        if runner is None:
+            raise StorageError(f"backend {self.backend.name}: revisions are published to "
+                               "ingress but this process cannot run the pipeline that applies "
+                               "them; run `covenant-broker serve`")
+        event_type = self.resolve_type(source, event_type)
+        published = publisher.publish(source, event_type, lines, signatures, action=action)
+        run = runner.run_until_idle(self, now)
+        if run.consumed < published.produced:
+            raise StorageError(f"{published.produced} {action}s published to "
+                               f"{published.topic}, but the pipeline run here consumed "
+                               f"{run.consumed}: another `covenant-broker serve` of the same "
+                               "group holds part of the ingress; stop it, or publish without "
+                               "settling")
+        return IngestReport(source, event_type, accepted=run.revised,
+                            quarantined=list(run.quarantine_notes),
+                            dropped_fields=list(run.dropped_fields),
+                            decided=DecideCounts(run.stored, run.released, run.withheld),
+                            tombstones=run.tombstones, action=action,
+                            retractions=run.retractions)
 
     def ingest_revisions(self, action: str, source: str, event_type: str,
                          inputs: Iterable[tuple[str, bytes | Oversized]], now: datetime,
@@ -458,10 +504,8 @@ class Broker:
     def _version_before(self, revision: StoredRevision, original: StoredEvent) -> StoredEvent:
         """The version of the event its live records were released from: the latest
         correction before `revision`, else the original."""
-        earlier = [r for r in self.revision_log.revisions_of(revision.event_type,
-                                                             [revision.event_id])
-                   if r.seq < revision.seq and r.action == corrections.CORRECTION]
-        return corrections.as_stored(earlier[-1], original) if earlier else original
+        return corrections.version_before(revision, self.revision_log.revisions_of(
+            revision.event_type, [revision.event_id]), original)
 
     def _subjects_of(self, stored: StoredEvent) -> list[dict[str, str]]:
         return Decider.data_subjects(self.decider.open(stored))
@@ -515,17 +559,22 @@ class Broker:
         """Subject pseudonyms of stored events (from the envelope, even after erasure), and
         of their corrections: a record of the event may come from any of its versions."""
         out: list[dict[str, str]] = []
-        revisions = self.backend.revisions
-        for offset in sorted(set(offsets)):
-            for stored in self.log.read_store(offset - 1, 1):
-                versions = [stored]
-                if revisions is not None:
-                    versions += [corrections.as_stored(r, stored) for r in
-                                 revisions.revisions_of(stored.event_type, [stored.event_id])
-                                 if r.action == corrections.CORRECTION]
-                for version in versions:
-                    out.extend(s for s in Decider.data_subjects(self.decider.open(version))
-                               if s not in out)
+        revisions = self.backend.revision_reader
+        events = [stored for offset in sorted(set(offsets))
+                  for stored in self.log.read_store(offset - 1, 1)]
+        corrected: dict[tuple[str, str], list[StoredRevision]] = {}
+        if revisions is not None:  # one look-up per event type (on Kafka a read of a topic)
+            for event_type in dict.fromkeys(e.event_type for e in events):
+                for r in revisions.revisions_of(event_type, [e.event_id for e in events
+                                                             if e.event_type == event_type]):
+                    if r.action == corrections.CORRECTION:
+                        corrected.setdefault((event_type, r.event_id), []).append(r)
+        for stored in events:
+            versions = [stored, *(corrections.as_stored(r, stored) for r in
+                                  corrected.get((stored.event_type, stored.event_id), ()))]
+            for version in versions:
+                out.extend(s for s in Decider.data_subjects(self.decider.open(version))
+                           if s not in out)
         return out
 
     # -- egress -----------------------------------------------------------------------------

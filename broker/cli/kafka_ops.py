@@ -75,11 +75,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                "forwarded": report.forwarded, "released": report.released,
                "withheld": report.withheld, "tombstones": report.tombstones,
                "retries": report.retries, "partitions": report.partitions,
-               "denials_audited": report.denials_audited}
+               "denials_audited": report.denials_audited, "revised": report.revised,
+               "retractions": report.retractions}
     _emit(args, payload, f"serve stopped: {report.consumed} consumed, {report.stored} "
           f"stored, {report.quarantined} quarantined, {report.released} released, "
           f"{report.withheld} withheld, {report.tombstones} tombstones in "
-          f"{report.batches} batches (partitions {report.partitions})")
+          f"{report.batches} batches (partitions {report.partitions})"
+          + (f"; {report.revised} corrections and withdrawals, {report.retractions} "
+             "retractions" if report.revised else ""))
     return EXIT_OK
 
 

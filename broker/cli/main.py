@@ -217,28 +217,36 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         broker.resolve_type(args.source, args.event_type)  # refuse before reading the input
         action = _ingest_action(args)
         revising = action != "event"
-        if revising and broker.backend.revisions is None:
-            raise InputError(f"--{action}: corrections and withdrawals are applied on the "
-                             "embedded backend only, so far")
-        if broker.backend.ingress is not None:  # produce to the ingress topic; `serve` decides
+        if revising:  # on Kafka: published with an `action` header, and settled here
+            with _open_input(args.file) as stream:
+                report = broker.ingest_revisions_settled(
+                    action, args.source, args.event_type,
+                    read_lines(stream, settings.limits.max_event_bytes), _now(args),
+                    _signatures(args))
+        elif broker.backend.ingress is not None:  # produce to the ingress topic; serve decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 
             with _open_input(args.file) as stream:  # a stream here too: a line is bounded
                 return cli_kafka.ingest(args, broker, read_lines(
                     stream, settings.limits.max_event_bytes), _signatures(args), traceparent)
-        with _open_input(args.file) as stream:  # read as a stream: a line is bounded
-            signatures = _signatures(args)
-            inputs = ((f"line {n}", line) for n, line in
-                      read_lines(stream, settings.limits.max_event_bytes))
-            by_line = {f"line {n}": sig for n, sig in signatures.items()}
-            report = (broker.ingest_revisions(action, args.source, args.event_type,
-                                              inputs, _now(args), by_line) if revising
-                      else broker.ingest(args.source, args.event_type, inputs, _now(args),
-                                         by_line, traceparent))
+        else:
+            report = _ingest_events(args, settings, broker, traceparent)
     finally:
         broker.close()
     _emit(args, _ingest_json(report), _ingest_text(report))
     return EXIT_OK
+
+
+def _ingest_events(args: argparse.Namespace, settings: Settings, broker: Broker,
+                   traceparent: str | None) -> IngestReport:
+    """New events on the embedded backend: stored and decided here."""
+    with _open_input(args.file) as stream:  # read as a stream: a line is bounded
+        signatures = _signatures(args)
+        inputs = ((f"line {n}", line) for n, line in
+                  read_lines(stream, settings.limits.max_event_bytes))
+        by_line = {f"line {n}": sig for n, sig in signatures.items()}
+        return broker.ingest(args.source, args.event_type, inputs, _now(args),
+                             by_line, traceparent)
 
 
 def _ingest_action(args: argparse.Namespace) -> str:

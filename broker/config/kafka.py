@@ -11,6 +11,8 @@ topic                                  holds                                    
 ``covenant.egress.<recipient>.<purpose>``  compacted: released views (key: ref) and   1
                                        tombstones; deleted after the retention
 ``covenant.quarantine``                bad input with its reason                   N
+``covenant.revisions``                 accepted corrections and withdrawals of the  N
+                                       events (broker/backends/kafka/revisions.py)
 ``covenant.audit``                     hash-chained audit entries                  N + 1
 ``covenant.control``                   control events (theme switches)             1
 ``covenant.expiry``                    compacted: which records have a tombstone   1
@@ -250,6 +252,10 @@ class TopicNames:
     @property
     def quarantine(self) -> str:
         return f"{self.prefix}quarantine"
+
+    @property
+    def revisions(self) -> str:
+        return f"{self.prefix}revisions"
 
     @property
     def audit(self) -> str:

@@ -107,6 +107,12 @@ class RunReport(Protocol):
     @property
     def tombstones(self) -> int: ...
 
+    @property
+    def revised(self) -> int: ...  # corrections and withdrawals accepted
+
+    @property
+    def retractions(self) -> int: ...  # tombstones with cause rectified or withdrawn
+
 
 class PipelineRunner(Protocol):
     """A backend's pipeline run in this process until nothing published is left undecided:

@@ -18,6 +18,11 @@ control state then, as the same stored event (same store offset, so a recipient 
 it replaces the earlier record) with the corrected payload. A recipient that did not get
 the original but qualifies now gets the new record only. A withdrawn record has its
 tombstone, so no expiry tombstone follows for it.
+
+Both backends run these rules: the embedded one in Broker.ingest_revisions /
+apply_revisions (one committed batch per revision, the revision's seq as the position),
+Kafka in the partition worker that owns the original's partition, inside the batch's
+transaction (broker/backends/kafka/revisions.py).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from broker.pipeline.port import (
     EgressRecord,
     NewRevision,
     Quarantined,
-    RevisionLog,
+    RevisionReader,
     StoredEvent,
     StoredRevision,
 )
@@ -92,9 +97,11 @@ def check_action(action: str) -> str:
 
 
 def triage_revisions(triage: Triage, registry: SchemaRegistry, action: str,
-                     inputs: Iterable[RawInput], now: datetime, log: RevisionLog,
+                     inputs: Iterable[RawInput], now: datetime, log: RevisionReader,
                      subjects: Subjects) -> RevisionTriage:
-    """Judge a batch of corrections or withdrawals of one event type; nothing is written."""
+    """Judge a batch of corrections or withdrawals of one event type; nothing is written.
+    `log` holds every original and earlier revision the inputs may name (on Kafka: the
+    partition's, with the batch in hand before them)."""
     check_action(action)
     now_ms = to_millis(now)
     key = triage.commitment_key
@@ -188,6 +195,15 @@ def as_stored(revision: StoredRevision, original: StoredEvent) -> StoredEvent:
     """A correction as the decider takes it: the original's store offset and ingest time
     (its retention runs from the first ingest), the corrected payload, its own trace."""
     return replace(original, payload=revision.payload, trace_id=revision.trace_id)
+
+
+def version_before(revision: StoredRevision, earlier: Iterable[StoredRevision],
+                   original: StoredEvent) -> StoredEvent:
+    """The version of the event its live records were released from: the latest
+    correction before `revision` among the event's revisions `earlier`, else the original."""
+    before = [r for r in earlier if r.seq < revision.seq and r.action == CORRECTION
+              and r.event_id == revision.event_id]
+    return as_stored(before[-1], original) if before else original
 
 
 def apply(revision: StoredRevision, original: StoredEvent, live: list[EgressRecord],

@@ -250,14 +250,14 @@ class StoreWriter(Protocol):
     def duplicate_ids(self, event_type: str, event_ids: list[str]) -> set[str]: ...
 
 
-class RevisionLog(Protocol):
-    """Corrections and withdrawals (broker/pipeline/corrections.py), stored beside the
-    store (whose event ids are unique per type), with the live records they retract."""
+class RevisionReader(Protocol):
+    """The stored corrections and withdrawals (broker/pipeline/corrections.py), as every
+    backend keeps them: what triage judges a revision against, and what replay and the
+    audit's subject look-ups read. (On Kafka `serve` writes them: no append here.)"""
 
-    def append_revisions(self, revisions: list[NewRevision], quarantined: list[Quarantined],
-                         audits: list[Draft], now_ms: int) -> list[StoredRevision]: ...
-
-    def read_revisions(self, after: int, limit: int) -> list[StoredRevision]: ...
+    def read_revisions(self, after: int, limit: int) -> list[StoredRevision]:
+        """Revisions with a seq after `after`, in seq order."""
+        ...
 
     def revisions_of(self, event_type: str, event_ids: list[str]) -> list[StoredRevision]:
         """The revisions of these events, in order."""
@@ -266,6 +266,14 @@ class RevisionLog(Protocol):
     def originals(self, event_type: str, event_ids: list[str]) -> dict[str, StoredEvent]:
         """The stored events with these ids, by id."""
         ...
+
+
+class RevisionLog(RevisionReader, Protocol):
+    """Corrections and withdrawals stored beside the store (whose event ids are unique per
+    type), with the live records they retract, applied in the caller (embedded)."""
+
+    def append_revisions(self, revisions: list[NewRevision], quarantined: list[Quarantined],
+                         audits: list[Draft], now_ms: int) -> list[StoredRevision]: ...
 
     def live_records(self, event_type: str, event_offset: int) -> list[EgressRecord]:
         """The released records of one stored event that no tombstone ends yet."""
@@ -294,9 +302,11 @@ class IngressPublisher(Protocol):
 
     def publish(self, source: str, event_type: str, lines: Iterable[tuple[int, bytes | Oversized]],
                 signatures: Mapping[int, bytes] | None = None,
-                traceparent: str | None = None) -> IngressReport:
+                traceparent: str | None = None, action: str | None = None) -> IngressReport:
         """`traceparent`: the source operation's W3C trace context, as the `traceparent`
-        header of every record (serve validates it)."""
+        header of every record (serve validates it). `action`: "correction" or
+        "withdrawal" (broker/pipeline/corrections.py) as every record's `action` header;
+        None for new events."""
         ...
 
 

@@ -42,13 +42,13 @@ def test_topics_are_created_with_the_documented_layout(kafka_bootstrap: str,
         p = f"{env.name}."
         names = [f"{p}ingress.politie.woninginbraak", f"{p}store", f"{p}audit",
                  f"{p}egress.boa-hor-noord.surveillance-woninginbraak", f"{p}quarantine",
-                 f"{p}control", f"{p}expiry", f"{p}keys"]
+                 f"{p}control", f"{p}expiry", f"{p}keys", f"{p}revisions"]
         partitions, configs = _describe(kafka_bootstrap, names)
         env.broker().close()  # and a second start accepts them as they are
 
     assert partitions == {names[0]: 2, names[1]: 2, names[2]: 3, names[3]: 1, names[4]: 2,
-                          names[5]: 1, names[6]: 1, names[7]: 1}
-    for immutable in (names[1], names[2], names[4], names[5]):
+                          names[5]: 1, names[6]: 1, names[7]: 1, names[8]: 2}
+    for immutable in (names[1], names[2], names[4], names[5], names[8]):
         assert configs[immutable] == {"retention.ms": "-1", "retention.bytes": "-1",
                                       "cleanup.policy": "delete"}, immutable
     # egress: compacted by ref (tombstones remove what they end), deleted after the

@@ -10,7 +10,7 @@ A pure function of the covenant, the topic layout and a principal map:
 - the broker principal (default ``User:covenant-broker``) reads the ingress topics (and
   writes them: a record that arrives on the wrong partition is forwarded to its home
   partition; and deletes what it has consumed: DeleteRecords, kafka_purge.py), reads and
-  writes the store, egress, quarantine, audit, control, expiry and data key topics,
+  writes the store, egress, quarantine, revisions, audit, control, expiry and data key topics,
   creates and checks the topics under the prefix, and uses its consumer group and its
   transactional ids.
 
@@ -169,8 +169,8 @@ def plan_acls(covenant: Covenant, layout: Layout,
     broker = who.broker
     for topic in layout.ingress_topics():
         allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE, DELETE))
-    for topic in (names.store, names.quarantine, names.audit, names.control, names.expiry,
-                  names.keys, *(names.egress(r, p) for r, p in layout.streams)):
+    for topic in (names.store, names.quarantine, names.revisions, names.audit, names.control,
+                  names.expiry, names.keys, *(names.egress(r, p) for r, p in layout.streams)):
         allow(broker, "broker", TOPIC, topic, (READ, WRITE, DESCRIBE))
     if cfg.topic_prefix:  # ensure_topics creates missing topics and checks their configs
         allow(broker, "broker", TOPIC, cfg.topic_prefix, (CREATE, DESCRIBE, DESCRIBE_CONFIGS),

@@ -138,6 +138,7 @@ class DenialAuditor:
         self.fixed = {
             self.names.store,
             self.names.quarantine,
+            self.names.revisions,
             self.names.audit,
             self.names.control,
             self.names.expiry,

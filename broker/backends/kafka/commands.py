@@ -39,7 +39,6 @@ from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.io import (
     Clients,
     close_quietly,
-    read_range,
     read_with_ends,
     take_writer,
     wait_visible,
@@ -66,6 +65,7 @@ class CommandWriter:
         self.producer: KafkaProducer | None = None
         self.reader: KafkaConsumer | None = None  # for the visibility wait only
         self.tombstoned: dict[StreamOffset, int] = {}
+        self.expiry_position = 0  # where refresh_tombstoned reads on
 
     # -- life cycle ----------------------------------------------------------------------
     def open(self) -> None:
@@ -74,11 +74,22 @@ class CommandWriter:
             return
         def recover(reader: KafkaConsumer) -> None:
             self.chain.recover(reader)
-            self.tombstoned = _read_tombstoned(reader, self.layout.names.expiry)
+            self.tombstoned, self.expiry_position = read_tombstoned(
+                reader, self.layout.names.expiry)
 
         self.producer = take_writer(self.clients, self.layout.cfg.commands_txn_id,
                                     self.layout.all_topics(), "the commands writer",
                                     "commands-state", recover)
+
+    def refresh_tombstoned(self, reader: KafkaConsumer) -> None:
+        """Read on in the expiry topic: the partition workers write it too, with each
+        retraction of a corrected or withdrawn event (broker/backends/kafka/revisions.py),
+        so a record they retracted gets no expiry tombstone or erasure notice after. (A
+        retraction still in an open transaction is not seen: the record may then get
+        both, each a tombstone of the same key; docs/integrators.md says so.)"""
+        found, self.expiry_position = read_tombstoned(reader, self.layout.names.expiry,
+                                                      self.expiry_position)
+        self.tombstoned.update(found)
 
     def reset(self) -> None:
         if self.producer is not None:
@@ -293,10 +304,14 @@ class ExpiryIndex:
                       key=lambda r: (r.recipient, r.purpose, r.offset))
 
 
-def _read_tombstoned(reader: KafkaConsumer, topic: str) -> dict[StreamOffset, int]:
+def read_tombstoned(reader: KafkaConsumer, topic: str, start: int = 0
+                    ) -> tuple[dict[StreamOffset, int], int]:
+    """The expiry topic's entries from `start` (released record -> its tombstone's
+    offset), and the offset to read on from."""
     tp = TopicPartition(topic, 0)
+    found, ends = read_with_ends(reader, {tp: start})
     out: dict[StreamOffset, int] = {}
-    for record in read_range(reader, {tp: 0})[tp]:
+    for record in found[tp]:
         recipient, purpose, offset = record.key.decode().rsplit("/", 2)
         out[(recipient, purpose, int(offset))] = int(record.value)
-    return out
+    return out, ends[tp]

@@ -24,6 +24,7 @@ KEYS = {
     "store": "event_id",
     "egress": "the record's per-purpose opaque reference (ref)",
     "quarantine": "none",
+    "revisions": "event_id of the event it corrects or withdraws",
     "audit": "none (one hash chain per partition; a record holds the entries of one "
              "transaction, records.audit_entry each)",
     "control": "control event name",
@@ -31,7 +32,9 @@ KEYS = {
     "keys": "data key id",
 }
 RECORD_SCHEMAS = {"store": "records.sealed_record", "quarantine": "records.quarantine_entry",
-                  "audit": "records.audit_batch", "keys": "records.data_key"}
+                  "audit": "records.audit_batch", "keys": "records.data_key",
+                  # a correction: the sealed corrected event; a withdrawal: empty
+                  "revisions": "records.sealed_record"}
 OTHER_VALUES = {"control": "JSON control event (broker-internal)",
                 "expiry": "tombstone offset as decimal text (broker-internal)"}
 

@@ -5,7 +5,8 @@ here, and this class does not declare it: on Kafka, `ingest` publishes to the in
 topics (IngressPublisher) and `serve` (broker/backends/kafka/runner.py,
 broker/backends/kafka/pipeline.py) validates, stores and decides, one transaction per
 partition and batch. read_store works: it reads the store topic by store position
-(offset * N + partition).
+(offset * N + partition). The corrections and withdrawals `serve` stored are read here
+(RevisionReader: replay and the audit's subject look-ups), from the revisions topic.
 
 Reads are read_committed: a record is visible once its transaction committed, and a
 consume reads each stream up to its last stable offset at the time of the read.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
-from typing import Any
 
 from kafka import TopicPartition
 
@@ -30,6 +30,7 @@ from broker.backends.kafka.egress import CAUSES, EgressLink, record_link, to_egr
 from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.io import Clients, header, last_committed, read_all, read_range
 from broker.backends.kafka.purge import purge_once
+from broker.backends.kafka.revisions import RevisionIndex, home_partition, stored_event
 from broker.backends.kafka.topics import Layout, ensure_topics
 from broker.config.kafka import KafkaConfig, split_position, store_position
 from broker.logs import get_logger
@@ -45,7 +46,9 @@ from broker.pipeline.port import (
     IngressPurge,
     IngressReport,
     PartitionChains,
+    RevisionReader,
     StoredEvent,
+    StoredRevision,
     StoreReader,
     TombstoneWriter,
     check_tombstone_batch,
@@ -72,7 +75,7 @@ def open_layout(cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet) -> L
 
 
 class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, AuditAppender,
-                    PartitionChains, IngressPurge, IngressPublisher):
+                    PartitionChains, IngressPurge, IngressPublisher, RevisionReader):
     def __init__(self, cfg: KafkaConfig, registry: SchemaRegistry, plans: PlanSet,
                  link_key: bytes) -> None:
         """`link_key`: the data dir's egress-link key, which seals what the broker keeps
@@ -86,6 +89,7 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
         self.commands = CommandWriter(self.clients, self.layout, self.audit_schema, self.link)
         self.control = ControlReader(self.layout.names.control)
         self.expiry = ExpiryIndex(self.layout, self.link)
+        self.revisions = RevisionIndex(self.layout)
         self.logger = get_logger(component="kafka-log", topic_prefix=cfg.topic_prefix)
 
     def close(self) -> None:
@@ -97,11 +101,11 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
     def publish(self, source: str, event_type: str,
                 lines: Iterable[tuple[int, bytes | Oversized]],
                 signatures: Mapping[int, bytes] | None = None,
-                traceparent: str | None = None) -> IngressReport:
+                traceparent: str | None = None, action: str | None = None) -> IngressReport:
         # imported here: the producer side pulls in the partition worker's module
         from broker.backends.kafka.ingress import produce  # noqa: PLC0415 - import cycle
 
-        return produce(self, source, event_type, lines, signatures, traceparent)
+        return produce(self, source, event_type, lines, signatures, traceparent, action)
 
     def purge_consumed_ingress(self) -> int:
         return len(purge_once(self.clients, self.layout))
@@ -133,6 +137,7 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
         Takes the commands chain first, so the tombstone index it filters by is exact.
         """
         self.commands.open()
+        self.commands.refresh_tombstoned(self.reader)  # retractions by the workers too
         self.expiry.refresh(self.reader)
         return self.expiry.due(before, self.commands.tombstoned)
 
@@ -147,6 +152,7 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
         """Takes the commands chain first, so the tombstone index it filters by is exact
         (write_tombstones filters again inside its transaction)."""
         self.commands.open()
+        self.commands.refresh_tombstoned(self.reader)  # retractions by the workers too
         out: list[EgressRecord] = []
         for recipient, purpose, offset in released:
             if (recipient, purpose, offset) in self.commands.tombstoned:
@@ -162,6 +168,8 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
     def write_tombstones(self, batch: DecisionBatch, now_ms: int) -> list[EgressRecord]:
         check_tombstone_batch(batch)
         self.logger.info("writing expiry tombstones", due=len(batch.egress))
+        self.commands.open()
+        self.commands.refresh_tombstoned(self.reader)  # retractions by the workers too
         return self.commands.write_tombstones(batch)
 
     # -- egress ----------------------------------------------------------------------------
@@ -236,15 +244,38 @@ class KafkaEventLog(StoreReader, TombstoneWriter, EgressReader, ControlLog, Audi
         return verify_partitions(self.reader, self.audit_schema, self.layout.names.audit,
                                  self.cfg.audit_partitions)
 
+    # -- corrections and withdrawals (written by serve: broker/backends/kafka/revisions.py)
+    def read_revisions(self, after: int, limit: int) -> list[StoredRevision]:
+        self.revisions.refresh(self.reader)
+        return self.revisions.after(after, limit)
+
+    def revisions_of(self, event_type: str, event_ids: list[str]) -> list[StoredRevision]:
+        self.revisions.refresh(self.reader)
+        return self.revisions.of(event_type, event_ids)
+
+    def originals(self, event_type: str, event_ids: list[str]) -> dict[str, StoredEvent]:
+        """Each event's home store partition read in full (keyed by event_id, no index):
+        for tools and tests. Replay and the subject look-ups find an original by the
+        store position its revisions name."""
+        by_partition: dict[int, set[str]] = {}
+        for event_id in event_ids:
+            by_partition.setdefault(home_partition(event_id, self.cfg.partitions),
+                                    set()).add(event_id)
+        out: dict[str, StoredEvent] = {}
+        tps = {TopicPartition(self.layout.names.store, p): ids
+               for p, ids in by_partition.items()}
+        for tp, records in read_all(self.reader, tps).items():
+            for record in records:
+                key = record.key.decode() if record.key else ""
+                if key in tps[tp] and header(record, "event_type") == event_type:
+                    out[key] = _stored_event(record, store_position(
+                        record.offset, tp.partition, self.cfg.partitions))
+        return out
+
     def quarantine_count(self) -> int:
         tps = [TopicPartition(self.layout.names.quarantine, p)
                for p in range(self.cfg.partitions)]
         return sum(len(records) for records in read_all(self.reader, tps).values())
 
 
-def _stored_event(record: Any, position: int) -> StoredEvent:
-    return StoredEvent(position, header(record, "event_type") or "",
-                       header(record, "source") or "",
-                       record.key.decode() if record.key else "", bytes(record.value),
-                       header(record, "trace_id") or "",
-                       int(header(record, "ingested_ms") or 0), header(record, "traceparent"))
+_stored_event = stored_event  # a store record as the port's StoredEvent

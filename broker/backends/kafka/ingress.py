@@ -2,9 +2,10 @@
 
 Each line becomes one record, keyed by its event_id when the line is JSON that has one (so
 it lands on the partition whose worker judges duplicates of that id); the ``source``
-header names the producing source and ``line`` its line number; a line's signature, if
-given, goes in ``cb-sig`` (broker/pipeline/signatures.py). Validation, storing and
-deciding happen in `serve`.
+header names the producing source and ``line`` its line number, and ``action`` marks a
+correction or withdrawal (keyed by the event_id it revises: the original's partition); a
+line's signature, if given, goes in ``cb-sig`` (broker/pipeline/signatures.py).
+Validation, storing and deciding happen in `serve`.
 
 The lines come from the bounded line reader (`read_lines`, as the embedded ingest reads
 them), so a huge line or file never sits in memory (issue 15 item 7). A line over
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from broker.backends.kafka.errors import kafka_errors
 from broker.backends.kafka.framing import OVERSIZED_HEADER
 from broker.backends.kafka.io import close_quietly, headers
-from broker.backends.kafka.pipeline import home_partition
+from broker.backends.kafka.revisions import ACTION_HEADER, home_partition
 from broker.errors import StorageError
 from broker.pipeline.core import PipelineCore
 from broker.pipeline.ingest import Oversized
@@ -51,19 +52,21 @@ def event_id_of(line: bytes) -> str | None:
 def produce_lines(broker: PipelineCore, source: str, event_type: str,
                   lines: Iterable[tuple[int, bytes | Oversized]],
                   signatures: Mapping[int, bytes] | None = None,
-                  traceparent: str | None = None) -> ProduceReport:
+                  traceparent: str | None = None, action: str | None = None) -> ProduceReport:
     publisher = broker.backend.ingress
     if publisher is None:
         raise StorageError("produce_lines needs the Kafka backend")
     return publisher.publish(source, broker.resolve_type(source, event_type), lines,
-                             signatures, traceparent)
+                             signatures, traceparent, action)
 
 
 def produce(log: KafkaEventLog, source: str, full: str,
             lines: Iterable[tuple[int, bytes | Oversized]],
             signatures: Mapping[int, bytes] | None = None,
-            traceparent: str | None = None) -> ProduceReport:
-    """KafkaEventLog.publish: the lines of a resolved event type to its ingress topic."""
+            traceparent: str | None = None, action: str | None = None) -> ProduceReport:
+    """KafkaEventLog.publish: the lines of a resolved event type to its ingress topic.
+    `action` ("correction", "withdrawal"): the lines revise earlier events, each keyed by
+    the event_id of the event it revises (broker/backends/kafka/revisions.py)."""
     topic = log.layout.names.ingress(full)
     report = ProduceReport(source, full, topic)
     producer = log.clients.producer()
@@ -80,7 +83,8 @@ def produce(log: KafkaEventLog, source: str, full: str,
                 futures.append(producer.send(
                     topic, value=value, key=event_id.encode() if event_id else None,
                     partition=partition, headers=[
-                        *headers(source=source, line=number, traceparent=traceparent),
+                        *headers(source=source, line=number, traceparent=traceparent,
+                                 **{ACTION_HEADER: action}),
                         *([(OVERSIZED_HEADER, f"{over.length} {over.sha256}".encode())]
                           if over is not None else []),
                         *([(SIGNATURE_HEADER, sig)] if sig is not None else [])]))

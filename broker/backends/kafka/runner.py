@@ -84,6 +84,8 @@ class ServeReport:
     retries: int = 0
     purged_partitions: int = 0  # ingress partitions purged up to their committed offsets
     denials_audited: int = 0  # audit entries from Kafka's authorizer log
+    revised: int = 0  # corrections and withdrawals accepted (broker/backends/kafka/revisions.py)
+    retractions: int = 0  # their tombstones (cause rectified or withdrawn)
     partitions: list[int] = field(default_factory=list)
     # Kept by an --until-idle run only (a bounded one): a service that runs for months
     # would hold a note for every input it ever quarantined.
@@ -98,6 +100,8 @@ class ServeReport:
         self.forwarded += counts.forwarded
         self.released += counts.decided.released
         self.withheld += counts.decided.withheld
+        self.revised += counts.revised
+        self.retractions += counts.retractions
         if notes:
             self.quarantine_notes += counts.quarantine_notes
             self.dropped_fields += counts.dropped_fields

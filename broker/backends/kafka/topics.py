@@ -140,6 +140,10 @@ class Layout:
                                  setting="(fixed: one partition per stream)"))
         out.append(TopicSpec(names.quarantine, "quarantine", cfg.partitions, KEEP_FOREVER,
                              keep))
+        # corrections and withdrawals, on the partition of the event they revise, beside
+        # the store (which keeps one record per event id); kept as long as the store
+        out.append(TopicSpec(names.revisions, "revisions", cfg.partitions, KEEP_FOREVER,
+                             keep))
         out.append(TopicSpec(names.audit, "audit", cfg.audit_partitions, KEEP_FOREVER, keep,
                              setting="kafka.partitions (+1 for the commands chain)"))
         out.append(TopicSpec(names.control, "control", 1, KEEP_FOREVER, keep,
