@@ -24,6 +24,11 @@ READ_TIMEOUT_S = 60.0
 # fills (default 16 KiB: every ~20 audit entries), which then contends for the GIL with
 # the thread still sending; larger batches mean fewer wake-ups and produce requests.
 TXN_BATCH_BYTES = 512 * 1024
+# kafka-python hands out one partition's fetched records until they are used up; with the
+# default 1 MiB per partition fetch (~4 000 inputs) a backlog was served one event type at a
+# time for seconds on end (bench/README.md section 2). 64 KiB (~250 inputs) per partition per
+# fetch keeps every ingress partition in each few batches; a fetch still brings several.
+INGRESS_FETCH_BYTES = 64 * 1024
 
 
 class Clients:
@@ -92,7 +97,8 @@ class Clients:
                                  session_timeout_ms=cfg.session_timeout_ms,
                                  heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                                  max_poll_interval_ms=cfg.max_poll_interval_ms,
-                                 max_poll_records=cfg.max_batch, **extra)
+                                 max_poll_records=cfg.max_batch,
+                                 max_partition_fetch_bytes=INGRESS_FETCH_BYTES, **extra)
 
 
 def take_writer(clients: Clients, transactional_id: str, topics: list[str], what: str,
