@@ -721,10 +721,10 @@ def one_pass(bootstrap: str, opts: argparse.Namespace, feed: Feed,
     seconds = opts.warmup + opts.window + TAIL_S + 1.0
     records: dict[str, Any] = {}
     for c in contenders(opts, 1):
-        if c.kind == "serve" and c.processes == 1:
+        if c.kind == "serve" and c.processes == 1 and opts.rounds > 0:
             records[c.name] = records_run(c, bootstrap, feed, opts.count_inputs, opts, root)
             print(f"records {c.name:20} {records[c.name]['per_input']}", flush=True)
-    fanout = max(1, round(records["serve"]["per_input"]["total"]))
+    fanout = max(1, round(records["serve"]["per_input"]["total"])) if records else 1
     for n in range(opts.rounds):
         got: dict[str, Any] = {}
         for listed in contenders(opts, fanout):
@@ -766,7 +766,7 @@ def summarise(rounds: list[dict[str, Any]], records: dict[str, Any]) -> dict[str
                 if r.get(num, {}).get("inputs_per_s") and r.get(den, {}).get("inputs_per_s")]
 
     for serve in ("serve_before", "serve"):
-        if serve not in rounds[0]:
+        if not rounds or serve not in rounds[0]:
             continue
         pairs = {f"{serve}/passthrough": ratios(serve, "passthrough"),
                  f"{serve}/passthrough_fanout": ratios(serve, "passthrough_fanout"),
@@ -785,7 +785,7 @@ def summarise(rounds: list[dict[str, Any]], records: dict[str, Any]) -> dict[str
 
 def print_table(result: dict[str, Any]) -> None:
     rounds = result["rounds"]
-    names = list(rounds[0])
+    names = list(rounds[0]) if rounds else []
     print(f"\n{'round':6}" + "".join(f"{n:>20}" for n in names) + f"{'load avg':>14}")
     for i, r in enumerate(rounds):
         loads = [x for n in names for x in r[n]["load_avg"]]
@@ -818,7 +818,7 @@ def parse_args() -> argparse.Namespace:
         pace.add_argument(name, required=True)
     pace.add_argument("--rate", type=float, required=True)
     pace.add_argument("--partitions", type=int, required=True)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="0 = latency only")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds discarded")
     parser.add_argument("--window", type=float, default=6.0, help="seconds measured")
     parser.add_argument("--partitions", type=int, default=2)
@@ -855,7 +855,7 @@ def main() -> None:
         run_pace(args)
         return
     if args.quick:
-        args.rounds, args.warmup, args.window = 1, 2.0, 3.0
+        args.rounds, args.warmup, args.window = min(args.rounds, 1), 2.0, 3.0
         args.latency_warmup, args.latency_window = 2.0, 5.0
         args.count_inputs = min(args.count_inputs, 2000)
     from broker.logs import configure  # noqa: PLC0415
