@@ -24,6 +24,18 @@ READ_TIMEOUT_S = 60.0
 # fills (default 16 KiB: every ~20 audit entries), which then contends for the GIL with
 # the thread still sending; larger batches mean fewer wake-ups and produce requests.
 TXN_BATCH_BYTES = 512 * 1024
+# kafka-python hands out one partition's fetched records until they are used up; with the
+# default 1 MiB per partition fetch (~4 000 inputs) a backlog was served one event type at a
+# time for seconds on end (bench/README.md section 2). 64 KiB (~250 inputs) per partition per
+# fetch keeps every ingress partition in each few batches; a fetch still brings several.
+INGRESS_FETCH_BYTES = 64 * 1024
+# kafka-python's sender sleeps retry_backoff_ms (default 100) before it resends a
+# transactional request the coordinator answered with a retriable error, as it does while
+# the previous transaction's markers are still being written (CONCURRENT_TRANSACTIONS), and
+# waits up to as long for an outstanding one. Back to back transactions hit that often: with
+# 100 ms, one transaction in ten took >100 ms and set serve's p99 ingest -> egress latency;
+# 10 ms keeps those retries near a round trip (bench/README.md section 2, latency).
+TXN_RETRY_BACKOFF_MS = 10
 
 
 class Clients:
@@ -63,7 +75,8 @@ class Clients:
                                      transactional_id=transactional_id,
                                      transaction_timeout_ms=self.cfg.transaction_timeout_ms,
                                      enable_idempotence=True, acks="all", linger_ms=5,
-                                     batch_size=TXN_BATCH_BYTES)
+                                     batch_size=TXN_BATCH_BYTES,
+                                     retry_backoff_ms=TXN_RETRY_BACKOFF_MS)
         try:
             with kafka_errors("fetching topic metadata"):
                 warm_metadata(producer, topics)
@@ -92,7 +105,8 @@ class Clients:
                                  session_timeout_ms=cfg.session_timeout_ms,
                                  heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                                  max_poll_interval_ms=cfg.max_poll_interval_ms,
-                                 max_poll_records=cfg.max_batch, **extra)
+                                 max_poll_records=cfg.max_batch,
+                                 max_partition_fetch_bytes=INGRESS_FETCH_BYTES, **extra)
 
 
 def take_writer(clients: Clients, transactional_id: str, topics: list[str], what: str,
