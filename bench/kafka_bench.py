@@ -116,10 +116,10 @@ def per_input(counts: dict[str, int], inputs: int) -> dict[str, float]:
 
 def audit_entries(seqs_by_partition: dict[int, tuple[int, int]],
                   declared: int | None) -> int:
-    """Audit entries behind the audit records, without decoding them: the sum of an
-    `entries` header where the records carry one, else the span of their `seq` headers per
-    partition (exact for one entry per record and for batch records whose `seq` is their
-    last entry's)."""
+    """Audit entries behind the audit records, without decoding them: the sum of the
+    `count` headers where the records carry one (a records.audit_batch record: the entries
+    of one transaction), else the span of their `seq` headers per partition (exact for one
+    entry per record, the form before batches)."""
     if declared is not None:
         return declared
     return sum(high - low + 1 for low, high in seqs_by_partition.values())
@@ -538,7 +538,8 @@ def count_records(dep: Deployment, inputs: int) -> dict[str, Any]:
                         continue
                     counts[family] += 1
                     if family == "audit":
-                        n = header(r, "entries")
+                        # a records.audit_batch record says how many entries it holds
+                        n = header(r, "count")
                         if n is not None:
                             declared = (declared or 0) + int(n)
                         seq = header(r, "seq")
