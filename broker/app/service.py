@@ -613,6 +613,7 @@ class Broker:
 
     def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]:
         destroyed = self.data_keys.destroy_expired(local_date(now, self.covenant.zone))
+        self.sealer.forget(k.key_id for k in destroyed)
         if destroyed:
             self.log.append_audit([draft(
                 "retention", trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
@@ -629,6 +630,7 @@ class Broker:
         it all with the keyed pseudonym only."""
         pseudonym = self.sealer.subject_pseudonym("bsn", bsn)
         destroyed = self.data_keys.destroy_subject(f"bsn:{pseudonym}")
+        self.sealer.forget(k.key_id for k in destroyed)
         ctx = self.context(now)
         released = self.log.without_tombstone(erasure.released_in(
             self._entries_about(pseudonym), pseudonym))

@@ -19,7 +19,7 @@ import hmac
 import io
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -450,6 +450,11 @@ class Sealer:
         """Make every key used so far durable; call before committing what they sealed."""
         self.keys.flush()
         self._ciphers.clear()
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Keys just destroyed: their AES-GCM set-up goes now, not at the next flush."""
+        for key_id in key_ids:
+            self._ciphers.pop(key_id, None)
 
     def is_envelope(self, payload: bytes) -> bool:
         return payload[2:10] == self.envelope.fingerprint and payload[:2] == b"\xc3\x01"
