@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS data_keys (
 );
 CREATE INDEX IF NOT EXISTS data_keys_subject ON data_keys (subject);
 CREATE INDEX IF NOT EXISTS data_keys_retention ON data_keys (retention_until);
+-- The look-up of a (subject, date)'s key, done for every new subject sealed: without it the
+-- planner took the retention index, and a day's keys all share one date, so each look-up
+-- scanned every key of the day (370 µs per new subject at 5000 keys, growing with them).
+CREATE INDEX IF NOT EXISTS data_keys_subject_date
+    ON data_keys (subject, retention_until, created_ms, key_id);
 """
 
 
@@ -187,12 +192,14 @@ class SqliteKeyStore:
         self._counts[found] = self._counts.get(found, 0) + fields
         return found, key
 
+    _EXISTING = ("SELECT key_id, wrapped FROM data_keys WHERE subject = ? AND "
+                 "retention_until = ? ORDER BY created_ms, key_id LIMIT 1")
+
     def _existing(self, subject: str, retention_until: date) -> tuple[str | None, bytes | None]:
         """A stored key of (subject, date), any writer's; the oldest when there are several."""
         try:
             row = self.db.execute(
-                "SELECT key_id, wrapped FROM data_keys WHERE subject = ? AND "
-                "retention_until = ? ORDER BY created_ms, key_id LIMIT 1",
+                self._EXISTING,
                 (subject, retention_until.isoformat())).fetchone()
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: {exc}") from exc
