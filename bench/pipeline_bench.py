@@ -64,6 +64,7 @@ import broker.app.service
 import broker.audit.entries
 import broker.audit.sequencer
 import broker.pipeline.decide
+import broker.pipeline.triage
 from broker.app.demo import DAY, DaySynth
 from broker.app.service import Broker
 from broker.audit.entries import GENESIS, Draft, at_offset, new_trace_id
@@ -231,11 +232,13 @@ def instrument(stages: Stages, b: Broker) -> None:
     """Wrap the hot path of broker `b` (classes and this instance's plans)."""
     w = stages.wrap
     w(Broker, "ingest", "ingest: other")
-    w(broker.app.service, "validate", "validate: checks + re-encode")
+    w(broker.pipeline.triage, "validate", "validate: checks + re-encode")
     w(SchemaRegistry, "decode_single_object", _under({"validate: checks + re-encode":
                                                      "decode input"}))
     w(Sealer, "seal", _under({"ingest: other": "seal store (AES-GCM)",
                               "release: commitment, record": "seal egress (AES-GCM)"}))
+    if hasattr(Sealer, "seal_fresh"):  # the triage's sealing at rest, plaintext kept
+        w(Sealer, "seal_fresh", "seal store (AES-GCM)")
     w(Sealer, "flush", "key store flush (SQLite)")
     w(SqliteEventLog, "append_ingest", "store append (SQLite)")
     w(SqliteEventLog, "duplicate_ids", "duplicate check (SQLite)")

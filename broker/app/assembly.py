@@ -108,7 +108,8 @@ def embedded(parts: Parts) -> Backend:
     log = SqliteEventLog(parts.settings.data_dir / "broker.db",
                          parts.registry.get("records.audit_entry"), parts.audit.sequencer)
     try:
-        keys = SqliteKeyStore(parts.settings.data_dir / "keystore.db", FileKek(parts.keys))
+        keys = SqliteKeyStore(parts.settings.data_dir / "keystore.db", FileKek(parts.keys),
+                              parts.settings.data_key_cache)
     except BaseException:
         log.close()
         raise
@@ -129,7 +130,8 @@ def kafka(parts: Parts) -> Backend:
                         parts.keys.secret(LINK_KEY))
     try:  # the compacted key topic, shared by every process of the deployment
         keys = KafkaKeyStore(log.clients, log.layout.names.keys,
-                             parts.registry.get("records.data_key"), FileKek(parts.keys))
+                             parts.registry.get("records.data_key"), FileKek(parts.keys),
+                             parts.settings.data_key_cache)
     except BaseException:
         log.close()
         raise

@@ -327,10 +327,10 @@ class Broker:
         report.dropped_fields = [(e.position, e.dropped_fields) for e in result.events
                                  if e.dropped_fields]
         events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, e.trace_id,
-                           e.traceparent) for e in result.events]
+                           e.traceparent, e.fresh) for e in result.events]
         quarantined, audits = result.quarantined, result.audits
         self.triage.flush_keys()
-        self.writer.append_ingest(events, quarantined, audits, now_ms)
+        stored = self.writer.append_ingest(events, quarantined, audits, now_ms)
         self.metrics.observe_input(event_type, len(events) + len(quarantined))
         self.metrics.observe_quarantine(q.reason_code for q in quarantined)
         self.metrics.observe_bad_traceparents(result.bad_traceparents)
@@ -339,7 +339,7 @@ class Broker:
         report.quarantined = [q.note() for q in quarantined]
         self.logger.info("ingested", source=source, event_type=event_type,
                          accepted=report.accepted, quarantined=len(quarantined))
-        report.decided = self.decide_pending(now)
+        report.decided = self.decide_pending(now, {s.offset: s for s in stored})
         if self.backend.revisions is not None:  # any left by an interrupted revision ingest
             self.apply_revisions(now, report)
         report.tombstones = self.sweep_expiries(now)
@@ -524,8 +524,11 @@ class Broker:
                       self.settings.quarantine_retention_days)
 
     # -- decide -----------------------------------------------------------------------------
-    def decide_pending(self, now: datetime) -> DecideCounts:
-        """Decide every stored event after the decider's position, in committed batches."""
+    def decide_pending(self, now: datetime, fresh: Mapping[int, StoredEvent] | None = None
+                       ) -> DecideCounts:
+        """Decide every stored event after the decider's position, in committed batches.
+        `fresh`: the events this call's ingest just stored, by offset, with the plaintext
+        they were sealed from; those are decided on it instead of opened again."""
         counts = DecideCounts()
         ctx = self.context(now)
         while True:
@@ -533,6 +536,10 @@ class Broker:
                                          self.settings.decide_batch_size)
             if not events:
                 return counts
+            if fresh:  # the row read back is the one stored: same id, same sealed bytes
+                events = [f if (f := fresh.get(e.offset)) is not None
+                          and f.event_id == e.event_id and f.payload == e.payload else e
+                          for e in events]
             started = time.perf_counter()
             batch = self.decider_at(ctx).decide(events, ctx, DECIDER, counts)
             seconds = time.perf_counter() - started
@@ -655,6 +662,7 @@ class Broker:
 
     def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]:
         destroyed = self.data_keys.destroy_expired(local_date(now, self.covenant.zone))
+        self.sealer.forget(k.key_id for k in destroyed)
         if destroyed:
             self.log.append_audit([draft(
                 "retention", trace_id=None, start_ms=to_millis(now), **self._covenant_fields(),
@@ -671,6 +679,7 @@ class Broker:
         it all with the keyed pseudonym only."""
         pseudonym = self.sealer.subject_pseudonym("bsn", bsn)
         destroyed = self.data_keys.destroy_subject(f"bsn:{pseudonym}")
+        self.sealer.forget(k.key_id for k in destroyed)
         ctx = self.context(now)
         released = self.log.without_tombstone(erasure.released_in(
             self._entries_about(pseudonym), pseudonym))

@@ -71,6 +71,11 @@ class Settings(BaseModel):
         "from_the_future; at most 3600")
     decide_batch_size: PositiveInt = Field(default=500, le=MAX_BATCH_BOUND,
                                            description="at most 100000")
+    data_key_cache: PositiveInt = Field(
+        default=20_000, le=10_000_000,
+        description="unwrapped data keys one process keeps in memory, the least recently "
+        "used evicted first (about 150 bytes each), besides those created and not yet "
+        "stored; a destroyed key is dropped at once. At most 10000000")
     default_retention_days: PositiveInt = Field(
         default=30, description="data keys of event types no purpose uses")
     quarantine_retention_days: PositiveInt = Field(

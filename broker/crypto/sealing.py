@@ -13,10 +13,13 @@ never repeats for different plaintexts.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import io
-from collections.abc import Mapping
+import json
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -50,6 +53,17 @@ class Opened:
     record: dict[str, Any]
     erased: set[str] = field(default_factory=set)  # paths whose key is destroyed
     subjects: dict[str, str] = field(default_factory=dict)  # personal path -> subject
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A record `seal_fresh` has just sealed, carried to the decision of the same batch:
+    `Sealer.reopen` gives what `open` of its envelope would, without decoding or
+    decrypting what was encrypted a moment before. Never in a repr: it holds plaintext."""
+
+    schema: Schema = field(repr=False)
+    record: dict[str, Any] = field(repr=False)  # the validated record, as sealed; never changed
+    sealed: tuple[tuple[str, str], ...] = field(repr=False)  # (path, key id), envelope order
 
 
 def _blank(avro_type: Any) -> Any:
@@ -139,6 +153,32 @@ class _Layout:
     candidates: dict[str, tuple[str, ...]]  # personal path -> subject parents, nearest first
     personal: dict[str, str]  # the schema's own personal paths, each standing for itself
     blanks: dict[str, Any]  # path -> the placeholder left in the skeleton
+    # The uuid fields: Avro decoding gives uuid.UUID where JSON input validated to str.
+    # None when some uuid is out of their reach (inside an array of records): then the
+    # decoded form is made by decoding.
+    uuids: tuple[tuple[str, bool], ...] | None  # (path, is an array of uuids)
+
+
+def _is_uuid(avro_type: Any) -> bool:
+    return isinstance(avro_type, dict) and avro_type.get("logicalType") == "uuid"
+
+
+def _uuid_paths(schema: Schema) -> tuple[tuple[str, bool], ...] | None:
+    found = []
+    for path, info in schema.fields.items():
+        kind = info.avro_type
+        if _is_uuid(kind):
+            found.append((path, False))
+        elif isinstance(kind, dict) and kind.get("type") == "array" and _is_uuid(
+                next((b for b in kind["items"] if b != "null"), None)
+                if isinstance(kind["items"], list) else kind["items"]):
+            found.append((path, True))
+    everywhere = json.dumps(schema.raw).count('"logicalType": "uuid"')
+    return tuple(found) if everywhere == len(found) else None
+
+
+def _as_uuid(value: Any) -> Any:
+    return uuid.UUID(value) if isinstance(value, str) else value
 
 
 class _Cipher:
@@ -192,7 +232,8 @@ class Sealer:
                 candidates[path] = tuple(sorted(dict.fromkeys(parents), key=len, reverse=True))
             blanks = {p: _blank(f.avro_type) for p, f in schema.fields.items()}
             layout = _Layout(schema, subjects, candidates,
-                             {p: p for p in schema.personal_paths}, blanks)
+                             {p: p for p in schema.personal_paths}, blanks,
+                             _uuid_paths(schema))
             self._layouts[id(schema)] = layout
         return layout
 
@@ -270,6 +311,40 @@ class Sealer:
         `encoded`, when the caller has it, is `schema.encode(record)`: the skeleton as is
         when no field needs sealing.
         """
+        return self._seal(schema, record, record_id, retention_until, subjects, personal,
+                          encoded)[0]
+
+    def seal_fresh(self, schema: Schema, record: dict[str, Any], record_id: str,
+                   retention_until: date) -> tuple[bytes, Fresh]:
+        """`seal` of an event, and the plaintext as `reopen` hands it to the decision."""
+        payload, sealed = self._seal(schema, record, record_id, retention_until)
+        return payload, Fresh(schema, self._as_decoded(schema, record), sealed)
+
+    def _as_decoded(self, schema: Schema, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` as decoding its encoding gives it back (what `open` hands the
+        decision): validated JSON holds a uuid as str, Avro decoding as uuid.UUID. The
+        caller's record is not changed (copy on write)."""
+        uuids = self._layout(schema).uuids
+        if uuids is None:
+            return self.registry.decode_single_object(schema.encode(record),
+                                                      ("events", "views"))[1]
+        out = record
+        copied: dict[str, dict[str, Any]] = {}
+        for path, is_array in uuids:
+            value = _get(out, path)
+            decoded = [_as_uuid(v) for v in value] if is_array and isinstance(value, list) \
+                else _as_uuid(value)
+            if decoded != value or type(decoded) is not type(value):
+                if not copied:
+                    out = copied[""] = dict(record)
+                _set_copied(out, copied, path, decoded)
+        return out
+
+    def _seal(self, schema: Schema, record: dict[str, Any], record_id: str,
+              retention_until: date, subjects: Mapping[str, str] | None = None,
+              personal: Mapping[str, str] | None = None, encoded: bytes | None = None
+              ) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+        """The envelope, and (path, key id) of each field it seals."""
         layout = self._layout(schema)
         personal = personal if personal is not None else layout.personal
         found = []
@@ -279,7 +354,7 @@ class Sealer:
                 found.append((path, source_path, value))
         if not found:
             as_is = encoded if encoded is not None else schema.encode(record)
-            return self.envelope.encode({"skeleton": as_is, "sealed": []})
+            return self.envelope.encode({"skeleton": as_is, "sealed": []}), ()
         subjects = subjects if subjects is not None else self.subjects(schema, record,
                                                                       record_id)
         # Copy on write: only the records on the way to a sealed field are copied.
@@ -294,15 +369,18 @@ class Sealer:
             _set_copied(skeleton, copied, path, layout.blanks.get(path, ""))
         keys = {s: self.keys.data_key(s, retention_until, n) for s, n in per_key.items()}
         sealed = []
+        used: list[tuple[str, str]] = []  # (path, key id)
         for path, subject, value in plan:
             key_id, key = keys[subject]
+            used.append((path, key_id))
             cipher = self._cipher(key_id, key)
             aad = f"{key_id}|{schema.name}|{path}|{record_id}".encode()
             plaintext = self._codec(schema, path).dump(value)
             nonce = cipher.nonce(aad + b"\0" + plaintext)
             sealed.append({"path": path, "key_id": key_id, "nonce": nonce,
                            "ciphertext": cipher.aead.encrypt(nonce, plaintext, aad)})
-        return self.envelope.encode({"skeleton": schema.encode(skeleton), "sealed": sealed})
+        return (self.envelope.encode({"skeleton": schema.encode(skeleton), "sealed": sealed}),
+                tuple(used))
 
     def open(self, payload: bytes, record_id_path: str | None = "event_id",
              record_id: str | None = None) -> Opened:
@@ -331,6 +409,26 @@ class Sealer:
             _set(record, path, self._codec(schema, path).load(plaintext))
         return opened
 
+    def reopen(self, fresh: Fresh) -> Opened:
+        """What `open` of `fresh`'s envelope gives, now: a field whose key was destroyed
+        since it was sealed (an erasure in between) comes back None and erased, as open
+        would give it; the others are the plaintext that was sealed."""
+        opened = Opened(fresh.schema, fresh.record)
+        live: dict[str, bool] = {}
+        erased = []
+        for path, key_id in fresh.sealed:
+            opened.subjects[path] = subject_of(key_id)
+            alive = live.get(key_id)
+            if alive is None:
+                alive = live[key_id] = self.keys.lookup(key_id) is not None
+            if not alive:
+                erased.append(path)
+        if erased:  # rare: a copy, the validated record stays as sealed
+            opened.record = copy.deepcopy(fresh.record)
+            for path in erased:
+                _set(opened.record, path, None)
+                opened.erased.add(path)
+        return opened
 
     def seal_blob(self, subject: str, retention_until: date, label: str, data: bytes) -> bytes:
         """Seal opaque bytes (quarantined input) as key_id, newline, nonce, ciphertext."""
@@ -352,6 +450,11 @@ class Sealer:
         """Make every key used so far durable; call before committing what they sealed."""
         self.keys.flush()
         self._ciphers.clear()
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Keys just destroyed: their AES-GCM set-up goes now, not at the next flush."""
+        for key_id in key_ids:
+            self._ciphers.pop(key_id, None)
 
     def is_envelope(self, payload: bytes) -> bool:
         return payload[2:10] == self.envelope.fingerprint and payload[:2] == b"\xc3\x01"

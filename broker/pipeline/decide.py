@@ -63,7 +63,10 @@ class Decider:
         self._audit_base: dict[int, tuple[Plan, dict[str, Any]]] = {}
 
     def open(self, stored: StoredEvent) -> Opened:
-        """The event as stored: sealed fields opened, erased ones None and named."""
+        """The event as stored: sealed fields opened, erased ones None and named. An event
+        stored by this batch carries the plaintext it was sealed from: nothing to open."""
+        if stored.fresh is not None:
+            return self.sealer.reopen(stored.fresh)
         if self.sealer.is_envelope(stored.payload):
             return self.sealer.open(stored.payload, record_id=stored.event_id)
         schema, event = self.registry.decode_single_object(stored.payload)

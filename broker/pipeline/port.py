@@ -24,6 +24,7 @@ from broker.audit.chain import ChainReport
 from broker.audit.entries import Draft
 from broker.audit.integrate import IntegrationCheck
 from broker.audit.sqlite_integrated import IntegratedAuditDb
+from broker.crypto.sealing import Fresh
 from broker.pipeline.ingest import Oversized
 from broker.policy.control import ControlEvent, ThemeSwitch
 
@@ -36,6 +37,8 @@ class NewEvent:
     payload: bytes  # Avro single-object encoding of the event
     trace_id: str  # the source's trace when it sent a valid traceparent, else the broker's
     foreign_trace: str | None = None  # W3C traceparent the source sent, if valid
+    # the plaintext just sealed into `payload`, for the decision of the same batch
+    fresh: Fresh | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class StoredEvent:
     trace_id: str
     ingested_ms: int
     foreign_trace: str | None = None
+    # Set only for an event stored by the batch that decides it: the plaintext the triage
+    # validated and sealed into `payload`, so the decision need not open what was just
+    # sealed (`Decider.open`). None for everything read back from the store.
+    fresh: Fresh | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from broker.audit import trace
 from broker.audit.entries import Draft, draft
 from broker.clock import local_date, to_millis
-from broker.crypto.sealing import Sealer
+from broker.crypto.sealing import Fresh, Sealer
 from broker.errors import InvalidEvent
 from broker.keys import commitment
 from broker.model.json_input import Limits
@@ -54,6 +54,8 @@ class TriagedEvent:
     dropped_fields: list[str]
     traceparent: str | None  # the source's traceparent if valid (version-00 form), else None
     trace_id: str  # the source's trace when it sent a valid traceparent, else a new one
+    # the plaintext sealed into `payload`: what the decision of this batch reads
+    fresh: Fresh | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -121,12 +123,13 @@ class Triage:
                             span))
                 continue
             ids.add(ok.event_id)
-            sealed = self.sealer.seal(ok.schema, ok.record, ok.event_id,
-                                      self.sealer.retention_until(item.event_type, now))
+            sealed, fresh = self.sealer.seal_fresh(
+                ok.schema, ok.record, ok.event_id,
+                self.sealer.retention_until(item.event_type, now))
             out.events.append(TriagedEvent(
                 item.event_type, item.source, ok.event_id, sealed, item.position,
                 ok.dropped_fields, span.caller.header() if span.caller else None,
-                span.trace_id))
+                span.trace_id, fresh))
         out.audits = [self._audit(q, over, span) for q, over, span in bad]
         out.quarantined = [self._seal(q, now) for q, _, _ in bad]
         return out

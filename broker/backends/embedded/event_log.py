@@ -214,7 +214,8 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
             for ev in events:
                 offset += 1
                 stored.append(StoredEvent(offset, ev.event_type, ev.source, ev.event_id,
-                                          ev.payload, ev.trace_id, now_ms, ev.foreign_trace))
+                                          ev.payload, ev.trace_id, now_ms, ev.foreign_trace,
+                                          ev.fresh))
             db.executemany(
                 "INSERT INTO store (store_offset, event_type, source, event_id, payload, "
                 "trace_id, foreign_trace, ingested_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -69,14 +69,13 @@ from broker.backends.kafka.errors import kafka_errors, retrying
 from broker.backends.kafka.io import Clients, close_quietly, read_with_ends
 from broker.crypto.kek import KeyEncryptionKey
 from broker.crypto.key_ids import new_key_id
-from broker.crypto.keystore import DestroyedKey
+from broker.crypto.keystore import DEFAULT_CACHE_LIMIT, DestroyedKey, KeyCache
 from broker.errors import StorageError, TransientBackendError
 from broker.logs import get_logger
 from broker.model.schemas import Schema
 
 REFRESH_INTERVAL_S = 1.0
 SEND_TIMEOUT_S = 60.0
-_CACHE_LIMIT = 20_000  # unwrapped keys kept in memory, besides unflushed ones
 _GONE_LIMIT = 100_000  # ids known destroyed, remembered so a miss does not re-read
 
 
@@ -91,7 +90,7 @@ class KafkaKeyStore:
     """The data keys of one process, kept in step with the key topic. One thread."""
 
     def __init__(self, clients: Clients, topic: str, schema: Schema,
-                 kek: KeyEncryptionKey) -> None:
+                 kek: KeyEncryptionKey, cache_limit: int = DEFAULT_CACHE_LIMIT) -> None:
         self.clients = clients
         self.tp = TopicPartition(topic, 0)
         self.schema = schema
@@ -99,7 +98,7 @@ class KafkaKeyStore:
         self.logger = get_logger(component="kafka-keys", topic=topic)
         self._wrapped: dict[str, _Entry] = {}  # every live key on the topic
         self._current: dict[tuple[str, date], str] = {}  # (subject, date) -> id to reuse
-        self._cache: dict[str, bytes] = {}  # unwrapped keys
+        self._cache = KeyCache(cache_limit)  # unwrapped keys
         self._new: dict[str, _Entry] = {}  # created here, not yet produced
         self._sending: dict[str, Any] = {}  # sent by send_new(), not yet flushed: future
         self._used: set[str] = set()  # stored keys handed out since the last flush
@@ -151,7 +150,7 @@ class KafkaKeyStore:
 
     def _forget(self, key_id: str) -> None:
         entry = self._wrapped.pop(key_id, None)
-        self._cache.pop(key_id, None)
+        self._cache.drop(key_id)
         if entry is not None and \
                 self._current.get((entry.subject, entry.retention_until)) == key_id:
             del self._current[(entry.subject, entry.retention_until)]
@@ -168,9 +167,10 @@ class KafkaKeyStore:
         if entry is None:
             return None
         key = self.kek.unwrap(entry.wrapped, key_id)
-        if len(self._cache) >= _CACHE_LIMIT:  # a long replay touches every key once
-            self._cache = {k: v for k, v in self._cache.items() if k in self._new}
-        self._cache[key_id] = key
+        if key_id in self._new:
+            self._cache.pin(key_id, key)
+        else:
+            self._cache.put(key_id, key)
         return key
 
     # -- the DataKeys protocol (broker/crypto/sealing.py) -----------------------------------
@@ -183,7 +183,7 @@ class KafkaKeyStore:
         if found is None or key is None:
             found, key = new_key_id(subject, retention_until), secrets.token_bytes(32)
             self._new[found] = _Entry(subject, retention_until, self.kek.wrap(key, found))
-            self._cache[found] = key
+            self._cache.pin(found, key)
             self._current[(subject, retention_until)] = found
         elif found not in self._new:
             self._used.add(found)
@@ -245,6 +245,7 @@ class KafkaKeyStore:
             self._wrapped.update(new)
             for key_id in new:
                 self._new.pop(key_id, None)
+            self._cache.unpin(new)  # on the topic now: under the bound like any other
         if self._used:
             used, self._used = self._used, set()
             self.refresh()

@@ -294,8 +294,9 @@ class PartitionWorker:
             tx.send(topic, bytes(record.value), key=event_id.encode(), headers=[
                 *forwarded, ("forwarded-from", f"{record.partition}:{record.offset}".encode())])
         n = self.layout.cfg.partitions
+        # each carries its plaintext (e.fresh): the decision below opens nothing
         stored = [StoredEvent(store_position(offset, p, n), e.event_type, e.source,
-                              e.event_id, e.payload, trace, ctx.now_ms, e.traceparent)
+                              e.event_id, e.payload, trace, ctx.now_ms, e.traceparent, e.fresh)
                   for e, trace, offset in zip(triage.events, trace_ids, tx.offsets(futures),
                                               strict=True)]
         # The covenant version and pseudonym key versions in force at the decision time.
