@@ -193,8 +193,10 @@ def _audit(action: str, c: _Candidate, original: StoredEvent,
 
 def as_stored(revision: StoredRevision, original: StoredEvent) -> StoredEvent:
     """A correction as the decider takes it: the original's store offset and ingest time
-    (its retention runs from the first ingest), the corrected payload, its own trace."""
-    return replace(original, payload=revision.payload, trace_id=revision.trace_id)
+    (its retention runs from the first ingest), the corrected payload, its own trace.
+    Never the original's plaintext (`fresh`, set when the original was stored in the batch
+    in hand): the decision opens the corrected payload."""
+    return replace(original, payload=revision.payload, trace_id=revision.trace_id, fresh=None)
 
 
 def version_before(revision: StoredRevision, earlier: Iterable[StoredRevision],

@@ -512,3 +512,23 @@ def test_a_corrected_ban_expires_once_by_its_corrected_end(broker: Broker) -> No
     assert [(d.kind, d.record.get("cause"), d.record.get("valid_until")) for d in got] == [
         ("record", None, "2026-07-31"), ("tombstone", "rectified", None),
         ("record", None, "2026-06-30"), ("tombstone", "expired", None)]
+
+
+def test_a_correction_is_decided_on_its_own_payload_not_the_originals_plaintext() -> None:
+    """An original stored by the batch in hand carries its plaintext (`fresh`) so the
+    decision need not open it; the corrected version must not inherit it, or the
+    correction is decided on the old values (found when seal-once met Kafka corrections:
+    an event and its correction in one batch released the old record again)."""
+    from broker.crypto.sealing import Fresh
+    from broker.pipeline.corrections import as_stored
+    from broker.pipeline.port import StoredRevision
+
+    fresh = Fresh(schema=None, record={"modus_operandi": "cilinder_trekken"},  # type: ignore[arg-type]
+                  sealed=())
+    original = StoredEvent(7, "politie.woninginbraak", "politie", "e-1", b"old", "t" * 32, 1,
+                           fresh=fresh)
+    revision = StoredRevision(0, "correction", "politie.woninginbraak", "politie", "e-1", 7,
+                              b"new", "", "d", "u" * 32, 2, 7)
+    corrected = as_stored(revision, original)
+    assert (corrected.offset, corrected.payload, corrected.trace_id) == (7, b"new", "u" * 32)
+    assert corrected.fresh is None
