@@ -37,7 +37,7 @@ before it and writes no second retraction.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -199,7 +199,9 @@ class PartitionRevisions:
         """Events the batch stores, with their ingress positions ("topic:partition:offset")."""
         for event, position in events:
             self.positions[(event.event_type, event.event_id)] = event.offset
-            self.pending[event.offset] = event
+            # without its plaintext (`fresh`): held for later revisions, it is the stored
+            # (sealed) event, opened when one comes
+            self.pending[event.offset] = replace(event, fresh=None)
             self.last_store = max(self.last_store, event.offset)
             topic, _, offset = position.rpartition(":")
             self._visible_from[event.offset] = (topic.rpartition(":")[0], int(offset))
