@@ -22,6 +22,7 @@ from broker.audit.checkpoint import Checkpoint, CheckpointSigner
 from broker.audit.entries import Draft, entry_writer
 from broker.audit.merkle import leaf_hash
 from broker.audit.tree import Frontier, NewNode
+from broker.gcpause import during
 from broker.model.schemas import Schema
 
 
@@ -92,6 +93,7 @@ class AuditSequencer:
         self.every_ms = int(every_seconds * 1000)
         self.clock = clock
 
+    @during  # a batch: the cyclic collector paused (broker/gcpause.py)
     def seal(self, size: int, prev_hash: str, frontier: Frontier,
              drafts: Sequence[Draft]) -> list[SealedAudit]:
         """Seal drafts after the entry `size - 1` (hash `prev_hash`); grows `frontier`."""

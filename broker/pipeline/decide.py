@@ -17,6 +17,7 @@ from broker.audit import trace
 from broker.audit.entries import PROCESSING_ACTIVITY, Draft, draft, new_span_id, new_trace_id
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
+from broker.gcpause import during
 from broker.keys import KeyStore, committer
 from broker.model.schemas import Schema, SchemaRegistry
 from broker.pipeline.port import DecisionBatch, NewEgress, StoredEvent
@@ -96,6 +97,7 @@ class Decider:
                             "role": path})
         return out
 
+    @during  # a batch: the cyclic collector paused (broker/gcpause.py)
     def decide(self, events: list[StoredEvent], ctx: DecisionContext, consumer: str,
                counts: DecideCounts | None = None) -> DecisionBatch:
         counts = counts if counts is not None else DecideCounts()
