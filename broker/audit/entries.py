@@ -216,12 +216,16 @@ def entry_writer(schema: Schema) -> EntryEncoder:
         raise ValueError(f"{schema.name} does not start with {_HEAD}")
     body = compile_writer({**schema.parsed, "fields": fields[3:]}, cache_strings=True)
     prefix = codec.MARKER + schema.fingerprint
+    logged: list[tuple[int, bytes]] = [(0, zigzag(0))]  # one instant for a whole batch
 
     def write(entry: Draft, seq: int, prev_hash: str, logged_ms: int) -> bytes:
         if type(seq) is int and type(prev_hash) is str and len(prev_hash) == 64 and \
                 type(logged_ms) is int and 0 <= seq < 1 << 63 and \
                 -(1 << 63) <= logged_ms < 1 << 63 and prev_hash.isascii():
-            out = [prefix, zigzag(seq), _HASH_PREFIX, prev_hash.encode(), zigzag(logged_ms)]
+            last = logged[0]
+            if last[0] != logged_ms:
+                last = logged[0] = (logged_ms, zigzag(logged_ms))
+            out = [prefix, zigzag(seq), _HASH_PREFIX, prev_hash.encode(), last[1]]
             try:
                 body(entry, out)
             except Exception:  # noqa: BLE001, S110 - outside the fast path: schema.encode decides
