@@ -192,7 +192,22 @@ class Stages:
         self.patches: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, label: Label) -> None:
-        original = getattr(owner, name)
+        raw = vars(owner).get(name)
+        timed = self.timed(getattr(owner, name), label)
+        self.patches.append((owner, name, raw))
+        setattr(owner, name, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+
+    def wrap_entry_writer(self, label: Label) -> None:
+        """The audit entry writer the sequencer gets from `entry_writer` (a closure per
+        schema), timed as `label`; on a tree before it existed, nothing."""
+        made = getattr(broker.audit.sequencer, "entry_writer", None)
+        if made is None:
+            return
+        self.patches.append((broker.audit.sequencer, "entry_writer", made))
+        broker.audit.sequencer.entry_writer = (  # type: ignore[attr-defined]
+            lambda schema: self.timed(made(schema), label))
+
+    def timed(self, original: Callable[..., Any], label: Label) -> Callable[..., Any]:
         stages = self
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -211,9 +226,7 @@ class Stages:
                 if stages.stack:
                     stages.stack[-1][2] += elapsed
 
-        raw = vars(owner).get(name)
-        self.patches.append((owner, name, raw))
-        setattr(owner, name, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+        return timed
 
     def restore(self) -> None:
         for owner, name, raw in reversed(self.patches):
@@ -251,6 +264,7 @@ def instrument(stages: Stages, b: Broker) -> None:
     w(Schema, "encode", _under({"release: commitment, record": "encode view",
                                 "audit seal: chain + leaf + tree": "audit encode"}))
     w(AuditSequencer, "seal", "audit seal: chain + leaf + tree")
+    stages.wrap_entry_writer("audit encode")
     w(SqliteAudit, "_insert", "audit rows insert (SQLite)")
     w(SqliteAudit, "_frontier", "audit frontier + checkpoint")
     w(SqliteAudit, "_maybe_checkpoint", "audit frontier + checkpoint")
@@ -445,7 +459,9 @@ def instrument_hot(stages: Stages, hot: HotPath) -> None:
     w(Schema, "encode", _under({"release: other": "encode view",
                                 "audit entry: dict copy + SHA-256": "audit encode"}))
     w(AuditSequencer, "seal", "audit seal: other (index row, loop)")
-    w(broker.audit.sequencer, "seal", "audit entry: dict copy + SHA-256")
+    if hasattr(broker.audit.sequencer, "seal"):  # a tree before the entry writer
+        w(broker.audit.sequencer, "seal", "audit entry: dict copy + SHA-256")
+    stages.wrap_entry_writer("audit encode")
     for module in (broker.audit.sequencer, broker.audit.entries):  # wherever it is called
         if hasattr(module, "leaf_hash"):
             w(module, "leaf_hash", "audit leaf hash (SHA-256)")

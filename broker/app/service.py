@@ -28,6 +28,7 @@ from broker.config import Settings
 from broker.crypto.keystore import DataKeyStore, DestroyedKey, fields_detail
 from broker.crypto.sealing import Sealer
 from broker.errors import InvalidEvent, StorageError, UnknownSourceError
+from broker.gcpause import during
 from broker.keys import KeyStore, commitment, private_dir
 from broker.logs import add_personal_keys, get_logger, scrub
 from broker.metrics import BrokerMetrics
@@ -308,6 +309,7 @@ class Broker:
                                      f"{', '.join(sorted(self.registry.event_types()))}")
         return full
 
+    @during  # a batch: the cyclic collector paused (broker/gcpause.py)
     def ingest(self, source: str, event_type: str,
                inputs: Iterable[tuple[str, bytes | Oversized]],
                now: datetime, signatures: Mapping[str, bytes] | None = None,

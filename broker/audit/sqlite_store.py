@@ -111,11 +111,12 @@ class SqliteAudit:
     def _insert(self, db: sqlite3.Connection, sealed: list[SealedAudit]) -> None:
         db.executemany("INSERT INTO audit (seq, entry, entry_hash) VALUES (?, ?, ?)",
                        [(s.seq, s.data, s.entry_hash) for s in sealed])
+        # NewNode and IndexRow are tuples: the rows themselves
         db.executemany("INSERT INTO audit_node (pos, hash) VALUES (?, ?)",
-                       [(n.position, n.hash) for s in sealed for n in s.nodes])
+                       [n for s in sealed for n in s.nodes])
         db.executemany("INSERT INTO audit_index (seq, name, recipient, purpose, decision, "
                        "event_type, start_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [s.index.as_tuple() for s in sealed])
+                       [s.index for s in sealed])
         db.executemany("INSERT INTO audit_subject (pseudonym, seq) VALUES (?, ?)",
                        [(key, s.seq) for s in sealed for key in s.subjects])
         db.executemany("INSERT INTO audit_checkpoint (size, note, signed_ms) VALUES (?, ?, ?)",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,19 @@ def stream_trace_id(key: bytes, trace_id: str, recipient: str, purpose: str) -> 
     mac = hmac.new(key, b"egress-trace\x00" + "\x00".join((trace_id, recipient, purpose))
                    .encode("utf-8"), hashlib.sha256)
     return mac.hexdigest()[:32]
+
+
+def stream_tracer(key: bytes) -> Callable[[str, str, str], str]:
+    """`stream_trace_id` under one key, its keyed HMAC (and the prefix) set up once: each
+    call copies it (the decider makes one per release)."""
+    base = hmac.new(key, b"egress-trace\x00", hashlib.sha256)
+
+    def stream_trace_id(trace_id: str, recipient: str, purpose: str) -> str:
+        mac = base.copy()
+        mac.update("\x00".join((trace_id, recipient, purpose)).encode("utf-8"))
+        return mac.hexdigest()[:32]
+
+    return stream_trace_id
 
 
 def party_uri(source: str) -> str:

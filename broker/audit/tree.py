@@ -17,7 +17,7 @@ nodes each append creates. Nothing here knows about SQLite or Kafka.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from broker.audit.merkle import EMPTY_ROOT, HASH_SIZE, fold_frontier, node_hash
 
@@ -144,8 +144,9 @@ def consistency_proof_at(read: NodeReader, old_size: int, new_size: int) -> list
     return proof
 
 
-@dataclass(frozen=True)
-class NewNode:
+class NewNode(NamedTuple):
+    """A node an append creates; as a tuple, it is the (pos, hash) row the store inserts."""
+
     position: int
     hash: bytes
 

@@ -48,6 +48,8 @@ def zigzag(n: int) -> bytes:
         return _SMALL[z]
     if z < 0x4000:
         return bytes(((z & 0x7F) | 0x80, z >> 7))
+    if z < 0x200000:  # offsets and sequence numbers: three bytes, no loop
+        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
     out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)

@@ -17,8 +17,9 @@ from broker.audit import trace
 from broker.audit.entries import PROCESSING_ACTIVITY, Draft, draft, new_span_id, new_trace_id
 from broker.clock import from_millis
 from broker.crypto.sealing import Opened, Sealer
+from broker.gcpause import during
 from broker.keys import KeyStore, committer
-from broker.model.schemas import SchemaRegistry
+from broker.model.schemas import Schema, SchemaRegistry
 from broker.pipeline.port import DecisionBatch, NewEgress, StoredEvent
 from broker.policy.decision import Decision, DecisionContext, Release, Withhold
 from broker.policy.plan import Plan, PlanSet
@@ -44,6 +45,19 @@ def _span_ids(n: int) -> list[str]:
     return [drawn[i:i + 16] for i in range(0, 16 * n, 16)]
 
 
+# (path, kind, "kind:") of each subject field, per schema: `Schema.subject_paths` walks
+# every field of the schema, and the decider asks once per event.
+_subject_layouts: dict[int, tuple[Schema, tuple[tuple[str, str, str], ...]]] = {}
+
+
+def _subject_layout(schema: Schema) -> tuple[tuple[str, str, str], ...]:
+    found = _subject_layouts.get(id(schema))
+    if found is None or found[0] is not schema:
+        found = _subject_layouts[id(schema)] = (schema, tuple(
+            (path, kind, f"{kind}:") for path, kind in schema.subject_paths.items()))
+    return found[1]
+
+
 class Decider:
     def __init__(self, plans: PlanSet, registry: SchemaRegistry, keys: KeyStore,
                  sealer: Sealer, *, seal_egress: bool = True) -> None:
@@ -56,6 +70,7 @@ class Decider:
         self.seal_egress = seal_egress
         self.commitment_key = keys.commitment_key()
         self._commit = committer(self.commitment_key)  # `commitment` under that key
+        self._stream_trace_id = trace.stream_tracer(self.commitment_key)
         header = plans.covenant.covenant
         self.covenant_id, self.covenant_version = header.id, header.version
         self._personal_cache: dict[tuple[str, str], dict[str, str]] = {}
@@ -77,13 +92,15 @@ class Decider:
     def data_subjects(opened: Opened) -> list[dict[str, str]]:
         """Keyed pseudonyms of the identified subjects (never the identifiers)."""
         out = []
-        for path, kind in opened.schema.subject_paths.items():
-            subject = opened.subjects.get(path)
-            if subject and subject.startswith(f"{kind}:"):
+        subjects = opened.subjects
+        for path, kind, prefix in _subject_layout(opened.schema):
+            subject = subjects.get(path)
+            if subject and subject.startswith(prefix):
                 out.append({"pseudonym": subject.split(":", 1)[1], "id_type": kind,
                             "role": path})
         return out
 
+    @during  # a batch: the cyclic collector paused (broker/gcpause.py)
     def decide(self, events: list[StoredEvent], ctx: DecisionContext, consumer: str,
                counts: DecideCounts | None = None) -> DecisionBatch:
         counts = counts if counts is not None else DecideCounts()
@@ -186,8 +203,7 @@ class Decider:
         ref: Any = decision.view.get("ref")
         # the release's own span, in a trace of its stream's own: the recipient's
         # processing links to it, and no two streams share a trace id
-        outbound = trace.stream_trace_id(self.commitment_key, audit["trace_id"],
-                                         plan.recipient, plan.purpose)
+        outbound = self._stream_trace_id(audit["trace_id"], plan.recipient, plan.purpose)
         audit["detail"] = {**audit["detail"], "outbound_trace_id": outbound}
         return NewEgress(plan.recipient, plan.purpose, stored.event_type, "record", payload,
                          stored.offset, ref if isinstance(ref, str) else None, expires,

@@ -89,6 +89,25 @@ def _parse_json(raw: bytes) -> Any:
         raise InvalidEvent("invalid_json", "a number has too many digits to be read") from None
 
 
+def _within_limits(value: Any, limit: int) -> bool:
+    """True when `_check_strings` passes, without making a path per value (the common
+    case); False sends the caller to `_check_strings` for the error it words."""
+    if isinstance(value, str):
+        # a code point is at most 4 bytes in UTF-8 (surrogates 3): most strings need no encode
+        return len(value) * 4 <= limit or len(value.encode("utf-8", "surrogatepass")) <= limit
+    if isinstance(value, datetime):
+        try:
+            check_instant(value, "")
+        except InvalidEvent:
+            return False
+        return True
+    if isinstance(value, dict | list):
+        for v in value.values() if isinstance(value, dict) else value:
+            if v is not None and not _within_limits(v, limit):
+                return False
+    return True
+
+
 def _check_strings(value: Any, path: str, limit: int) -> None:
     """The checks JSON conversion makes that Avro decoding does not: string sizes, instants."""
     if isinstance(value, str):
@@ -121,7 +140,8 @@ def validate(raw: bytes, source: str, declared_type: str, registry: SchemaRegist
         raise InvalidEvent("confluent_framing", CONFLUENT_REASON.format(schema_id=schema_id))
     if raw[:2] == MARKER:
         schema, record = registry.decode_single_object(raw, expected=declared_type)
-        _check_strings(record, "", limits.max_string_bytes)
+        if not _within_limits(record, limits.max_string_bytes):
+            _check_strings(record, "", limits.max_string_bytes)
         if schema.name != declared_type:
             raise InvalidEvent("type_mismatch", f"message is a {schema.name}, the input was "
                                f"declared as {declared_type}")

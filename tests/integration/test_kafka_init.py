@@ -60,7 +60,7 @@ def test_kafka_init_creates_every_topic_prints_the_layout_and_is_idempotent(
         1, view.name, view.fingerprint.hex())
     assert egress["writers"] == ["User:covenant-broker"]
     assert egress["readers"] == ["User:boa-hor-noord", "User:covenant-broker"]
-    assert rows[f"{p}audit"]["schema"] == "records.audit_entry"
+    assert rows[f"{p}audit"]["schema"] == "records.audit_batch"
     assert rows[f"{p}store"]["readers"] == ["User:covenant-broker"]  # sealed: broker only
 
 

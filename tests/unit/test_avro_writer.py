@@ -175,8 +175,16 @@ def _audit_record(purpose: str, fields: list[str]) -> dict[str, Any]:
             "egress_offset": None, "delivered_commitment": None, "detail": {"k": "v"}}
 
 
-@pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)])
+@pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 8191, 8192, -8193, 2**20 - 1, 2**20,
+                               -(2**20), -(2**20) - 1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)])
 def test_zigzag_is_avro_long(n: int) -> None:
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, "long", n)
+    assert zigzag(n) == expected.getvalue()
+
+
+@given(n=st.one_of(st.integers(-(2**22), 2**22), st.integers(-(2**63), 2**63 - 1)))
+def test_zigzag_is_avro_long_everywhere(n: int) -> None:
     expected = io.BytesIO()
     fastavro.schemaless_writer(expected, "long", n)
     assert zigzag(n) == expected.getvalue()
