@@ -196,6 +196,7 @@ class Server:
         try:
             with kafka_errors("subscribing to the ingress topics"):
                 self.consumer.subscribe(self.layout.ingress_topics(), listener=self.listener)
+            self._know_ingress()
             self.logger.info("serve started", topics=len(self.layout.ingress_topics()))
             failures = 0
             while not self.stopping:
@@ -261,6 +262,20 @@ class Server:
         if not self.until_idle:
             self._refresh_while_empty()
         return self.until_idle and not records and self._idle()
+
+    def _know_ingress(self) -> None:
+        """Fetch the ingress topics' metadata before the first poll joins the group.
+
+        A new consumer's first JoinGroup left before its metadata knew the subscribed
+        topics: as the group's leader it assigned itself nothing (kafka-python's metadata
+        snapshot was empty), and only the metadata update after it made it rejoin and take
+        the partitions. Every `--until-idle` run after the first on a deployment began so
+        (19 of 20 back-to-back settling ingests: an empty generation, then a second
+        rebalance), and a run whose second rebalance came late ended in the empty-
+        assignment wait with nothing consumed. One metadata request now; topics Kafka does
+        not know yet (a fresh cluster) are still left to _refresh_while_empty."""
+        with kafka_errors("fetching the ingress topics' metadata"):
+            self.consumer.topics()
 
     def _refresh_while_empty(self) -> float | None:
         """While the assignment is empty, ask for fresh metadata every few seconds, so
