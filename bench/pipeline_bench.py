@@ -74,7 +74,7 @@ from broker.audit.tree import Frontier
 from broker.backends.embedded.event_log import SqliteEventLog
 from broker.clock import to_millis
 from broker.config import load_settings
-from broker.crypto.sealing import Sealer
+from broker.crypto.sealing import Fresh, Sealer
 from broker.logs import configure
 from broker.model import codec
 from broker.model.json_input import Limits, convert
@@ -303,6 +303,13 @@ def _plain_seal(self: Sealer, schema: Schema, record: dict[str, Any], *args: Any
     return schema.encode(record)
 
 
+def _plain_seal_fresh(self: Sealer, schema: Schema, record: dict[str, Any], *args: Any,
+                      **kwargs: Any) -> tuple[bytes, Fresh]:
+    """The triage's sealing (seal once: the plaintext kept for the decision), sealing
+    nothing: the event as plain Avro, whose stored form the decision then need not open."""
+    return schema.encode(record), Fresh(schema, record, ())
+
+
 _original_append = SqliteAudit.append
 
 
@@ -357,7 +364,8 @@ def gc_relaxed() -> Iterator[None]:
 
 Variant = tuple[tuple[tuple[Any, str, Any], ...], Setup | None, Callable[[], Any] | None]
 VARIANTS: dict[str, Variant] = {
-    "no_sealing": (((Sealer, "seal", _plain_seal),), None, None),
+    "no_sealing": (((Sealer, "seal", _plain_seal), (Sealer, "seal_fresh", _plain_seal_fresh)),
+                   None, None),
     "audit_per_event": (((SqliteAudit, "append", _one_per_event),), None, None),
     "no_tree_nodes": (((SqliteAudit, "_insert", _insert_no_nodes),
                        (SqliteAudit, "_frontier", _frontier_in_memory)), None, None),
