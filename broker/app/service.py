@@ -36,11 +36,13 @@ from broker.model.json_input import Limits
 from broker.model.render import to_json
 from broker.model.schemas import SchemaRegistry
 from broker.pipeline import corrections, erasure, expiry
+from broker.pipeline.core import PipelineRunner, RunReport
 from broker.pipeline.decide import DecideCounts, Decider, egress_record_id
 from broker.pipeline.port import (
     DecisionSink,
     EgressRecord,
     EventLog,
+    IngressReport,
     NewEvent,
     QuarantineNote,
     RevisionLog,
@@ -374,19 +376,26 @@ class Broker:
                                "run `covenant-broker serve`")
         event_type = self.resolve_type(source, event_type)
         published = publisher.publish(source, event_type, lines, signatures)
-        run = runner.run_until_idle(self, now)
-        if run.consumed < published.produced:
-            # Another member of the consumer group (a running `serve`) holds some ingress
-            # partitions: it settles them, and this report would not name them.
-            raise StorageError(f"{published.produced} inputs published to {published.topic}, "
-                               f"but the pipeline run here consumed {run.consumed}: another "
-                               "`covenant-broker serve` of the same group holds part of the "
-                               "ingress; stop it, or ingest without settling")
+        run = self._settle(runner, published, now, "inputs", "ingest")
         return IngestReport(source, event_type, accepted=run.stored,
                             quarantined=list(run.quarantine_notes),
                             dropped_fields=list(run.dropped_fields),
                             decided=DecideCounts(run.stored, run.released, run.withheld),
                             tombstones=run.tombstones)
+    def _settle(self, runner: PipelineRunner, published: IngressReport, now: datetime,
+                what: str, verb: str) -> RunReport:
+        """Run the pipeline here until idle over what was just published; all of it must
+        have been consumed by this run."""
+        run = runner.run_until_idle(self, now)
+        if run.consumed < published.produced:
+            # Another member of the consumer group (a running `serve`) holds some ingress
+            # partitions: it settles them, and this report would not name them.
+            raise StorageError(f"{published.produced} {what} published to {published.topic}, "
+                               f"but the pipeline run here consumed {run.consumed}: another "
+                               "`covenant-broker serve` of the same group holds part of the "
+                               f"ingress; stop it, or {verb} without settling")
+        return run
+
     # -- corrections and withdrawals (AVG art. 19; broker/pipeline/corrections.py) ----------
     @property
     def revision_log(self) -> RevisionLog:
@@ -426,13 +435,7 @@ class Broker:
                                "them; run `covenant-broker serve`")
         event_type = self.resolve_type(source, event_type)
         published = publisher.publish(source, event_type, lines, signatures, action=action)
-        run = runner.run_until_idle(self, now)
-        if run.consumed < published.produced:
-            raise StorageError(f"{published.produced} {action}s published to "
-                               f"{published.topic}, but the pipeline run here consumed "
-                               f"{run.consumed}: another `covenant-broker serve` of the same "
-                               "group holds part of the ingress; stop it, or publish without "
-                               "settling")
+        run = self._settle(runner, published, now, f"{action}s", "publish")
         return IngestReport(source, event_type, accepted=run.revised,
                             quarantined=list(run.quarantine_notes),
                             dropped_fields=list(run.dropped_fields),

@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 
+from broker.app.service import Broker
 from tests.kafka_launcher import load_launcher
 
 HERE = Path(__file__).resolve().parent
@@ -80,3 +81,18 @@ def kafka_bootstrap() -> Iterator[str]:
     finally:
         _NODES.pop(node.bootstrap_servers, None)
         node.stop()
+
+
+@pytest.fixture
+def kafka_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Broker]:
+    """A Broker on a fresh one-partition Kafka deployment (the scenario suites take it
+    through their `broker` fixture; a module may define its own)."""
+    from tests.integration.kafka_support import KafkaEnv
+
+    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=1)
+    built = env.broker()
+    try:
+        yield built
+    finally:
+        built.close()
+        env.cleanup()

@@ -16,7 +16,6 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +47,6 @@ NOW, LATER = shared.NOW, shared.LATER
 @pytest.fixture(params=["kafka"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def kafka_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Broker]:
-    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=1)
-    built = env.broker()
-    try:
-        yield built
-    finally:
-        built.close()
-        env.cleanup()
 
 
 def test_every_shared_scenario_is_collected_on_kafka() -> None:

@@ -15,15 +15,11 @@ test_area_ban_expiry_sends_one_tombstone_per_recipient: Kafka offsets are not de
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from kafka import KafkaProducer
 
 from broker.app.service import Broker, PartitionChainsReport
 from tests import factories as f
-from tests.integration.kafka_support import KafkaEnv
 from tests.unit import test_scenarios as scenarios
 from tests.unit.test_scenarios import broker  # noqa: F401 - the fixture the scenarios take
 
@@ -36,17 +32,6 @@ globals().update(SCENARIOS)
 @pytest.fixture(params=["kafka"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def kafka_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Broker]:
-    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=1)
-    built = env.broker()
-    try:
-        yield built
-    finally:
-        built.close()
-        env.cleanup()
 
 
 def test_every_scenario_is_collected_on_kafka() -> None:

@@ -6,30 +6,16 @@ input (Broker.ingest_settled raises when the run consumed less than it published
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from broker.app.service import Broker
 from broker.clock import parse_instant
 from tests import factories as f
-from tests.integration.kafka_support import KafkaEnv
 
 NOW = parse_instant("2026-05-10T12:00:00Z")
 RUNS = 8
 EMPTY_ASSIGNMENT = "Setting newly assigned partitions set()"  # kafka-python, at INFO
-
-
-@pytest.fixture
-def kafka_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Broker]:
-    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=1)
-    built = env.broker()
-    try:
-        yield built
-    finally:
-        built.close()
-        env.cleanup()
 
 
 def test_back_to_back_settling_ingests_each_take_the_partitions_and_their_input(
