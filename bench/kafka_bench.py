@@ -24,7 +24,7 @@ Method (bench/README.md section 2 says the same in prose):
   egress record (serve) or its copy (passthrough); inputs sent in the --latency-window
   seconds after --latency-warmup seconds count.
 
-    python bench/kafka_bench.py [--rounds 3] [--warmup 3] [--window 6] [--rate 300]
+    python bench/kafka_bench.py [--rounds 3] [--warmup 3] [--window 15] [--rate 300]
         [--tree ../before] [--fanout] [--runs-check] [--quick] [--bootstrap HOST:PORT]
 
 Writes bench/results/kafka.json (gitignored). Roles this script runs as, in child processes:
@@ -827,7 +827,7 @@ def parse_args() -> argparse.Namespace:
     pace.add_argument("--partitions", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=3, help="0 = latency only")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds discarded")
-    parser.add_argument("--window", type=float, default=6.0, help="seconds measured")
+    parser.add_argument("--window", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=500)
     parser.add_argument("--rate", type=int, default=300, help="latency rate; 0 = skip")
