@@ -11,22 +11,20 @@ partition it wrote; read_uncommitted sees every data record and no marker).
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import random
+import sys
 from collections import Counter
-from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from broker.app.demo import DAY, DaySynth
 from broker.backends.kafka.audit_batch import batch_schema, decode_batch, split
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import Clients, end_offsets, read_all
 from broker.backends.kafka.pipeline import home_partition
-from broker.model.json_input import Limits, convert
 from tests.integration.kafka_support import kafka_env, run_cli
 
 NOW = "2026-05-12T18:00:00Z"  # bench/kafka_bench.py's DAY_NOW
@@ -34,33 +32,24 @@ INPUTS = 400
 MAX_PER_INPUT = 4.0
 
 
+def _load_pipeline_bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "pipeline_bench.py"
+    spec = importlib.util.spec_from_file_location("pipeline_bench", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    module = sys.modules.setdefault("pipeline_bench", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
 def _mix(broker: Any, count: int, seed: int = 7) -> list[tuple[str, str, str, bytes]]:
-    """(source, event type, event_id, Avro bytes): the pipeline bench's mix and weights."""
-    synth = DaySynth(random.Random(seed))
-    day = DAY.date()
-    makers: list[tuple[float, str, str, Callable[[], dict[str, Any]]]] = [
-        (0.55, "politie", "politie.woninginbraak",
-         lambda: synth.woninginbraak(DAY + timedelta(hours=14))),
-        (0.10, "om", "om.gebiedsverbod",
-         lambda: synth.gebiedsverbod(day - timedelta(days=10), day + timedelta(days=60))),
-        (0.10, "om", "om.detentie_uitstroom", synth.detentie),
-        (0.25, "gemeente", "gemeente.boa_waarneming",
-         lambda: synth.waarneming(DAY + timedelta(hours=12))),
-    ]
-    rng = random.Random(seed)
+    """(source, event type, event_id, Avro bytes): the pipeline bench's own mix
+    (`make_inputs`, which bench/kafka_bench.py produces too), with each event's id."""
     out = []
-    for _ in range(count):
-        pick, chosen = rng.random(), makers[-1]
-        for maker in makers:
-            if pick < maker[0]:
-                chosen = maker
-                break
-            pick -= maker[0]
-        _, source, event_type, make = chosen
-        schema = broker.registry.get(event_type)
-        record = convert(schema.raw, make(), Limits()).record
-        out.append((source, event_type, str(record["event_id"]).lower(),
-                    schema.encode(record)))
+    for source, event_type, data in _load_pipeline_bench().make_inputs(broker, count, seed):
+        _, record = broker.registry.decode_single_object(data)
+        out.append((source, event_type, str(record["event_id"]).lower(), data))
     return out
 
 
