@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -119,6 +120,51 @@ class Snapshot:
         return [e for entries in self.audit.values() for e in entries if e["name"] == name]
 
 
+def abort_open_transactions(env: KafkaEnv) -> None:
+    """End what a killed writer left open, as the member that takes over its partition does.
+
+    A `serve` killed inside a transaction leaves it open until the transaction timeout or
+    until the next holder of its transactional id initialises; until then every
+    read_committed reader stops at that transaction's first record on each partition it
+    wrote (the last stable offset), and records committed there after it are hidden.
+    """
+    broker = env.broker()
+    try:
+        assert isinstance(broker.log, KafkaEventLog)
+        cfg = broker.log.cfg
+        clients = Clients(cfg)
+        for txn_id in [cfg.partition_txn_id(p) for p in range(cfg.partitions)] + [
+                cfg.commands_txn_id]:
+            producer = clients.transactional_producer(txn_id)
+            try:
+                producer.init_transactions()  # fences the old holder, aborts its transaction
+            finally:
+                producer.close(timeout=5)
+    finally:
+        broker.close()
+
+
+def _wait_stable(reader: KafkaConsumer, everything: KafkaConsumer,
+                 tps: list[TopicPartition], timeout_s: float = 5) -> None:
+    """Wait until no transaction is open on `tps` (last stable offset = high watermark).
+
+    A snapshot taken past an open transaction would count a committed audit entry on one
+    partition but miss the egress record of the same transaction on another, hidden behind
+    someone else's open transaction there.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stable, high = reader.end_offsets(tps), everything.end_offsets(tps)
+        open_ = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if stable[tp] < high[tp])
+        if not open_:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"a transaction stays open on {open_} (a killed writer's?): call "
+                "abort_open_transactions(env) before taking the snapshot")
+        time.sleep(0.1)
+
+
 def snapshot(env: KafkaEnv) -> Snapshot:
     broker = env.broker()
     try:
@@ -126,7 +172,14 @@ def snapshot(env: KafkaEnv) -> Snapshot:
         assert isinstance(log, KafkaEventLog)
         layout, schema = log.layout, log.audit_schema
         reader = Clients(log.cfg).reader("test")
+        everything = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=None,
+                                   enable_auto_commit=False, auto_offset_reset="earliest",
+                                   isolation_level="read_uncommitted")
         try:
+            _wait_stable(reader, everything, [
+                *(TopicPartition(layout.names.egress(r, p), 0) for r, p in layout.streams),
+                *(TopicPartition(layout.names.audit, p) for p in range(log.cfg.audit_partitions)),
+                *(TopicPartition(layout.names.store, p) for p in range(log.cfg.partitions))])
             egress_tps = {TopicPartition(layout.names.egress(r, p), 0): (r, p)
                           for r, p in layout.streams}
             egress = {egress_tps[tp]: records for tp, records in
@@ -148,14 +201,9 @@ def snapshot(env: KafkaEnv) -> Snapshot:
                           if not _opens(broker, r)]
             written += [*egress_tps, *audit_tps]
             committed = sum(len(r) for r in read_all(reader, written).values())
-        finally:
-            reader.close()
-        everything = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=None,
-                                   enable_auto_commit=False, auto_offset_reset="earliest",
-                                   isolation_level="read_uncommitted")
-        try:
             total = sum(len(r) for r in read_all(everything, written).values())
         finally:
+            reader.close()
             everything.close()
         return Snapshot(egress, audit, chains, log.quarantine_count(), total - committed,
                         unreadable, targets)
