@@ -202,7 +202,10 @@ def test_a_crash_while_applying_withdrawals_writes_no_second_retraction(
     """`serve` killed with SIGKILL while it applies withdrawals one batch at a time
     (max_batch 1), then restarted until idle: each released record of a withdrawn event
     has exactly one retraction, with one audit entry, and every chain is intact."""
-    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=2, max_batch=1)
+    # a static member (instance_id, as in test_kafka_crash): a restart takes the killed
+    # member's place at once instead of waiting out its session
+    env = KafkaEnv(kafka_bootstrap, tmp_path / "kafka", partitions=2, max_batch=1,
+                   instance_id="crash")
     try:
         bans = [f.gebiedsverbod() for _ in range(WITHDRAWALS)]
         built = env.broker()
