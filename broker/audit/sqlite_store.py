@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS audit_index (
 CREATE INDEX IF NOT EXISTS audit_index_recipient ON audit_index (recipient, seq);
 CREATE INDEX IF NOT EXISTS audit_index_purpose ON audit_index (purpose, seq);
 CREATE INDEX IF NOT EXISTS audit_index_time ON audit_index (start_time);
+-- Every subject report reads the control entries (the confidential lifts, lifted_pairs):
+-- without this, a scan of the whole index (50 ms on 1M entries). Partial, so appends of
+-- any other entry pay nothing for it.
+CREATE INDEX IF NOT EXISTS audit_index_control ON audit_index (seq) WHERE name = 'control';
 CREATE TABLE IF NOT EXISTS audit_subject (
     pseudonym BLOB NOT NULL,
     seq INTEGER NOT NULL,

@@ -306,3 +306,25 @@ def test_verify_report_against_the_log_compares_the_stated_root(
     assert code == 1
     assert (f"the report states root {'ab' * 32} at size {size}, the log's root at that "
             f"size is {honest}") in out
+
+
+def test_the_report_reads_the_lifts_through_an_index_not_a_scan(tmp_path: Path) -> None:
+    """Every subject report asks for the control entries (the confidential lifts); on a
+    large log a scan of audit_index for them was the whole report's cost (issue 14)."""
+    from broker.audit.subject_report import lifted_pairs
+
+    data = tmp_path / "data"
+    build_log(data)
+    with open_broker(data) as broker:
+        audit = audit_of(broker)
+        store = audit.store
+        statements: list[str] = []
+        db = store.db  # type: ignore[attr-defined]
+        db.set_trace_callback(statements.append)
+        try:
+            lifted_pairs(store, audit.schema, store.audit_size())
+        finally:
+            db.set_trace_callback(None)
+        query = next(s for s in statements if "audit_index" in s)
+        plan = " ".join(str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
+    assert "audit_index_control" in plan
