@@ -27,7 +27,7 @@ from broker.app.service import Broker
 from broker.backends.kafka.audit_batch import read_partition
 from broker.backends.kafka.egress import tombstone_for
 from broker.backends.kafka.event_log import KafkaEventLog
-from broker.backends.kafka.io import Clients, header, read_all
+from broker.backends.kafka.io import Clients, end_offsets, header, read_all
 from broker.cli import main
 from broker.clock import parse_instant
 from broker.config import load_settings
@@ -154,7 +154,7 @@ def _wait_stable(reader: KafkaConsumer, everything: KafkaConsumer,
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        stable, high = reader.end_offsets(tps), everything.end_offsets(tps)
+        stable, high = end_offsets(reader, tps), end_offsets(everything, tps)
         open_ = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps if stable[tp] < high[tp])
         if not open_:
             return
@@ -175,31 +175,28 @@ def snapshot(env: KafkaEnv) -> Snapshot:
         everything = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=None,
                                    enable_auto_commit=False, auto_offset_reset="earliest",
                                    isolation_level="read_uncommitted")
+        egress_tps = {TopicPartition(layout.names.egress(r, p), 0): (r, p)
+                      for r, p in layout.streams}
+        audit_tps = [TopicPartition(layout.names.audit, p)
+                     for p in range(log.cfg.audit_partitions)]
+        store_tps = [TopicPartition(layout.names.store, p) for p in range(log.cfg.partitions)]
+        written = [*store_tps, *egress_tps, *audit_tps]
         try:
-            _wait_stable(reader, everything, [
-                *(TopicPartition(layout.names.egress(r, p), 0) for r, p in layout.streams),
-                *(TopicPartition(layout.names.audit, p) for p in range(log.cfg.audit_partitions)),
-                *(TopicPartition(layout.names.store, p) for p in range(log.cfg.partitions))])
-            egress_tps = {TopicPartition(layout.names.egress(r, p), 0): (r, p)
-                          for r, p in layout.streams}
+            _wait_stable(reader, everything, written)
             egress = {egress_tps[tp]: records for tp, records in
                       read_all(reader, egress_tps).items()}
             targets = {(r, p, record.offset): target for (r, p), records in egress.items()
                        for record in records
                        if (target := tombstone_for(record, log.link)) is not None}
-            audit_tps = [TopicPartition(layout.names.audit, p)
-                         for p in range(log.cfg.audit_partitions)]
             raw = read_all(reader, audit_tps)
             read = {tp.partition: read_partition(schema, records)
                     for tp, records in raw.items()}
             audit = {p: [schema.decode(data) for data in entries.data]
                      for p, entries in read.items()}
             chains = {p: entries.report for p, entries in read.items()}
-            written = [TopicPartition(layout.names.store, p) for p in range(log.cfg.partitions)]
-            stored = read_all(reader, written)
+            stored = read_all(reader, store_tps)
             unreadable = [r.offset for records in stored.values() for r in records
                           if not _opens(broker, r)]
-            written += [*egress_tps, *audit_tps]
             committed = sum(len(r) for r in read_all(reader, written).values())
             total = sum(len(r) for r in read_all(everything, written).values())
         finally:
