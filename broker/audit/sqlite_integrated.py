@@ -30,6 +30,7 @@ from broker.audit.sqlite_store import SqliteAudit
 from broker.audit.sqlite_tx import AUDIT_TABLE, append_only, read_rows, write_transaction
 from broker.errors import StorageError
 from broker.keys import private_db
+from broker.sqlite_wal import open_wal
 
 DB_NAME = "audit-kafka.db"
 LOCK_NAME = "audit-kafka.lock"
@@ -52,9 +53,7 @@ class IntegratedAuditDb:
         self._lock: int | None = None
         private_db(self.path)  # pseudonyms and decisions: owner only, 0600 from the start
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db = open_wal(self.path, secure_delete=False)
             self.db.executescript(_SCHEMA)
             self.audit = SqliteAudit(self.db, sequencer, self._write, self._read)
         except sqlite3.Error as exc:

@@ -32,6 +32,7 @@ from broker.crypto.key_ids import new_key_id
 from broker.crypto.sealing import DataKeys
 from broker.errors import StorageError
 from broker.keys import private_db
+from broker.sqlite_wal import open_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -159,10 +160,7 @@ class SqliteKeyStore:
         self._checked_at = 0.0
         private_db(path)  # wrapped keys: owner only, 0600 from the start
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA secure_delete=ON")
+            self.db = open_wal(path, secure_delete=True)
             self.db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"{path}: {exc}") from exc

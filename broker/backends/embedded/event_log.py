@@ -51,6 +51,7 @@ from broker.pipeline.port import (
     check_tombstone_batch,
 )
 from broker.policy.control import ControlEvent, ThemeSwitch
+from broker.sqlite_wal import open_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (
@@ -150,10 +151,7 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
         self.audit_schema = audit_schema
         private_db(path)  # the store holds personal data: owner only, 0600 from the start
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA secure_delete=ON")
+            self.db = open_wal(path, secure_delete=True)
             self.db.executescript(AUDIT_TABLE + _SCHEMA + append_only(*_IMMUTABLE))
             _add_egress_traceparent(self.db)
             # The audit tree, checkpoints and query indexes (broker.audit.sqlite_store).
