@@ -11,12 +11,14 @@ knows the backend classes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
 from broker.audit.service import AuditLog, AuditSetup
 from broker.audit.sqlite_integrated import IntegratedAuditDb
 from broker.backends.embedded.event_log import SqliteEventLog
+from broker.backends.embedded.writer_lock import WriterLock
 from broker.config import Settings
 from broker.crypto.kek import FileKek
 from broker.crypto.keystore import DataKeyStore, SqliteKeyStore
@@ -66,6 +68,10 @@ class Backend:
     revisions: RevisionLog | None = None  # corrections and withdrawals, applied in the caller
     # the stored corrections and withdrawals, read (Kafka: written by `serve`)
     revision_reader: RevisionReader | None = None
+    # A pipeline step (ingest, decide, sweep, erasure) runs inside this: the embedded data
+    # directory's one-writer lock across processes (broker/backends/embedded/writer_lock.py);
+    # nothing on Kafka, whose transactional producer fences a second decider.
+    exclusive: Callable[[], AbstractContextManager[None]] = nullcontext
 
     @property
     def audit_is_live(self) -> bool:
@@ -115,7 +121,7 @@ def embedded(parts: Parts) -> Backend:
         raise
     return Backend("embedded", log, keys, parts.audit.audit_log(log.audit), writer=log,
                    decisions=log, chain=log, revisions=log,
-                   revision_reader=log)
+                   revision_reader=log, exclusive=WriterLock(parts.settings.data_dir).hold)
 
 
 def kafka(parts: Parts) -> Backend:

@@ -98,26 +98,28 @@ def _append(broker: Broker, kind: str, purpose: str, version: int, by: str, now:
 
 def propose_lift(broker: Broker, purpose: str, version: int, by: str, now: datetime) -> None:
     """The first pair of eyes: propose lifting the restriction on one purpose and version."""
-    name, state = _checked(broker, purpose, version, by)
-    if state.proposed_by is not None:
-        raise PolicyError(f"{state.proposed_by} proposed this lift already; another person "
-                          "approves it (`policy lift approve`)")
-    _append(broker, PROPOSAL, purpose, version, name, now,
-            {"kind": LIFT_PROPOSAL_KIND, "by": name})
+    with broker.exclusive():  # the state read and the write, one lift step at a time
+        name, state = _checked(broker, purpose, version, by)
+        if state.proposed_by is not None:
+            raise PolicyError(f"{state.proposed_by} proposed this lift already; another "
+                              "person approves it (`policy lift approve`)")
+        _append(broker, PROPOSAL, purpose, version, name, now,
+                {"kind": LIFT_PROPOSAL_KIND, "by": name})
 
 
 def approve_lift(broker: Broker, purpose: str, version: int, by: str, now: datetime
                  ) -> tuple[str, str]:
     """The second pair of eyes: approve an open proposal, which lifts the restriction.
     Returns (proposer, approver)."""
-    name, state = _checked(broker, purpose, version, by)
-    if state.proposed_by is None:
-        raise PolicyError(f"no open proposal to lift the restriction on {purpose!r} "
-                          f"(covenant version {version}); propose it first "
-                          "(`policy lift propose`)")
-    if state.proposed_by.casefold() == name.casefold():
-        raise PolicyError(f"four eyes: {name} proposed this lift and cannot also approve "
-                          "it; another person approves")
-    _append(broker, APPROVAL, purpose, version, name, now,
-            {"kind": LIFT_KIND, "approvers": f"{state.proposed_by}, {name}"})
-    return state.proposed_by, name
+    with broker.exclusive():  # the state read and the write, one lift step at a time
+        name, state = _checked(broker, purpose, version, by)
+        if state.proposed_by is None:
+            raise PolicyError(f"no open proposal to lift the restriction on {purpose!r} "
+                              f"(covenant version {version}); propose it first "
+                              "(`policy lift propose`)")
+        if state.proposed_by.casefold() == name.casefold():
+            raise PolicyError(f"four eyes: {name} proposed this lift and cannot also "
+                              "approve it; another person approves")
+        _append(broker, APPROVAL, purpose, version, name, now,
+                {"kind": LIFT_KIND, "approvers": f"{state.proposed_by}, {name}"})
+        return state.proposed_by, name

@@ -26,7 +26,7 @@ from broker.pipeline import corrections
 from broker.pipeline.decide import Decider
 from broker.pipeline.port import StoredEvent, StoredRevision
 from broker.policy.control import ControlEvent
-from broker.policy.covenant import load_covenant
+from broker.policy.covenant import Covenant, load_covenant
 from broker.policy.decision import Release
 from broker.policy.lint import lint
 from broker.policy.plan import compile_plans
@@ -85,6 +85,12 @@ def activate(broker: Broker, path: Path, approvers: list[str], now: datetime) ->
         raise CovenantError(str(path), problems)
     covenant = load_covenant(path)
     text = path.read_bytes()
+    with broker.exclusive():  # the checks below and the write, one activation at a time
+        return _activate(broker, covenant, text, path, distinct, now)
+
+
+def _activate(broker: Broker, covenant: Covenant, text: bytes, path: Path,
+              distinct: list[str], now: datetime) -> int:
     sha = hashlib.sha256(text).hexdigest()
     header = covenant.covenant
     if header.id != broker.covenant.covenant.id:
@@ -117,6 +123,11 @@ def rotate_key(broker: Broker, purpose: str, now: datetime) -> int:
     """Start a new pseudonymisation key version for one purpose from `now`."""
     if purpose not in broker.covenant.purposes:
         raise PolicyError(f"unknown purpose {purpose!r}")
+    with broker.exclusive():  # two rotations at once would both take the next version
+        return _rotate_key(broker, purpose, now)
+
+
+def _rotate_key(broker: Broker, purpose: str, now: datetime) -> int:
     version = broker.control_state().latest_key_version(purpose) + 1
     now_ms = to_millis(now)
     broker.keys.pseudonym_key(purpose, version)  # created now, mode 0600

@@ -10,11 +10,12 @@ import hashlib
 import importlib.metadata
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import cached_property
-from typing import Any
+from functools import cached_property, wraps
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.access import Accessor
@@ -61,6 +62,22 @@ from broker.policy.plan import PlanSet, compile_plans
 DECIDER = "decide"
 # What the data dir holds under its keys (events, data keys, the Kafka integrated audit).
 _DATA_FILES = ("broker.db", "keystore.db", INTEGRATED_DB)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_writer(method: Callable[Concatenate[Broker, P], R]) -> Callable[Concatenate[Broker, P], R]:
+    """`method` as the data directory's only pipeline writer (`Backend.exclusive`): a step
+    that reads before it writes (which ids are stored, the decider's position, what is due
+    or was released) must not interleave with another process's."""
+    @wraps(method)
+    def run(self: Broker, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.backend.exclusive():
+            return method(self, *args, **kwargs)
+
+    return run
+
 
 SERVE_DECIDES = ("on the Kafka backend, `ingest` produces to the ingress topics and "
                  "`covenant-broker serve --backend kafka` validates, stores and decides")
@@ -204,6 +221,11 @@ class Broker:
     def close(self) -> None:
         self.backend.close()
 
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Hold the data directory's pipeline (see `one_writer`) for a check-then-write of
+        the application's own: a covenant activation, a key rotation, a lift."""
+        return self.backend.exclusive()
+
     @property
     def writer(self) -> StoreWriter:
         """The synchronous store writer; a backend without one decides in `serve`."""
@@ -323,11 +345,18 @@ class Broker:
         ignored)."""
         event_type = self.resolve_type(source, event_type)
         signatures = signatures or {}
+        # Read whole before the pipeline is held: a slow input (a pipe) must not hold up
+        # another process's ingest. Triage keeps every input's bytes anyway.
+        raws = [RawInput(source, event_type, position, raw, signatures.get(position),
+                         traceparent) for position, raw in inputs]
+        with self.exclusive():
+            return self._ingest(source, event_type, raws, now)
+
+    def _ingest(self, source: str, event_type: str, raws: list[RawInput],
+                now: datetime) -> IngestReport:
         now_ms = to_millis(now)
         report = IngestReport(source, event_type)
-        result = self.triage.triage(
-            (RawInput(source, event_type, position, raw, signatures.get(position), traceparent)
-             for position, raw in inputs), now, self.writer.duplicate_ids)
+        result = self.triage.triage(raws, now, self.writer.duplicate_ids)
         report.dropped_fields = [(e.position, e.dropped_fields) for e in result.events
                                  if e.dropped_fields]
         events = [NewEvent(e.event_type, e.source, e.event_id, e.payload, e.trace_id,
@@ -452,15 +481,20 @@ class Broker:
         one retraction and, for a correction the covenant releases, the new record."""
         corrections.check_action(action)
         event_type = self.resolve_type(source, event_type)
-        log = self.revision_log
         signatures = signatures or {}
+        raws = [RawInput(source, event_type, position, raw, signatures.get(position))
+                for position, raw in inputs]  # read whole before the pipeline is held
+        with self.exclusive():
+            return self._ingest_revisions(action, source, event_type, raws, now)
+
+    def _ingest_revisions(self, action: str, source: str, event_type: str,
+                          raws: list[RawInput], now: datetime) -> IngestReport:
+        log = self.revision_log
         now_ms = to_millis(now)
         report = IngestReport(source, event_type, action=action)
         self.decide_pending(now)  # the originals are decided before they are revised
         result = corrections.triage_revisions(
-            self.triage, self.registry, action,
-            (RawInput(source, event_type, position, raw, signatures.get(position))
-             for position, raw in inputs), now, log, self._subjects_of)
+            self.triage, self.registry, action, raws, now, log, self._subjects_of)
         self.triage.flush_keys()
         log.append_revisions(result.revisions, result.quarantined, result.audits, now_ms)
         self.metrics.observe_input(event_type, len(result.revisions) + len(result.quarantined))
@@ -478,6 +512,7 @@ class Broker:
         self.observe_checkpoint()
         return report
 
+    @one_writer
     def apply_revisions(self, now: datetime, report: IngestReport | None = None) -> int:
         """Apply every stored revision after the corrections position, one committed batch
         each (a revision sees the records the one before it released); returns them."""
@@ -529,6 +564,7 @@ class Broker:
                       self.settings.quarantine_retention_days)
 
     # -- decide -----------------------------------------------------------------------------
+    @one_writer
     def decide_pending(self, now: datetime, fresh: Mapping[int, StoredEvent] | None = None
                        ) -> DecideCounts:
         """Decide every stored event after the decider's position, in committed batches.
@@ -552,6 +588,7 @@ class Broker:
             self.decisions.commit_decisions(batch, ctx.now_ms)
             self.metrics.observe_decisions(batch, len(events), seconds)
 
+    @one_writer
     def sweep_expiries(self, now: datetime) -> int:
         ctx = self.context(now)
         due = self.log.expiring(ctx.today)
@@ -660,11 +697,13 @@ class Broker:
             now_ms - record.released_ms > purpose.retention_days * 86_400_000
 
     # -- time passing -----------------------------------------------------------------------
+    @one_writer
     def maintain(self, now: datetime) -> None:
         """What a decision time brings by itself: expiry tombstones and key retention."""
         self.sweep_expiries(now)
         self.destroy_expired_keys(now)
 
+    @one_writer
     def destroy_expired_keys(self, now: datetime) -> list[DestroyedKey]:
         destroyed = self.data_keys.destroy_expired(local_date(now, self.covenant.zone))
         self.sealer.forget(k.key_id for k in destroyed)
@@ -678,6 +717,7 @@ class Broker:
                                                 ).isoformat()})], to_millis(now))
         return destroyed
 
+    @one_writer
     def erase_subject(self, bsn: str, reason: str, now: datetime) -> ErasureReport:
         """Crypto-shred one person: destroy their data keys, then tell every recipient that
         received a record about them (one erasure notice per record, AVG art. 19); audit
