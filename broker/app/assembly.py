@@ -121,7 +121,11 @@ def embedded(parts: Parts) -> Backend:
         raise
     return Backend("embedded", log, keys, parts.audit.audit_log(log.audit), writer=log,
                    decisions=log, chain=log, revisions=log,
-                   revision_reader=log, exclusive=WriterLock(parts.settings.data_dir).hold)
+                   revision_reader=log,
+                   # the keys cached here are checked again when the pipeline is taken:
+                   # the step before may have been another process's erasure
+                   exclusive=WriterLock(parts.settings.data_dir,
+                                        on_acquire=keys.revalidate).hold)
 
 
 def kafka(parts: Parts) -> Backend:

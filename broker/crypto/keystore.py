@@ -252,6 +252,13 @@ class SqliteKeyStore:
     def _remember(self, key_id: str, key: bytes) -> None:
         self._cache.put(key_id, key)
 
+    def revalidate(self) -> None:
+        """Check the cached keys against the file at the next use, however recent the last
+        check: called when this process takes the data directory's pipeline
+        (broker/backends/embedded/writer_lock.py), since the step before it may have been
+        another process's erasure. A key it destroyed must not seal or open anything here."""
+        self._checked_at = float("-inf")
+
     def _drop_stale(self) -> None:
         """Forget cached keys when another connection changed the file (it may have
         destroyed some): checked at most every _STALE_CHECK_S, one cheap pragma."""

@@ -107,3 +107,27 @@ def test_a_new_subjects_key_is_looked_up_by_subject_not_by_scanning_its_day(
         assert "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
+
+
+def test_a_key_another_process_destroyed_is_not_used_once_the_pipeline_is_taken(
+        make_broker: Callable[..., Broker], tmp_path: Path) -> None:
+    """Another process's `subject erase` ran between two steps of this one (a `web` process
+    ingesting). The cache is checked against the file at most every 0.5 s; before the
+    pipeline lock revalidated it, a step taken within that window sealed the subject's new
+    event under the destroyed key (its wrapped copy gone: unreadable once evicted) and
+    could open the subject's erased events from the cache."""
+    broker = make_broker()
+    keys = broker.data_keys
+    assert isinstance(keys, SqliteKeyStore)
+    key_id, _ = keys.data_key("bsn:erased", DAY, 1)
+    keys.flush()
+    assert keys.lookup(key_id) is not None  # cached, and the file just checked
+    elsewhere = SqliteKeyStore(keys.path, FileKek(broker.keys))  # the other process's store
+    try:
+        assert [k.key_id for k in elsewhere.destroy_subject("bsn:erased")] == [key_id]
+    finally:
+        elsewhere.close()
+    with broker.exclusive():
+        assert keys.lookup(key_id) is None
+        new_id, _ = keys.data_key("bsn:erased", DAY, 1)
+    assert new_id != key_id

@@ -80,10 +80,28 @@ def test_a_wait_past_its_limit_names_the_holding_process(child_holding: Holding,
 def test_the_lock_is_reentrant_and_let_go_only_by_the_outermost_hold(tmp_path: Path) -> None:
     lock = WriterLock(tmp_path)
     with lock.hold(), lock.hold():
-        assert _taken_elsewhere(tmp_path)
-    assert not _taken_elsewhere(tmp_path)
+        assert _held_as_seen_from_another_process(tmp_path)
+    assert not _held_as_seen_from_another_process(tmp_path)
     assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
     assert (tmp_path / LOCK_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_on_acquire_runs_at_each_outermost_hold_and_a_failure_lets_go(tmp_path: Path) -> None:
+    calls: list[int] = []
+    lock = WriterLock(tmp_path, on_acquire=lambda: calls.append(1))
+    with lock.hold(), lock.hold():
+        pass
+    with lock.hold():
+        pass
+    assert len(calls) == 2
+
+    def fails() -> None:
+        raise RuntimeError("revalidation failed")
+
+    with pytest.raises(RuntimeError, match="revalidation failed"), \
+            WriterLock(tmp_path, on_acquire=fails).hold():
+        pass
+    assert not _held_as_seen_from_another_process(tmp_path)
 
 
 def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
@@ -107,8 +125,8 @@ def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
     assert most[0] == 1
 
 
-def _taken_elsewhere(data: Path) -> bool:
-    """Whether another open file of the lock can take it now (it takes and lets go)."""
+def _held_as_seen_from_another_process(data: Path) -> bool:
+    """Whether the lock is held: another process cannot take it now (if it can, it lets go)."""
     code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
             "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
             "except BlockingIOError: sys.exit(1)\n")

@@ -18,7 +18,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,9 +29,11 @@ LOCK_NAME = "pipeline.lock"
 
 
 class WriterLock:
-    def __init__(self, data_dir: Path, wait_s: float = 600.0) -> None:
+    def __init__(self, data_dir: Path, wait_s: float = 600.0,
+                 on_acquire: Callable[[], None] | None = None) -> None:
         self.path = data_dir / LOCK_NAME
         self.wait_s = wait_s
+        self.on_acquire = on_acquire  # run each time this process takes the lock
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
@@ -47,6 +49,13 @@ class WriterLock:
         try:
             if self._depth == 0:
                 self._fd = self._acquire()
+                if self.on_acquire is not None:
+                    try:
+                        self.on_acquire()
+                    except BaseException:
+                        os.close(self._fd)
+                        self._fd = None
+                        raise
             self._depth += 1
             try:
                 yield
