@@ -50,9 +50,12 @@ from broker.errors import BrokerError
 
 REDACTED = "[redacted]"
 _MAX_DEPTH = 12
+# The e-mail pattern goes first: a BSN-shaped run inside an address
+# ("jan.123456789@example.nl") replaced first broke the address apart, and the rest of it
+# was logged.
 _PATTERNS = [
-    re.compile(r"(?<!\d)\d{9}(?!\d)"),  # BSN
     re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"),  # e-mail
+    re.compile(r"(?<!\d)\d{9}(?!\d)"),  # BSN
     re.compile(r"(?<![\w])\+?\d[\d\s-]{8,}\d(?![\w])"),  # phone numbers
 ]
 _PLAIN_TYPES = (datetime, date, time, timedelta, uuid.UUID, PurePath, enum.Enum)
