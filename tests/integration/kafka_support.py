@@ -282,6 +282,16 @@ def jsonl(events: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(e) for e in events]
 
 
+def ingest_lines(env: KafkaEnv, path: Path, lines: list[str], *options: str,
+                 event_type: str = "politie.woninginbraak") -> str:
+    """`lines` written to `path` and ingested as the police's by the CLI (exit 0 asserted);
+    the CLI's output."""
+    code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type", event_type,
+                         *options, str(lines_file(path, lines))])
+    assert code == 0, out
+    return out
+
+
 @contextlib.contextmanager
 def kafka_env(bootstrap: str, root: Path, **kwargs: Any) -> Iterator[KafkaEnv]:
     env = KafkaEnv(bootstrap, root, **kwargs)

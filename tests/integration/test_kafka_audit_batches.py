@@ -20,7 +20,7 @@ from broker.backends.kafka.chain import RECORD_OVERHEAD, AuditChain, run_transac
 from broker.backends.kafka.event_log import KafkaEventLog
 from broker.backends.kafka.io import Clients, read_all
 from tests import factories as f
-from tests.integration.kafka_support import jsonl, kafka_env, lines_file, run_cli
+from tests.integration.kafka_support import ingest_lines, jsonl, kafka_env, run_cli
 from tests.unit.test_kafka_audit_batch import BATCH, TAMPERS, Rec
 
 NOW = "2026-05-10T12:00:00Z"
@@ -111,10 +111,7 @@ def test_a_transaction_over_the_record_limit_writes_several_batches_in_order(
 def test_every_alteration_of_a_served_chain_fails_verify_at_its_record(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     with kafka_env(kafka_bootstrap, tmp_path / "source", partitions=1, max_batch=2) as env:
-        feed = lines_file(tmp_path / "in.jsonl", jsonl([f.woninginbraak() for _ in range(6)]))
-        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
-                             "politie.woninginbraak", str(feed)])
-        assert code == 0, out
+        ingest_lines(env, tmp_path / "in.jsonl", jsonl([f.woninginbraak() for _ in range(6)]))
         consumed = 0
         for _ in range(3):  # on a loaded machine, --until-idle can stop before joining
             code, out = run_cli([*env.args(), "--json", "--now", NOW, "serve", "--until-idle"])

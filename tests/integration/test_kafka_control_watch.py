@@ -19,6 +19,7 @@ from broker.clock import parse_instant
 from tests import factories as f
 from tests.integration.kafka_support import (
     KafkaEnv,
+    ingest_lines,
     jsonl,
     kafka_env,
     lines_file,
@@ -31,9 +32,7 @@ TYPE = "politie.woninginbraak"
 
 
 def _ingest(env: KafkaEnv, path: Path, events: list[dict[str, Any]]) -> None:
-    code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type", TYPE,
-                         str(lines_file(path, jsonl(events)))])
-    assert code == 0, out
+    ingest_lines(env, path, jsonl(events), event_type=TYPE)
 
 
 def _wait(what: str, done: Callable[[], bool], timeout: float = 90) -> None:

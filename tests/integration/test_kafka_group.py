@@ -27,10 +27,9 @@ from tests.integration.kafka_support import (
     ProcessLog,
     check_exactly_once,
     embedded_releases,
+    ingest_lines,
     jsonl,
     kafka_env,
-    lines_file,
-    run_cli,
     serve_process,
     snapshot,
 )
@@ -46,9 +45,7 @@ def _part(count: int) -> list[str]:
 
 
 def _ingest(env: KafkaEnv, path: Path, lines: list[str]) -> None:
-    code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type", TYPE,
-                         str(lines_file(path, lines))])
-    assert code == 0, out
+    ingest_lines(env, path, lines, event_type=TYPE)
 
 
 def _wait(what: str, done: Callable[[], bool], logs: list[ProcessLog],

@@ -29,9 +29,9 @@ from broker.pipeline.ingest import validate
 from tests import factories as f
 from tests.integration.kafka_support import (
     KafkaEnv,
+    ingest_lines,
     jsonl,
     kafka_env,
-    lines_file,
     run_cli,
     serve_process,
 )
@@ -91,10 +91,7 @@ def test_processes_share_keys_and_erasure_shreds_them_everywhere(env: KafkaEnv,
     try:
         _keys(other).refresh()
         assert not _keys(other)._wrapped
-        path = lines_file(tmp_path / "in.jsonl", jsonl(_victim_events(6)))
-        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
-                             "politie.woninginbraak", str(path)])
-        assert code == 0, out
+        ingest_lines(env, tmp_path / "in.jsonl", jsonl(_victim_events(6)))
         _serve(env)  # a serve process seals the victim's fields under keys it creates
 
         subject = f"bsn:{other.sealer.subject_pseudonym('bsn', BSN)}"

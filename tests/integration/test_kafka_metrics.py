@@ -20,9 +20,9 @@ from tests.integration.kafka_support import (
     KafkaEnv,
     ProcessLog,
     check_exactly_once,
+    ingest_lines,
     jsonl,
     kafka_env,
-    lines_file,
     run_cli,
     snapshot,
 )
@@ -59,10 +59,7 @@ def test_metrics_endpoint_of_serve_matches_what_was_fed(kafka_bootstrap: str,
     bad = ["not json at all", '{"event_id": 1}', "[]"]
     port = load_launcher().free_port()
     with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=2) as env:
-        path = lines_file(tmp_path / "in.jsonl", [*jsonl(good), *bad])
-        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
-                             "politie.woninginbraak", str(path)])
-        assert code == 0, out
+        ingest_lines(env, tmp_path / "in.jsonl", [*jsonl(good), *bad])
         proc = _serve(env, port)
         log = ProcessLog(proc)
         try:

@@ -22,9 +22,9 @@ from tests.integration.kafka_support import (
     ProcessLog,
     abort_open_transactions,
     check_exactly_once,
+    ingest_lines,
     jsonl,
     kafka_env,
-    lines_file,
     run_cli,
     serve_process,
     snapshot,
@@ -43,10 +43,7 @@ def _cli_json(env: KafkaEnv, *argv: str) -> dict[str, Any]:
 
 
 def _ingest(env: KafkaEnv, path: Path, count: int) -> None:
-    feed = lines_file(path, jsonl([f.woninginbraak() for _ in range(count)]))
-    code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type", TYPE,
-                         str(feed)])
-    assert code == 0, out
+    ingest_lines(env, path, jsonl([f.woninginbraak() for _ in range(count)]), event_type=TYPE)
 
 
 def _policy_hash(env: KafkaEnv) -> str:

@@ -15,6 +15,7 @@ from tests import factories as f
 from tests.integration.kafka_support import (
     ProcessLog,
     check_exactly_once,
+    ingest_lines,
     jsonl,
     kafka_env,
     lines_file,
@@ -29,10 +30,7 @@ NOW = "2026-05-10T12:00:00Z"
 def test_sigterm_finishes_the_batch_commits_and_exits_0(kafka_bootstrap: str,
                                                         tmp_path: Path) -> None:
     with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=3, max_batch=2) as env:
-        path = lines_file(tmp_path / "in.jsonl", jsonl([f.woninginbraak() for _ in range(30)]))
-        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
-                             "politie.woninginbraak", str(path)])
-        assert code == 0, out
+        ingest_lines(env, tmp_path / "in.jsonl", jsonl([f.woninginbraak() for _ in range(30)]))
         proc = serve_process(env, NOW)
         log = ProcessLog(proc)
         deadline = time.monotonic() + 60

@@ -21,9 +21,9 @@ from tests import factories as f
 from tests.integration.kafka_support import (
     abort_open_transactions,
     check_exactly_once,
+    ingest_lines,
     jsonl,
     kafka_env,
-    lines_file,
     run_cli,
     snapshot,
 )
@@ -34,10 +34,7 @@ NOW = "2026-05-10T12:00:00Z"
 def test_an_open_transaction_is_named_then_aborted(kafka_bootstrap: str,
                                                     tmp_path: Path) -> None:
     with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=2, max_batch=3) as env:
-        feed = lines_file(tmp_path / "in.jsonl", jsonl([f.woninginbraak() for _ in range(6)]))
-        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
-                             "politie.woninginbraak", str(feed)])
-        assert code == 0, out
+        ingest_lines(env, tmp_path / "in.jsonl", jsonl([f.woninginbraak() for _ in range(6)]))
         code, out = run_cli([*env.args(), "--now", NOW, "serve", "--until-idle"])
         assert code == 0, out
         before = check_exactly_once(snapshot(env))
