@@ -70,6 +70,13 @@ def recipient_accessor(request: Request, recipient: str) -> Accessor:
                     entity=trace.recipient_uri(recipient))
 
 
+def party_accessor(request: Request, party: str, token_id: str) -> Accessor:
+    """A covenant party's read of what was disclosed from its events: its read token's id,
+    its origin, and the request's span (the caller's trace when it sent one)."""
+    return Accessor("http", origin=origin(request), token_id=token_id,
+                    span=request_span(request), entity=trace.party_uri(party))
+
+
 def console_accessor(request: Request, user: str | None) -> Accessor:
     """The privacy officer's request: the FG account (None for a login that names no
     account) and its origin."""

@@ -8,7 +8,8 @@ audit entries whose `source` is that party, by W3C trace id, by processing activ
 pseudonym. An entry of another party's event is never in an answer, whatever is asked.
 
 Every answered read is exactly one `party_read` audit entry: the party, the token's id
-(never the token), what was asked, and how many entries came back; a read by pseudonym
+(never the token), its origin, what was asked, and how many entries came back, in the
+request's span (broker/web/access.py `party_accessor`); a read by pseudonym
 names that pseudonym as its data subject, so the person's own report shows that the party
 looked. A missing, unknown or revoked token is 401 and, as on the recipient API, not an
 audit entry: nothing was read, and the recipient API does not audit a failed token either.
@@ -38,11 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker.app.confidential import known_versions
 from broker.app.service import Broker
-from broker.audit.entries import draft
+from broker.audit.access import Accessor
+from broker.audit.entries import PROCESSING_ACTIVITY, draft
 from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
 from broker.clock import to_millis
 from broker.model.render import to_json
+from broker.web.access import party_accessor
 from broker.web.auth import token_party, unauthorized
 from broker.web.recipient_api import MAX_OFFSET, PURPOSE_PATTERN, ErrorBody
 from broker.web.state import WebState
@@ -173,15 +176,30 @@ class Selector:
         return out
 
 
-def _activity_pairs(broker: Broker, activity_id: str) -> set[tuple[str, int]]:
-    """(purpose, covenant version) whose processing activity URI is `activity_id`, for
-    entries written before the entries carried the URI themselves."""
-    out: set[tuple[str, int]] = set()
+Activities = dict[tuple[str, int], str]  # (purpose, covenant version) -> activity URI
+
+
+def _activities(broker: Broker) -> Activities:
+    """The processing activity URI of each purpose in each covenant version, for entries
+    that do not carry it in their detail (written before entries did, or an ack)."""
+    out: Activities = {}
     for version in known_versions(broker):
         covenant, _ = broker.covenant_version(version)
-        out.update((name, version) for name, purpose in covenant.purposes.items()
-                   if getattr(purpose, "processing_activity_id", None) == activity_id)
+        out.update(((name, version), purpose.processing_activity_id)
+                   for name, purpose in covenant.purposes.items())
     return out
+
+
+def _activity_of(entry: dict[str, Any], activities: Activities) -> str | None:
+    """The entry's processing activity: its own (`detail.processing_activity_id`), else
+    the one its purpose had in the covenant version it names."""
+    own = (entry.get("detail") or {}).get(PROCESSING_ACTIVITY)
+    if own:
+        return str(own)
+    purpose, version = entry.get("purpose"), entry.get("covenant_version")
+    if purpose is None or version is None:
+        return None
+    return activities.get((purpose, version))
 
 
 def _candidates(broker: Broker, audit: AuditLog, party: str, selector: Selector,
@@ -201,28 +219,27 @@ def _candidates(broker: Broker, audit: AuditLog, party: str, selector: Selector,
                                  for t in types), key=itemgetter(0))
 
 
-def _matches(entry: dict[str, Any], selector: Selector, pairs: set[tuple[str, int]]) -> bool:
+def _matches(entry: dict[str, Any], selector: Selector, activity: str | None) -> bool:
     if selector.trace_id is not None:
         return bool(entry.get("trace_id") == selector.trace_id)
     if selector.pseudonym is not None:
         return any(s["pseudonym"] == selector.pseudonym
                    for s in entry.get("data_subjects") or ())
     if selector.activity_id is not None:
-        return entry.get("processing_activity_id") == selector.activity_id or \
-            (entry.get("purpose"), entry.get("covenant_version")) in pairs
+        return activity == selector.activity_id
     return entry.get("purpose") == selector.purpose and (
         selector.covenant_version is None or
         entry.get("covenant_version") == selector.covenant_version)
 
 
-def _entry(entry: dict[str, Any]) -> PartyEntry:
+def _entry(entry: dict[str, Any], activity: str | None) -> PartyEntry:
     return PartyEntry(
         seq=entry["seq"], name=entry["name"], status=entry["status"],
         time=entry["start_time"], logged_at=entry["logged_at"], trace_id=entry["trace_id"],
         span_id=entry["span_id"], event_type=entry.get("event_type"),
         event_id=entry.get("event_id"), event_offset=entry.get("event_offset"),
         purpose=entry.get("purpose"),
-        processing_activity_id=entry.get("processing_activity_id"),
+        processing_activity_id=activity,
         covenant_id=entry.get("covenant_id"), covenant_version=entry.get("covenant_version"),
         legal_basis=entry.get("legal_basis"), recipient=entry.get("recipient"),
         decision=entry.get("decision"), reason_code=entry.get("reason_code"),
@@ -232,13 +249,13 @@ def _entry(entry: dict[str, Any]) -> PartyEntry:
         data_subjects=[DataSubjectRef(**s) for s in entry.get("data_subjects") or ()])
 
 
-def _read(broker: Broker, caller: Caller, selector: Selector, after: int | None, limit: int,
-          now: datetime) -> PartyPage | None:
+def _read(broker: Broker, caller: Caller, accessor: Accessor, selector: Selector,
+          after: int | None, limit: int, now: datetime) -> PartyPage | None:
     """One read, and its one audit entry; None when there is no audit log to read."""
     audit = broker.audit
     if audit is None:
         return None
-    pairs = _activity_pairs(broker, selector.activity_id) if selector.activity_id else set()
+    activities = _activities(broker)
     found: list[PartyEntry] = []
     next_after: int | None = None
     for examined, (seq, data) in enumerate(_candidates(broker, audit, caller.party, selector,
@@ -248,9 +265,12 @@ def _read(broker: Broker, caller: Caller, selector: Selector, after: int | None,
         next_after = seq
         entry: dict[str, Any] = to_json(audit.schema.decode(data))
         # The one rule that keeps parties apart: only entries of this party's own events.
-        if entry.get("source") != caller.party or not _matches(entry, selector, pairs):
+        if entry.get("source") != caller.party:
             continue
-        found.append(_entry({**entry, "seq": seq}))
+        activity = _activity_of(entry, activities)
+        if not _matches(entry, selector, activity):
+            continue
+        found.append(_entry({**entry, "seq": seq}, activity))
         if len(found) >= limit:
             break
     else:
@@ -258,12 +278,12 @@ def _read(broker: Broker, caller: Caller, selector: Selector, after: int | None,
     now_ms = to_millis(now)
     header = broker.covenant.covenant
     broker.log.append_audit([draft(
-        "party_read", trace_id=None, start_ms=now_ms, covenant_id=header.id,
+        "party_read", **accessor.trace_fields(), start_ms=now_ms, covenant_id=header.id,
         covenant_version=header.version,
         data_subjects=([{"pseudonym": selector.pseudonym, "id_type": "pseudonym",
                          "role": "lookup"}] if selector.pseudonym else []),
-        detail={"party": caller.party, "token_id": caller.token_id, "channel": "http",
-                **selector.detail(), "after": "" if after is None else str(after),
+        detail={"party": caller.party, **accessor.detail(), **selector.detail(),
+                "after": "" if after is None else str(after),
                 "returned": str(len(found))})], now_ms)
     return PartyPage(party=caller.party, selector=selector.kind, entries=found,
                      next_after=next_after)
@@ -273,7 +293,8 @@ async def _answer(request: Request, caller: Caller, selector: Selector, after: i
                   limit: int) -> PartyPage:
     worker: BrokerWorker = request.app.state.worker
     now: datetime = request.app.state.clock()
-    page = await worker.call(lambda b: _read(b, caller, selector, after, limit, now))
+    accessor = party_accessor(request, caller.party, caller.token_id)
+    page = await worker.call(lambda b: _read(b, caller, accessor, selector, after, limit, now))
     if page is None:
         raise HTTPException(503, "this backend has no searchable audit log yet")
     return page

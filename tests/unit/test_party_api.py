@@ -26,6 +26,8 @@ BY_SUBJECT = "/v1/party/disclosures/by-subject"
 BY_ACTIVITY = "/v1/party/processing-activities/disclosures"
 PARTIES = ["politie", "om", "gemeente"]
 BURGLARY = "surveillance-woninginbraak"
+BURGLARY_ACTIVITY = ("urn:nl:amstelveen-veiligheid:v1:verwerkingsactiviteit:"
+                     "surveillance-woninginbraak")
 BAN = "handhaving-gebiedsverbod"
 
 
@@ -121,9 +123,24 @@ def test_a_party_sees_what_was_disclosed_from_its_own_events(
     assert ban == expected(log, "om", purpose=BAN, covenant_version=1)
     assert seqs(web.client.get(by_purpose(BAN), params={"covenant_version": 2},
                                headers=tokens["om"])) == []
-    # By processing activity URI: none in this covenant yet, so nothing matches.
+    # By processing activity URI: an unknown one matches nothing.
     assert seqs(web.client.get(BY_ACTIVITY, params={"processing_activity_id": "urn:x:y"},
                                headers=tokens["om"])) == []
+
+
+def test_a_read_by_processing_activity_finds_the_purposes_entries_and_names_the_uri(
+        web: Web, tokens: dict[str, dict[str, str]], log: list[dict[str, Any]]) -> None:
+    """Before: every answer's processing_activity_id was null (it was read from the entry's
+    top level; entries hold it in detail), and no test asked for a real URI."""
+    answer = web.client.get(BY_ACTIVITY, params={"processing_activity_id": BURGLARY_ACTIVITY,
+                                                 "limit": 500}, headers=tokens["politie"])
+    found = answer.json()["entries"]
+    assert found
+    assert [e["seq"] for e in found] == expected(log, "politie", purpose=BURGLARY)
+    assert {e["processing_activity_id"] for e in found} == {BURGLARY_ACTIVITY}
+    by_purpose_answer = web.client.get(by_purpose(BURGLARY), params={"limit": 500},
+                                       headers=tokens["politie"]).json()["entries"]
+    assert {e["processing_activity_id"] for e in by_purpose_answer} == {BURGLARY_ACTIVITY}
 
 
 def test_a_party_never_sees_another_partys_events(
@@ -197,10 +214,29 @@ def test_each_read_is_exactly_one_audit_entry_naming_the_token_id(
         assert detail.items() <= entry["detail"].items()
         assert made.token not in json.dumps(entry)
         assert entry["source"] is None  # a read is no event of the party's own
+        # who and from where (NEN 7513), and the request's own span: the one the answer's
+        # traceparent names (before: no origin, and a trace of its own)
+        assert entry["detail"]["origin"] == "testclient"
+        assert entry["detail"]["channel"] == "http"
+        _, trace_id, span_id, _ = answer.headers["traceparent"].split("-")
+        assert (entry["trace_id"], entry["span_id"]) == (trace_id, span_id)
     lookup = reads(web)[-1]
     assert lookup["data_subjects"] == [{"pseudonym": person, "id_type": "pseudonym",
                                         "role": "lookup"}]
     assert person not in json.dumps(lookup["detail"])
+
+
+def test_a_read_in_the_callers_trace_records_the_caller_as_the_foreign_operation(
+        web: Web, tokens: dict[str, dict[str, str]]) -> None:
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    answer = web.client.get(by_purpose(BURGLARY), headers={
+        **tokens["politie"], "traceparent": f"00-{caller_trace}-{caller_span}-01"})
+    assert answer.status_code == 200, answer.text
+    entry = reads(web)[-1]
+    assert entry["trace_id"] == caller_trace
+    assert entry["parent_span_id"] == caller_span
+    assert entry["foreign_span_id"] == caller_span
+    assert entry["detail"]["foreign_entity"] == "urn:covenant-broker:party:politie"
 
 
 @pytest.mark.parametrize("header", [None, "Bearer cbp_not-a-real-token", "Bearer ",
