@@ -27,11 +27,11 @@ __all__ = ["Accessor"]
 class Accessor:
     """The party behind one request."""
 
-    channel: str  # "http" (the recipient API) or "console" (the FG)
-    origin: str | None = None  # client address after the trusted-proxy rule
+    channel: str  # "http" (the recipient and party APIs), "console" (the FG), "cli"
+    origin: str | None = None  # client address after the trusted-proxy rule; "local:<host>"
     token_id: str | None = None  # the API token's public id, never the token
     end_user: str | None = None  # keyed pseudonym of the end user a recipient system named
-    user: str | None = None  # the FG account of a console session
+    user: str | None = None  # the FG account of a console session; the OS account (cli)
     span: trace.Inbound | None = None  # the request's span
     entity: str | None = None  # URI of the calling party, for the foreign operation
 

@@ -7,8 +7,10 @@ command could not run (unknown source, type or recipient, unreadable file, bad c
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +24,7 @@ from broker.app.assembly import declares
 from broker.app.erasure import IngressPurge, erase_subject
 from broker.app.service import Broker, IngestReport
 from broker.audit import trace
+from broker.audit.access import Accessor
 from broker.cli import acl as cli_acl
 from broker.cli import audit as cli_audit
 from broker.cli import config as cli_config
@@ -293,12 +296,24 @@ def _ingest_text(report: IngestReport) -> str:
     return "\n".join(lines)
 
 
+def _cli_accessor() -> Accessor:
+    """Who ran a command that reads disclosed data, and from where (NEN 7513, BIO 8.15.01):
+    the operating-system account and this machine (the web faces name a token or an FG
+    account and a network address instead)."""
+    try:
+        user: str | None = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = None
+    return Accessor("cli", origin=f"local:{socket.gethostname()}", user=user)
+
+
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_offset < 0:
         raise InputError("--from-offset must be 0 or more")
     broker = Broker(settings)
     try:
-        delivered = broker.consume(args.recipient, args.purpose, args.from_offset, _now(args))
+        delivered = broker.consume(args.recipient, args.purpose, args.from_offset, _now(args),
+                                   who=_cli_accessor())
     finally:
         broker.close()
     out = sys.stdout

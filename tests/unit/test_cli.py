@@ -68,6 +68,26 @@ def test_ingest_then_consume_prints_one_json_object_a_line(tmp_path: Path, data:
     assert [json.loads(line)["offset"] for line in later.stdout.splitlines()] == [1]
 
 
+def test_a_consume_by_the_cli_names_who_ran_it_and_where(tmp_path: Path, data: Path) -> None:
+    """NEN 7513: every access names who and from where; a CLI read named neither (its
+    access entry had no channel, account or origin)."""
+    import getpass
+    import socket
+
+    feed = write(tmp_path, "feed.jsonl", f.jsonl(f.woninginbraak()))
+    assert run("ingest", "--source", "politie", "--type", "politie.woninginbraak", feed,
+               data=data).returncode == 0
+    assert run("consume", "--recipient", "boa-hor-noord", data=data).returncode == 0
+    done = run("--json", "audit", "query", "--action", "access", data=data)
+    assert done.returncode == 0, done.stderr
+    entries = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(entries) == 1
+    detail = entries[0]["detail"]
+    assert detail["channel"] == "cli"
+    assert detail["by"] == getpass.getuser()
+    assert detail["origin"] == f"local:{socket.gethostname()}"
+
+
 def test_ingest_json_output_and_stdin(data: Path) -> None:
     done = run("--json", "ingest", "--source", "om", "--type", "om.gebiedsverbod", "-",
                data=data, stdin=f.jsonl(f.gebiedsverbod(), {"event_id": "x"}))
