@@ -225,7 +225,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 report = broker.ingest_revisions_settled(
                     action, args.source, args.event_type,
                     read_lines(stream, settings.limits.max_event_bytes), _now(args),
-                    _signatures(args), traceparent)
+                    _signatures(args))
         elif broker.backend.ingress is not None:  # produce to the ingress topic; serve decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 

@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from broker.audit import trace
-from broker.audit.entries import Draft, draft, with_fields
+from broker.audit.entries import Draft, draft, new_trace_id, with_fields
 from broker.clock import from_millis, to_millis
 from broker.errors import InvalidEvent
 from broker.keys import commitment
@@ -79,7 +78,6 @@ class RevisionTriage:
     positions: list[str] = field(default_factory=list)  # of each revision, in order
     quarantined: list[Quarantined] = field(default_factory=list)
     audits: list[Draft] = field(default_factory=list)  # quarantine entries, then one per revision
-    bad_traceparents: int = 0  # inputs whose traceparent was invalid (ignored, not refused)
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,6 @@ class _Candidate:
     record: dict[str, object] | None
     schema: Schema | None
     reason: str
-    span: trace.Inbound  # the source's trace when it sent a valid traceparent
 
 
 def check_action(action: str) -> str:
@@ -110,14 +107,12 @@ def triage_revisions(triage: Triage, registry: SchemaRegistry, action: str,
     key = triage.commitment_key
     bad: list[tuple[RawInput, str, str]] = []
     good: list[_Candidate] = []
-    out = RevisionTriage()
     for item in inputs:
-        span = trace.inbound(item.traceparent)  # as for an event: a bad one is counted only
-        out.bad_traceparents += span.bad
         try:
-            good.append(_candidate(triage, registry, action, item, now_ms, span))
+            good.append(_candidate(triage, registry, action, item, now_ms))
         except InvalidEvent as exc:
             bad.append((item, exc.code, exc.reason))
+    out = RevisionTriage()
     accepted: list[tuple[_Candidate, StoredEvent]] = []
     for event_type in dict.fromkeys(c.item.event_type for c in good):
         ids = list(dict.fromkeys(c.event_id for c in good if c.item.event_type == event_type))
@@ -153,10 +148,10 @@ def triage_revisions(triage: Triage, registry: SchemaRegistry, action: str,
 
 
 def _candidate(triage: Triage, registry: SchemaRegistry, action: str, item: RawInput,
-               now_ms: int, span: trace.Inbound) -> _Candidate:
+               now_ms: int) -> _Candidate:
     if action == CORRECTION:  # the whole corrected event: every check an event gets
         ok = triage.accept(item, now_ms)
-        return _Candidate(item, ok.event_id, ok.payload, ok.record, ok.schema, "", span)
+        return _Candidate(item, ok.event_id, ok.payload, ok.record, ok.schema, "")
     triage.check_signature(item)
     raw = item.raw if isinstance(item.raw, bytes) else b""
     if len(raw) > triage.limits.max_event_bytes:
@@ -167,7 +162,7 @@ def _candidate(triage: Triage, registry: SchemaRegistry, action: str, item: RawI
     if not reason:
         raise InvalidEvent("missing_reason", "a withdrawal needs a reason")
     return _Candidate(item, str(conversion.record["event_id"]).lower(), b"", None, None,
-                      reason, span)
+                      reason)
 
 
 def _revision(triage: Triage, action: str, c: _Candidate, original: StoredEvent,
@@ -180,17 +175,14 @@ def _revision(triage: Triage, action: str, c: _Candidate, original: StoredEvent,
                                      triage.sealer.retention_until(original.event_type,
                                                                    ingested))
     return NewRevision(action, original.event_type, original.source, original.event_id,
-                       original.offset, payload, c.reason, digest, c.span.trace_id)
+                       original.offset, payload, c.reason, digest, new_trace_id())
 
 
 def _audit(action: str, c: _Candidate, original: StoredEvent,
            subjects: list[dict[str, str]], triage: Triage, now_ms: int) -> Draft:
-    """The source's request itself, naming the persons of the event it revises: the
-    revision's span, in the source's trace with its operation as the foreign one when it
-    sent a valid traceparent (as an event's decision is)."""
-    detail = {"position": c.item.position, "original_offset": str(original.offset),
-              **trace.foreign_detail(c.span.caller, trace.party_uri(original.source))}
-    return draft(action, **c.span.audit_fields(), start_ms=now_ms, **triage.covenant_fields,
+    """The source's request itself, naming the persons of the event it revises."""
+    detail = {"position": c.item.position, "original_offset": str(original.offset)}
+    return draft(action, trace_id=None, start_ms=now_ms, **triage.covenant_fields,
                  source=original.source, event_type=original.event_type,
                  event_id=original.event_id, event_offset=original.offset,
                  decision="correct" if action == CORRECTION else "withdraw",
@@ -201,13 +193,10 @@ def _audit(action: str, c: _Candidate, original: StoredEvent,
 
 def as_stored(revision: StoredRevision, original: StoredEvent) -> StoredEvent:
     """A correction as the decider takes it: the original's store offset and ingest time
-    (its retention runs from the first ingest), the corrected payload, its own trace (the
-    source's, when the correction came with one). Not the original's foreign operation:
-    that named the source's span of another trace; the correction's own is in its
-    `correction` entry. Never the original's plaintext (`fresh`, set when the original was
-    stored in the batch in hand): the decision opens the corrected payload."""
-    return replace(original, payload=revision.payload, trace_id=revision.trace_id,
-                   foreign_trace=None, fresh=None)
+    (its retention runs from the first ingest), the corrected payload, its own trace.
+    Never the original's plaintext (`fresh`, set when the original was stored in the batch
+    in hand): the decision opens the corrected payload."""
+    return replace(original, payload=revision.payload, trace_id=revision.trace_id, fresh=None)
 
 
 def version_before(revision: StoredRevision, earlier: Iterable[StoredRevision],
@@ -231,7 +220,7 @@ def apply(revision: StoredRevision, original: StoredEvent, live: list[EgressReco
     for record in live:
         eg = tombstone(record, decider.plans, tombstone_schema, decider.commitment_key, ctx,
                        cause=cause, after=ctx.today, decision="retract", reason_code=cause,
-                       reason=RETRACT_REASON[revision.action], trace_id=revision.trace_id)
+                       reason=RETRACT_REASON[revision.action])
         batch.egress.append(replace(eg, audit=with_fields(
             eg.audit, source=original.source, event_id=original.event_id,
             data_subjects=retracted_subjects, detail={**eg.audit["detail"], **tag})))

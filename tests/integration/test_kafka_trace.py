@@ -18,7 +18,6 @@ from tests import factories as f
 from tests.integration.kafka_support import (
     ProcessLog,
     check_exactly_once,
-    ingest_lines,
     jsonl,
     kafka_env,
     lines_file,
@@ -89,44 +88,6 @@ def test_a_sources_traceparent_comes_out_on_the_egress_record_and_in_the_audit_e
     assert {p.parent_id for p in ours} == set(released)
     assert all(p.trace_id == released[p.parent_id] != TRACE for p in ours)
     assert len({p.trace_id for p in ours}) == len(ours)
-
-
-REVISION_TRACE, REVISION_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-
-
-def test_a_correction_goes_on_in_the_sources_trace_on_kafka(kafka_bootstrap: str,
-                                                             tmp_path: Path) -> None:
-    """`ingest --correction F --traceparent X` on Kafka: the traceparent header of the
-    published correction is the trace of its `correction` entry (the source's span as
-    foreign operation), of the retractions and of the corrected decisions. Before: the
-    option was dropped, and serve read the header and then minted a trace of its own."""
-    event = f.woninginbraak()
-    corrected = {**event, "address": {**event["address"], "house_number": "14"}}
-    with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=2) as env:
-        ingest_lines(env, tmp_path / "in.jsonl", jsonl([event]),
-                     "--traceparent", f"00-{TRACE}-{PARENT}-01")
-        code, out = run_cli([*env.args(), "--now", NOW, "serve", "--until-idle"])
-        assert code == 0, out
-        fix = lines_file(tmp_path / "fix.jsonl", jsonl([corrected]))
-        code, out = run_cli([*env.args(), "--json", "--now", NOW, "ingest", "--source",
-                             "politie", "--type", TYPE, "--correction", str(fix),
-                             "--traceparent", f"00-{REVISION_TRACE}-{REVISION_SPAN}-01"])
-        assert code == 0, out
-        done = json.loads(out)
-        assert done["accepted"] == 1
-        assert done["retractions"] > 0
-        snap = snapshot(env)
-    [request] = snap.entries("correction")
-    assert request["trace_id"] == REVISION_TRACE
-    assert (request["parent_span_id"], request["foreign_span_id"]) == (REVISION_SPAN,
-                                                                       REVISION_SPAN)
-    assert request["detail"]["foreign_entity"] == "urn:covenant-broker:party:politie"
-    retractions = [e for e in snap.entries("tombstone") if e["decision"] == "retract"]
-    assert retractions
-    assert {e["trace_id"] for e in retractions} == {REVISION_TRACE}
-    afresh = [e for e in snap.entries("decide") if e["trace_id"] == REVISION_TRACE]
-    assert afresh  # the corrected event decided again, in the correction's trace
-    assert all(e["foreign_span_id"] != PARENT for e in afresh)
 
 
 def test_serve_counts_the_bad_traceparents_it_ignored(kafka_bootstrap: str,

@@ -88,23 +88,6 @@ def test_a_consume_by_the_cli_names_who_ran_it_and_where(tmp_path: Path, data: P
     assert detail["origin"] == f"local:{socket.gethostname()}"
 
 
-def test_a_correction_by_the_cli_goes_on_in_the_given_trace(tmp_path: Path,
-                                                            data: Path) -> None:
-    """`ingest --correction F --traceparent X` used to accept X and drop it."""
-    trace_id, span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-    event = f.woninginbraak()
-    feed = write(tmp_path, "feed.jsonl", f.jsonl(event))
-    assert run("ingest", "--source", "politie", "--type", "politie.woninginbraak", feed,
-               data=data).returncode == 0
-    fix = write(tmp_path, "fix.jsonl", f.jsonl({**event, "attempt": True}))
-    done = run("ingest", "--source", "politie", "--type", "politie.woninginbraak",
-               "--correction", fix, "--traceparent", f"00-{trace_id}-{span}-01", data=data)
-    assert done.returncode == 0, done.stderr
-    done = run("--json", "audit", "query", "--action", "correction", data=data)
-    [entry] = [json.loads(line) for line in done.stdout.splitlines()]
-    assert (entry["trace_id"], entry["foreign_span_id"]) == (trace_id, span)
-
-
 def test_ingest_json_output_and_stdin(data: Path) -> None:
     done = run("--json", "ingest", "--source", "om", "--type", "om.gebiedsverbod", "-",
                data=data, stdin=f.jsonl(f.gebiedsverbod(), {"event_id": "x"}))

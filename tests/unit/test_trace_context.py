@@ -5,7 +5,6 @@ bad header is counted and ignored, whatever it is. HTTP answers name the request
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -235,67 +234,3 @@ def test_a_bad_http_traceparent_is_counted_and_the_answer_has_a_trace_of_its_own
     assert web.run(bad_count) == before + 2
     every = web.client.get("/console/login")  # every answer carries one, console too
     assert trace.parse(every.headers["traceparent"]) is not None
-
-
-# -- corrections and withdrawals (AVG art. 19) go on in the source's trace too ---------------------
-
-REVISION_TRACE, REVISION_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-WITHDRAWAL_TRACE, WITHDRAWAL_SPAN = "5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8"
-
-
-def _revise(broker: Broker, action: str, line: str, header: str | None) -> Any:
-    return broker.ingest_revisions(action, "politie", TYPE, [("line 1", line.encode())],
-                                   NOW, traceparent=header)
-
-
-def test_a_correction_and_a_withdrawal_go_on_in_the_sources_trace(broker: Broker) -> None:
-    """Before: a revision minted a trace of its own and its entry had no trace fields; the
-    corrected decision kept the original's foreign operation (a span of another trace)."""
-    event = f.woninginbraak()
-    broker.ingest("politie", TYPE, f.lines(event), NOW, traceparent=HEADER)
-    seen = len(entries(broker))
-    corrected = {**event, "address": {**event["address"], "house_number": "14"}}
-    report = _revise(broker, "correction", json.dumps(corrected),
-                     f"00-{REVISION_TRACE}-{REVISION_SPAN}-01")
-    assert report.accepted == 1
-    assert report.retractions
-    new = entries(broker)[seen:]
-    [request] = [e for e in new if e["name"] == "correction"]
-    assert request["trace_id"] == REVISION_TRACE
-    assert (request["parent_span_id"], request["foreign_trace_id"],
-            request["foreign_span_id"]) == (REVISION_SPAN, REVISION_TRACE, REVISION_SPAN)
-    assert request["detail"]["foreign_entity"] == "urn:covenant-broker:party:politie"
-    caused = [e for e in new if e["name"] in ("tombstone", "decide")]
-    assert {e["name"] for e in caused} == {"tombstone", "decide"}
-    for entry in caused:  # the retractions and the corrected decisions, in that trace
-        assert entry["trace_id"] == REVISION_TRACE, entry["name"]
-        assert entry["foreign_span_id"] in (None, REVISION_SPAN), entry["name"]
-        assert PARENT not in (entry["parent_span_id"], entry["foreign_span_id"])
-    seen = len(entries(broker))
-    report = _revise(broker, "withdrawal", json.dumps({"event_id": event["event_id"],
-                                                       "reason": "ten onrechte"}),
-                     f"00-{WITHDRAWAL_TRACE}-{WITHDRAWAL_SPAN}-01")
-    assert report.accepted == 1
-    assert report.retractions
-    new = entries(broker)[seen:]
-    [request] = [e for e in new if e["name"] == "withdrawal"]
-    assert (request["trace_id"], request["foreign_span_id"]) == (WITHDRAWAL_TRACE,
-                                                                 WITHDRAWAL_SPAN)
-    assert {e["trace_id"] for e in new if e["name"] == "tombstone"} == {WITHDRAWAL_TRACE}
-
-
-def test_a_malformed_traceparent_on_a_correction_is_counted_and_ignored(
-        broker: Broker) -> None:
-    event = f.woninginbraak()
-    broker.ingest("politie", TYPE, f.lines(event), NOW)
-    before = bad_count(broker)
-    seen = len(entries(broker))
-    report = _revise(broker, "withdrawal", json.dumps({"event_id": event["event_id"],
-                                                       "reason": "ten onrechte"}),
-                     "00-not-a-trace-01")
-    assert report.accepted == 1
-    assert report.retractions
-    assert bad_count(broker) == before + 1
-    [request] = [e for e in entries(broker)[seen:] if e["name"] == "withdrawal"]
-    assert request["foreign_span_id"] is None
-    assert len(request["trace_id"]) == 32

@@ -444,7 +444,6 @@ class PartitionWorker:
                                                   run.action, run.inputs, ctx.now, view,
                                                   subjects)
             self._send_quarantined(tx, result.quarantined)
-            counts.bad_traceparents += result.bad_traceparents
             drafts += result.audits
             counts.quarantined += len(result.quarantined)
             counts.quarantine_codes += [q.reason_code for q in result.quarantined]
