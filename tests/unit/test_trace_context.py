@@ -6,6 +6,7 @@ bad header is counted and ignored, whatever it is. HTTP answers name the request
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from prometheus_client import generate_latest
 
 from broker.app.service import Broker
 from broker.audit import trace
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.clock import parse_instant
 from broker.config import load_settings
+from broker.model.schemas import SchemaRegistry
 from broker.pipeline.triage import RawInput
 from tests import factories as f
 from tests.unit.test_cli import run
@@ -346,3 +349,28 @@ def test_a_bad_http_traceparent_is_counted_and_the_answer_has_a_trace_of_its_own
     assert web.run(bad_count) == before + 2
     every = web.client.get("/console/login")  # every answer carries one, console too
     assert trace.parse(every.headers["traceparent"]) is not None
+
+
+def test_a_revision_stored_before_trace_context_reads_back_with_none(tmp_path: Path) -> None:
+    """A data dir whose revisions table predates the foreign_trace column gets it on open;
+    its older rows read as no caller (the decision then has no foreign operation)."""
+    path = tmp_path / "store.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE revisions (seq INTEGER PRIMARY KEY, action TEXT NOT NULL, "
+               "event_type TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL, "
+               "original_offset INTEGER NOT NULL, payload BLOB NOT NULL, "
+               "reason TEXT NOT NULL, digest TEXT NOT NULL, trace_id TEXT NOT NULL, "
+               "ingested_ms INTEGER NOT NULL, after_store_offset INTEGER NOT NULL)")
+    db.execute("INSERT INTO revisions VALUES (0, 'withdrawal', ?, 'politie', 'e1', 0, x'', "
+               "'ten onrechte', '', ?, 1, 0)", (TYPE, TRACE))
+    db.commit()
+    db.close()
+    path.chmod(0o600)  # as the broker makes it
+    schema = SchemaRegistry(Path(__file__).resolve().parents[2] / "schemas").get(
+        "records.audit_entry")
+    log = SqliteEventLog(path, schema)
+    try:
+        (old,) = log.read_revisions(-1, 10)
+    finally:
+        log.close()
+    assert (old.seq, old.trace_id, old.foreign_trace) == (0, TRACE, None)
