@@ -445,25 +445,28 @@ class Broker:
 
     def ingest_revisions_settled(self, action: str, source: str, event_type: str,
                                  lines: Iterable[tuple[int, bytes | Oversized]],
-                                 now: datetime, signatures: Mapping[int, bytes] | None = None
-                                 ) -> IngestReport:
+                                 now: datetime, signatures: Mapping[int, bytes] | None = None,
+                                 traceparent: str | None = None) -> IngestReport:
         """Corrections or withdrawals as numbered input lines, returned once settled (as
         ingest_settled does for events): on the embedded backend ingest_revisions; on
         Kafka published to the event type's ingress topic with their `action` header,
         keyed by the event they revise, and the pipeline run here until idle (the report
-        covers all that run settled; quarantine positions are topic:partition:offset)."""
+        covers all that run settled; quarantine positions are topic:partition:offset).
+        `traceparent`: as for ingest, the source operation's trace context for all of them."""
         corrections.check_action(action)
         publisher, runner = self.backend.ingress, self.backend.runner
         if publisher is None:
             by_line = {f"line {n}": sig for n, sig in (signatures or {}).items()}
             return self.ingest_revisions(action, source, event_type,
-                                         ((f"line {n}", raw) for n, raw in lines), now, by_line)
+                                         ((f"line {n}", raw) for n, raw in lines), now, by_line,
+                                         traceparent)
         if runner is None:
             raise StorageError(f"backend {self.backend.name}: revisions are published to "
                                "ingress but this process cannot run the pipeline that applies "
                                "them; run `covenant-broker serve`")
         event_type = self.resolve_type(source, event_type)
-        published = publisher.publish(source, event_type, lines, signatures, action=action)
+        published = publisher.publish(source, event_type, lines, signatures, traceparent,
+                                      action=action)
         run = self._settle(runner, published, now, f"{action}s", "publish")
         return IngestReport(source, event_type, accepted=run.revised,
                             quarantined=list(run.quarantine_notes),
@@ -474,15 +477,19 @@ class Broker:
 
     def ingest_revisions(self, action: str, source: str, event_type: str,
                          inputs: Iterable[tuple[str, bytes | Oversized]], now: datetime,
-                         signatures: Mapping[str, bytes] | None = None) -> IngestReport:
+                         signatures: Mapping[str, bytes] | None = None,
+                         traceparent: str | None = None) -> IngestReport:
         """Corrections (each input the whole corrected event, with the original event_id)
         or withdrawals (`{"event_id": ..., "reason": ...}`) of one event type: triaged,
         stored with their audit entries, then applied: every recipient of the event gets
-        one retraction and, for a correction the covenant releases, the new record."""
+        one retraction and, for a correction the covenant releases, the new record.
+        `traceparent`: as for ingest (the revisions, their retractions and corrected
+        decisions go on in the source's trace; an invalid one is counted and ignored)."""
         corrections.check_action(action)
         event_type = self.resolve_type(source, event_type)
         signatures = signatures or {}
-        raws = [RawInput(source, event_type, position, raw, signatures.get(position))
+        raws = [RawInput(source, event_type, position, raw, signatures.get(position),
+                         traceparent)
                 for position, raw in inputs]  # read whole before the pipeline is held
         with self.exclusive():
             return self._ingest_revisions(action, source, event_type, raws, now)
@@ -499,6 +506,7 @@ class Broker:
         log.append_revisions(result.revisions, result.quarantined, result.audits, now_ms)
         self.metrics.observe_input(event_type, len(result.revisions) + len(result.quarantined))
         self.metrics.observe_quarantine(q.reason_code for q in result.quarantined)
+        self.metrics.observe_bad_traceparents(result.bad_traceparents)
         self.metrics.observe_audit(len(result.audits))
         report.accepted = len(result.revisions)
         report.quarantined = [QuarantineNote(q.position, q.reason_code, q.reason)

@@ -188,8 +188,9 @@ def _ingest_arguments(ingest: argparse.ArgumentParser) -> None:
                         "base64 signature of input line N (see `source sign`)")
     ingest.add_argument("--traceparent", metavar="HEADER",
                         help="W3C trace context of the source's operation that produced "
-                        "this file (00-<trace id>-<span id>-<flags>): every event goes on "
-                        "in that trace, the span recorded as the foreign operation")
+                        "this file (00-<trace id>-<span id>-<flags>): every event (or "
+                        "correction or withdrawal) goes on in that trace, the span recorded "
+                        "as the foreign operation")
     revision = ingest.add_mutually_exclusive_group()  # AVG art. 19, instead of FILE
     revision.add_argument("--correction", metavar="FILE",
                           help="corrections: each line the whole corrected event, with the "
@@ -225,7 +226,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 report = broker.ingest_revisions_settled(
                     action, args.source, args.event_type,
                     read_lines(stream, settings.limits.max_event_bytes), _now(args),
-                    _signatures(args))
+                    _signatures(args), traceparent)
         elif broker.backend.ingress is not None:  # produce to the ingress topic; serve decides
             from broker.cli import kafka_ops as cli_kafka  # noqa: PLC0415 - kafka-python only when used
 

@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from broker.audit.entries import Draft, draft, new_trace_id, with_fields
+from broker.audit import trace
+from broker.audit.entries import Draft, draft, with_fields
 from broker.clock import from_millis, to_millis
 from broker.errors import InvalidEvent
 from broker.keys import commitment
@@ -78,6 +79,7 @@ class RevisionTriage:
     positions: list[str] = field(default_factory=list)  # of each revision, in order
     quarantined: list[Quarantined] = field(default_factory=list)
     audits: list[Draft] = field(default_factory=list)  # quarantine entries, then one per revision
+    bad_traceparents: int = 0  # inputs whose traceparent was invalid (ignored, not refused)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def triage_revisions(triage: Triage, registry: SchemaRegistry, action: str,
         except InvalidEvent as exc:
             bad.append((item, exc.code, exc.reason))
     out = RevisionTriage()
-    accepted: list[tuple[_Candidate, StoredEvent]] = []
+    accepted: list[tuple[_Candidate, StoredEvent, trace.Inbound]] = []
     for event_type in dict.fromkeys(c.item.event_type for c in good):
         ids = list(dict.fromkeys(c.event_id for c in good if c.item.event_type == event_type))
         originals = log.originals(event_type, ids)
@@ -138,12 +140,13 @@ def triage_revisions(triage: Triage, registry: SchemaRegistry, action: str,
                     withdrawn.add(c.event_id)
                 else:
                     latest[c.event_id] = digest
-                accepted.append((c, original))
-                out.revisions.append(_revision(triage, action, c, original, digest))
+                span = triage.span(c.item, out)  # the source's trace, as an event's
+                accepted.append((c, original, span))
+                out.revisions.append(_revision(triage, action, c, original, digest, span))
                 out.positions.append(c.item.position)
-    out.quarantined, out.audits = triage.quarantine(bad, now)
-    out.audits += [_audit(action, c, original, subjects(original), triage, now_ms)
-                   for c, original in accepted]
+    out.quarantined, out.audits = triage.quarantine(bad, now, out)
+    out.audits += [_audit(action, c, original, subjects(original), triage, now_ms, span)
+                   for c, original, span in accepted]
     return out
 
 
@@ -166,7 +169,7 @@ def _candidate(triage: Triage, registry: SchemaRegistry, action: str, item: RawI
 
 
 def _revision(triage: Triage, action: str, c: _Candidate, original: StoredEvent,
-              digest: str) -> NewRevision:
+              digest: str, span: trace.Inbound) -> NewRevision:
     payload = b""
     if c.schema is not None and c.record is not None:
         # sealed as the original is, bound to its event_id: the decider opens it as the event
@@ -175,14 +178,18 @@ def _revision(triage: Triage, action: str, c: _Candidate, original: StoredEvent,
                                      triage.sealer.retention_until(original.event_type,
                                                                    ingested))
     return NewRevision(action, original.event_type, original.source, original.event_id,
-                       original.offset, payload, c.reason, digest, new_trace_id())
+                       original.offset, payload, c.reason, digest, span.trace_id,
+                       span.caller.header() if span.caller else None)
 
 
 def _audit(action: str, c: _Candidate, original: StoredEvent,
-           subjects: list[dict[str, str]], triage: Triage, now_ms: int) -> Draft:
-    """The source's request itself, naming the persons of the event it revises."""
-    detail = {"position": c.item.position, "original_offset": str(original.offset)}
-    return draft(action, trace_id=None, start_ms=now_ms, **triage.covenant_fields,
+           subjects: list[dict[str, str]], triage: Triage, now_ms: int,
+           span: trace.Inbound) -> Draft:
+    """The source's request itself, naming the persons of the event it revises, in the
+    source's trace (its span the foreign operation) when it sent a valid traceparent."""
+    detail = {"position": c.item.position, "original_offset": str(original.offset),
+              **trace.foreign_detail(span.caller, trace.party_uri(original.source))}
+    return draft(action, start_ms=now_ms, **span.audit_fields(), **triage.covenant_fields,
                  source=original.source, event_type=original.event_type,
                  event_id=original.event_id, event_offset=original.offset,
                  decision="correct" if action == CORRECTION else "withdraw",
@@ -193,10 +200,12 @@ def _audit(action: str, c: _Candidate, original: StoredEvent,
 
 def as_stored(revision: StoredRevision, original: StoredEvent) -> StoredEvent:
     """A correction as the decider takes it: the original's store offset and ingest time
-    (its retention runs from the first ingest), the corrected payload, its own trace.
-    Never the original's plaintext (`fresh`, set when the original was stored in the batch
-    in hand): the decision opens the corrected payload."""
-    return replace(original, payload=revision.payload, trace_id=revision.trace_id, fresh=None)
+    (its retention runs from the first ingest), the corrected payload, its own trace (and
+    the source's span that sent it, not the original's). Never the original's plaintext
+    (`fresh`, set when the original was stored in the batch in hand): the decision opens
+    the corrected payload."""
+    return replace(original, payload=revision.payload, trace_id=revision.trace_id,
+                   foreign_trace=revision.foreign_trace, fresh=None)
 
 
 def version_before(revision: StoredRevision, earlier: Iterable[StoredRevision],
@@ -217,13 +226,17 @@ def apply(revision: StoredRevision, original: StoredEvent, live: list[EgressReco
     batch = DecisionBatch(consumer=CONSUMER, position=revision.seq)
     cause = CAUSE[revision.action]
     tag = {"revision": str(revision.seq), "action": revision.action}
+    # the retractions go on in the revision's trace, as its corrected decisions do
+    caller = trace.lenient(revision.foreign_trace)
+    foreign = trace.foreign_detail(caller, trace.party_uri(revision.source))
     for record in live:
         eg = tombstone(record, decider.plans, tombstone_schema, decider.commitment_key, ctx,
                        cause=cause, after=ctx.today, decision="retract", reason_code=cause,
-                       reason=RETRACT_REASON[revision.action])
+                       reason=RETRACT_REASON[revision.action], trace_id=revision.trace_id)
         batch.egress.append(replace(eg, audit=with_fields(
-            eg.audit, source=original.source, event_id=original.event_id,
-            data_subjects=retracted_subjects, detail={**eg.audit["detail"], **tag})))
+            eg.audit, **trace.foreign_fields(caller), source=original.source,
+            event_id=original.event_id, data_subjects=retracted_subjects,
+            detail={**eg.audit["detail"], **foreign, **tag})))
     if revision.action == CORRECTION:
         decided = decider.decide([as_stored(revision, original)], ctx, CONSUMER, counts)
         batch.egress += [replace(eg, audit=with_fields(

@@ -22,15 +22,17 @@ CONSUMER = "expiry"
 
 def tombstone(record: EgressRecord, plans: PlanSet, tombstone_schema: Schema,
               commitment_key: bytes, ctx: DecisionContext, *, cause: str, after: date,
-              decision: str, reason_code: str, reason: str) -> NewEgress:
-    """The tombstone that ends one released record, audited (the caller adds data_subjects)."""
+              decision: str, reason_code: str, reason: str,
+              trace_id: str | None = None) -> NewEgress:
+    """The tombstone that ends one released record, audited (the caller adds data_subjects);
+    `trace_id`: the trace it goes on in (a revision's), else one of its own."""
     header = plans.covenant.covenant
     payload = tombstone_schema.encode({
         "ref": record.ref, "expired": True, "expired_after": after,
         "released_offset": record.offset, "reason": reason, "cause": cause})
     plan = plans.plan(record.event_type, record.purpose, record.recipient)
     audit = draft(
-        "tombstone", trace_id=None, start_ms=ctx.now_ms,
+        "tombstone", trace_id=trace_id, start_ms=ctx.now_ms,
         covenant_id=header.id, covenant_version=header.version, purpose=record.purpose,
         legal_basis=plan.legal_basis if plan else None, recipient=record.recipient,
         decision=decision, reason_code=reason_code, reason=reason,

@@ -98,7 +98,8 @@ class NewRevision:
     payload: bytes  # sealed corrected event; b"" for a withdrawal
     reason: str  # the withdrawal's reason; "" for a correction
     digest: str
-    trace_id: str
+    trace_id: str  # the source's trace when it sent a valid traceparent, else the broker's
+    foreign_trace: str | None = None  # W3C traceparent the source sent, if valid
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class StoredRevision:
     trace_id: str
     ingested_ms: int
     after_store_offset: int  # the last store offset when it was stored: its place in replay
+    foreign_trace: str | None = None  # W3C traceparent the source sent, if valid
 
 
 @dataclass

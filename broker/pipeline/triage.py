@@ -30,7 +30,7 @@ from broker.model.schemas import SchemaRegistry
 from broker.pipeline.ingest import Accepted, Oversized, validate
 from broker.pipeline.port import Quarantined
 
-__all__ = ["Oversized", "RawInput", "Triage", "TriageResult", "TriagedEvent"]
+__all__ = ["Oversized", "RawInput", "TraceCount", "Triage", "TriageResult", "TriagedEvent"]
 
 @dataclass(frozen=True)
 class RawInput:
@@ -72,6 +72,12 @@ class SourceKeyCheck(Protocol):
               signature: bytes | None) -> None: ...
 
 
+class TraceCount(Protocol):
+    """Where inputs whose traceparent was invalid are counted (a batch's result)."""
+
+    bad_traceparents: int
+
+
 # (event_type, candidate ids) -> the ids among them the backend already stores
 KnownIds = Callable[[str, list[str]], set[str]]
 
@@ -104,14 +110,14 @@ class Triage:
             try:
                 ok = self._validate(item, now_ms)
             except InvalidEvent as exc:
-                span = self._span(item, out)
+                span = self.span(item, out)
                 bad.append((*self._bad(item, exc.code, exc.reason, now_ms), span))
                 continue
             if is_home is not None and not is_home(ok.event_id):
                 # judged (and its traceparent counted) where it belongs
                 out.elsewhere.append((item, ok.event_id))
                 continue
-            good.append((item, ok, self._span(item, out)))
+            good.append((item, ok, self.span(item, out)))
         seen: dict[str, set[str]] = {}
         for event_type in dict.fromkeys(i.event_type for i, _, _ in good):
             seen[event_type] = set(known(event_type, [a.event_id for i, a, _ in good
@@ -154,17 +160,18 @@ class Triage:
         """Signature and validation of one input, as `triage` does them (InvalidEvent)."""
         return self._validate(item, now_ms)
 
-    def quarantine(self, bad: list[tuple[RawInput, str, str]], now: datetime
-                   ) -> tuple[list[Quarantined], list[Draft]]:
-        """Quarantine records (sealed) and their audit drafts for (input, code, reason)."""
-        judged = [(*self._bad(item, code, reason, to_millis(now)), trace.inbound(item.traceparent))
+    def quarantine(self, bad: list[tuple[RawInput, str, str]], now: datetime,
+                   out: TraceCount) -> tuple[list[Quarantined], list[Draft]]:
+        """Quarantine records (sealed) and their audit drafts for (input, code, reason),
+        each in the input's trace (its bad traceparent counted in `out`)."""
+        judged = [(*self._bad(item, code, reason, to_millis(now)), self.span(item, out))
                   for item, code, reason in bad]
         return ([self._seal(q, now) for q, _, _ in judged],
                 [self._audit(q, over, span) for q, over, span in judged])
 
     # -- the steps ----------------------------------------------------------------------------
     @staticmethod
-    def _span(item: RawInput, out: TriageResult) -> trace.Inbound:
+    def span(item: RawInput, out: TraceCount) -> trace.Inbound:
         """The input's trace: the source's if its traceparent is valid; a bad one is
         counted and otherwise ignored, never a reason to quarantine."""
         span = trace.inbound(item.traceparent)

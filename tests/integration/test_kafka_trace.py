@@ -136,3 +136,63 @@ def test_serve_counts_the_bad_traceparents_it_ignored(kafka_bootstrap: str,
 
     assert _total(samples, "covenant_bad_traceparent_total") == len(bad)
     assert snap.quarantine == 0
+
+
+def test_a_correction_goes_on_in_its_sources_trace_on_kafka(kafka_bootstrap: str,
+                                                           tmp_path: Path) -> None:
+    revision_trace, revision_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    traced, untraced = f.woninginbraak(), f.woninginbraak()
+    with kafka_env(kafka_bootstrap, tmp_path / "kafka", partitions=2) as env:
+        path = lines_file(tmp_path / "in.jsonl", jsonl([traced, untraced]))
+        code, out = run_cli([*env.args(), "ingest", "--source", "politie", "--type",
+                             "woninginbraak", "--traceparent", f"00-{TRACE}-{PARENT}-01",
+                             str(path)])
+        assert code == 0, out
+        code, out = run_cli([*env.args(), "--now", NOW, "serve", "--until-idle"])
+        assert code == 0, out
+        first = {e["span_id"] for es in snapshot(env).audit.values() for e in es}
+        fix = lines_file(tmp_path / "fix.jsonl", jsonl([dict(traced, modus_operandi="flipperen")]))
+        code, out = run_cli([*env.args(), "--json", "--now", NOW, "ingest", "--source",
+                             "politie", "--type", "woninginbraak", "--correction", str(fix),
+                             "--traceparent", f"00-{revision_trace}-{revision_span}-01"])
+        assert code == 0, out
+        assert json.loads(out)["retractions"] == 3
+        # a correction straight on the ingress topic, its traceparent header malformed
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        try:
+            producer.send(f"{env.name}.ingress.{TYPE}",
+                          json.dumps(dict(untraced, modus_operandi="flipperen")).encode(),
+                          key=untraced["event_id"].encode(),
+                          headers=[("action", b"correction"),
+                                   ("traceparent", f"00-{TRACE.upper()}-{PARENT}-01".encode())])
+            producer.flush()
+        finally:
+            producer.close()
+        code, out = run_cli([*env.args(), "--json", "--now", NOW, "serve", "--until-idle"])
+        assert code == 0, out
+        snap = snapshot(env)  # decided twice by design: the corrections re-decide
+        code, verify = run_cli([*env.args(), "audit", "verify"])
+        assert code == 0, verify
+
+    later = [e for es in snap.audit.values() for e in es if e["span_id"] not in first]
+    mine = [e for e in later if e["event_id"] == traced["event_id"]
+            and e["name"] in ("correction", "tombstone", "decide")]
+    assert {e["name"] for e in mine} == {"correction", "tombstone", "decide"}
+    for entry in mine:  # the revision's trace, never the original event's
+        assert (entry["trace_id"], entry["foreign_trace_id"], entry["foreign_span_id"],
+                entry["parent_span_id"]) == (revision_trace, revision_trace, revision_span,
+                                             revision_span), entry["name"]
+        assert entry["detail"]["foreign_entity"] == "urn:covenant-broker:party:politie"
+    released = {e["span_id"]: e["detail"]["outbound_trace_id"] for e in mine
+                if e["name"] == "decide" and e["decision"] == "release"}
+    assert released
+    parsed = [trace.parse(dict(r.headers or ()).get("traceparent"))
+              for records in snap.egress.values() for r in records]
+    ours = [p for p in parsed if p is not None and p.parent_id in released]
+    assert {p.parent_id for p in ours} == set(released)  # the corrected releases name theirs
+    assert all(p.trace_id == released[p.parent_id] != revision_trace for p in ours)
+    # the malformed header: ignored, the correction applied in a trace of the broker's own
+    bad = [e for e in later if e["event_id"] == untraced["event_id"]]
+    assert [e["name"] for e in bad].count("correction") == 1
+    assert all(e["trace_id"] not in (TRACE, TRACE.upper()) and e["foreign_span_id"] is None
+               for e in bad)

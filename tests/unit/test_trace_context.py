@@ -5,6 +5,8 @@ bad header is counted and ignored, whatever it is. HTTP answers name the request
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,13 @@ from prometheus_client import generate_latest
 
 from broker.app.service import Broker
 from broker.audit import trace
+from broker.backends.embedded.event_log import SqliteEventLog
 from broker.clock import parse_instant
+from broker.config import load_settings
+from broker.model.schemas import SchemaRegistry
 from broker.pipeline.triage import RawInput
 from tests import factories as f
+from tests.unit.test_cli import run
 from tests.unit.web_support import Web, open_web
 
 NOW = parse_instant("2026-05-10T12:00:00Z")
@@ -142,6 +148,115 @@ def test_a_quarantined_input_keeps_its_sources_trace(broker: Broker) -> None:
     assert (entry["trace_id"], entry["foreign_span_id"]) == (TRACE, PARENT)
 
 
+# -- corrections and withdrawals (AVG art. 19) ---------------------------------------------------
+
+REVISION_TRACE, REVISION_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+REVISION_HEADER = f"00-{REVISION_TRACE}-{REVISION_SPAN}-01"
+
+
+def in_revision_trace(entry: dict[str, Any]) -> bool:
+    """The entry goes on in the revision's caller's trace, the caller's span its foreign
+    operation and W3C parent, as an event's decide entry does."""
+    return ((entry["trace_id"], entry["foreign_trace_id"], entry["foreign_span_id"],
+             entry["parent_span_id"]) == (REVISION_TRACE, REVISION_TRACE, REVISION_SPAN,
+                                          REVISION_SPAN)
+            and entry["detail"]["foreign_entity"] == "urn:covenant-broker:party:politie")
+
+
+def test_a_correction_goes_on_in_its_sources_trace(broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", TYPE, f.lines(burglary), NOW, traceparent=HEADER)
+    first = len(entries(broker))
+    corrected = dict(burglary, address=dict(burglary["address"], wijk="oost"))
+    report = broker.ingest_revisions("correction", "politie", TYPE, f.lines(corrected), NOW,
+                                     traceparent=REVISION_HEADER)
+    assert (report.accepted, report.retractions) == (1, 3)
+    later = entries(broker)[first:]
+    (request,) = [e for e in later if e["name"] == "correction"]
+    retractions = [e for e in later if e["name"] == "tombstone"]
+    decisions = [e for e in later if e["name"] == "decide"]
+    assert len(retractions) == 3
+    assert decisions
+    # the request, its retractions and the corrected decisions: the revision's trace,
+    # never the original event's (a parent_span_id from another trace)
+    assert all(in_revision_trace(e) for e in [request, *retractions, *decisions])
+    released = {e["span_id"]: e["detail"]["outbound_trace_id"] for e in decisions
+                if e["decision"] == "release"}
+    corrected_records = [d for d in broker.consume("boa-hor-oost", None, 0, NOW)
+                         if d.kind == "record"]
+    assert corrected_records
+    for record in corrected_records:  # per-stream outbound trace, as releases do (issue 12)
+        parsed = trace.parse(record.traceparent)
+        assert parsed is not None
+        assert parsed.trace_id == released[parsed.parent_id] != REVISION_TRACE
+    assert bad_count(broker) == 0
+    assert broker.verify_audit().ok
+
+
+def test_a_withdrawal_goes_on_in_its_sources_trace(broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", TYPE, f.lines(burglary), NOW, traceparent=HEADER)
+    first = len(entries(broker))
+    lift = json.dumps({"event_id": burglary["event_id"], "reason": "ten onrechte"})
+    report = broker.ingest_revisions("withdrawal", "politie", TYPE, f.lines(lift), NOW,
+                                     traceparent=REVISION_HEADER)
+    assert (report.accepted, report.retractions) == (1, 3)
+    later = entries(broker)[first:]
+    assert [e["name"] for e in later].count("withdrawal") == 1
+    assert all(in_revision_trace(e) for e in later if e["name"] in ("withdrawal", "tombstone"))
+    stored = broker.revision_reader.revisions_of(TYPE, [burglary["event_id"]])
+    assert [(r.trace_id, r.foreign_trace) for r in stored] == [(REVISION_TRACE,
+                                                                REVISION_HEADER)]
+
+
+def test_a_quarantined_revision_keeps_its_sources_trace(broker: Broker) -> None:
+    lift = json.dumps({"event_id": f.new_id(), "reason": "ten onrechte"})
+    report = broker.ingest_revisions("withdrawal", "politie", TYPE, f.lines(lift), NOW,
+                                     traceparent=REVISION_HEADER)
+    assert [q.reason_code for q in report.quarantined] == ["unknown_original"]
+    (entry,) = [e for e in entries(broker) if e["name"] == "quarantine"]
+    assert in_revision_trace(entry)
+
+
+def test_a_malformed_revision_traceparent_is_counted_and_ignored(broker: Broker) -> None:
+    burglary = f.woninginbraak()
+    broker.ingest("politie", TYPE, f.lines(burglary), NOW)
+    first = len(entries(broker))
+    corrected = dict(burglary, address=dict(burglary["address"], wijk="oost"))
+    bad = f"00-{REVISION_TRACE.upper()}-{REVISION_SPAN}-01"
+    report = broker.ingest_revisions("correction", "politie", TYPE,
+                                     f.lines(corrected, "not json"), NOW, traceparent=bad)
+    assert (report.accepted, len(report.quarantined)) == (1, 1)  # applied all the same
+    assert report.retractions == 3
+    assert bad_count(broker) == 2  # both inputs came with it
+    later = entries(broker)[first:]
+    assert all(e["trace_id"] not in (REVISION_TRACE, REVISION_TRACE.upper())
+               and e["foreign_trace_id"] is e["parent_span_id"] is None for e in later)
+    # a trace of its own, which its retractions and corrected decisions go on in
+    (request,) = [e for e in later if e["name"] == "correction"]
+    assert {e["trace_id"] for e in later if e["name"] in ("tombstone", "decide")} == {
+        request["trace_id"]}
+
+
+def test_cli_ingest_correction_uses_its_traceparent(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    burglary = f.woninginbraak()
+    (tmp_path / "b.jsonl").write_bytes(f.jsonl(burglary))
+    (tmp_path / "fix.jsonl").write_bytes(f.jsonl(dict(burglary, modus_operandi="flipperen")))
+    assert run("ingest", "--source", "politie", "--type", TYPE, tmp_path / "b.jsonl",
+               data=data).returncode == 0
+    done = run("ingest", "--source", "politie", "--type", TYPE, "--correction",
+               tmp_path / "fix.jsonl", "--traceparent", REVISION_HEADER, data=data)
+    assert done.returncode == 0, done.stderr
+    broker = Broker(load_settings(overrides={"data_dir": data}, environ={}))
+    try:
+        found = [e for e in entries(broker) if e["name"] in ("correction", "tombstone")]
+    finally:
+        broker.close()
+    assert found
+    assert all(in_revision_trace(e) for e in found)
+
+
 _NEAR = st.from_regex(r"\A[0-9a-fA-F]{2}-[0-9a-fA-F]{32}-[0-9a-fA-F]{16}-[0-9a-fA-F]{2}"
                       r"(-.{0,8})?\Z")
 ANY_HEADER = st.one_of(st.text(max_size=80), _NEAR, st.just(HEADER))
@@ -234,3 +349,28 @@ def test_a_bad_http_traceparent_is_counted_and_the_answer_has_a_trace_of_its_own
     assert web.run(bad_count) == before + 2
     every = web.client.get("/console/login")  # every answer carries one, console too
     assert trace.parse(every.headers["traceparent"]) is not None
+
+
+def test_a_revision_stored_before_trace_context_reads_back_with_none(tmp_path: Path) -> None:
+    """A data dir whose revisions table predates the foreign_trace column gets it on open;
+    its older rows read as no caller (the decision then has no foreign operation)."""
+    path = tmp_path / "store.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE revisions (seq INTEGER PRIMARY KEY, action TEXT NOT NULL, "
+               "event_type TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL, "
+               "original_offset INTEGER NOT NULL, payload BLOB NOT NULL, "
+               "reason TEXT NOT NULL, digest TEXT NOT NULL, trace_id TEXT NOT NULL, "
+               "ingested_ms INTEGER NOT NULL, after_store_offset INTEGER NOT NULL)")
+    db.execute("INSERT INTO revisions VALUES (0, 'withdrawal', ?, 'politie', 'e1', 0, x'', "
+               "'ten onrechte', '', ?, 1, 0)", (TYPE, TRACE))
+    db.commit()
+    db.close()
+    path.chmod(0o600)  # as the broker makes it
+    schema = SchemaRegistry(Path(__file__).resolve().parents[2] / "schemas").get(
+        "records.audit_entry")
+    log = SqliteEventLog(path, schema)
+    try:
+        (old,) = log.read_revisions(-1, 10)
+    finally:
+        log.close()
+    assert (old.seq, old.trace_id, old.foreign_trace) == (0, TRACE, None)

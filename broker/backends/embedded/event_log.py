@@ -131,7 +131,8 @@ CREATE TABLE IF NOT EXISTS revisions (
     digest TEXT NOT NULL,
     trace_id TEXT NOT NULL,
     ingested_ms INTEGER NOT NULL,
-    after_store_offset INTEGER NOT NULL
+    after_store_offset INTEGER NOT NULL,
+    foreign_trace TEXT
 );
 CREATE INDEX IF NOT EXISTS revisions_of_event ON revisions (event_type, event_id, seq);
 CREATE INDEX IF NOT EXISTS egress_of_event ON egress (event_type, event_offset);
@@ -153,7 +154,8 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
         try:
             self.db = open_wal(path, secure_delete=True)
             self.db.executescript(AUDIT_TABLE + _SCHEMA + append_only(*_IMMUTABLE))
-            _add_egress_traceparent(self.db)
+            _add_column(self.db, "egress", "traceparent")
+            _add_column(self.db, "revisions", "foreign_trace")
             # The audit tree, checkpoints and query indexes (broker.audit.sqlite_store).
             self.audit = SqliteAudit(
                 self.db, sequencer or AuditSequencer(audit_schema, origin="covenant-broker"),
@@ -244,7 +246,8 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
 
     # -- corrections and withdrawals -------------------------------------------------------
     _REVISION_COLS = ("seq, action, event_type, source, event_id, original_offset, payload, "
-                      "reason, digest, trace_id, ingested_ms, after_store_offset")
+                      "reason, digest, trace_id, ingested_ms, after_store_offset, "
+                      "foreign_trace")
 
     def append_revisions(self, revisions: list[NewRevision], quarantined: list[Quarantined],
                          audits: list[Draft], now_ms: int) -> list[StoredRevision]:
@@ -258,13 +261,13 @@ class SqliteEventLog(StoreWriter, StoreReader, DecisionSink, TombstoneWriter, Eg
                 seq += 1
                 out.append(StoredRevision(seq, r.action, r.event_type, r.source, r.event_id,
                                           r.original_offset, r.payload, r.reason, r.digest,
-                                          r.trace_id, now_ms, after))
+                                          r.trace_id, now_ms, after, r.foreign_trace))
             db.executemany(
                 f"INSERT INTO revisions ({self._REVISION_COLS}) "  # noqa: S608 - constant columns
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(s.seq, s.action, s.event_type, s.source, s.event_id, s.original_offset,
                   s.payload, s.reason, s.digest, s.trace_id, s.ingested_ms,
-                  s.after_store_offset) for s in out])
+                  s.after_store_offset, s.foreign_trace) for s in out])
             self._insert_quarantine(db, quarantined)
             self._append_audit(db, audits)
         return out
@@ -440,7 +443,7 @@ def _egress_record(eg: NewEgress, offset: int) -> EgressRecord:
 
 def _row_to_revision(r: Any) -> StoredRevision:
     return StoredRevision(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), bytes(r[6]), r[7],
-                          r[8], r[9], int(r[10]), int(r[11]))
+                          r[8], r[9], int(r[10]), int(r[11]), r[12])
 
 
 def _row_to_egress(r: Any) -> EgressRecord:
@@ -448,10 +451,10 @@ def _row_to_egress(r: Any) -> EgressRecord:
                         date.fromisoformat(r[8]) if r[8] else None, int(r[9]), r[10])
 
 
-def _add_egress_traceparent(db: sqlite3.Connection) -> None:
-    """A data dir made before egress records carried trace context gets the column (its
-    older rows have none); adding a column is no UPDATE, so the append-only triggers
-    stand."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(egress)")}
-    if "traceparent" not in columns:
-        db.execute("ALTER TABLE egress ADD COLUMN traceparent TEXT")
+def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    """A data dir made before egress records (or revisions) carried trace context gets the
+    TEXT column (its older rows have none); adding a column is no UPDATE, so the
+    append-only triggers stand."""
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if column not in columns:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")

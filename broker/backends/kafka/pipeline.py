@@ -387,7 +387,7 @@ class PartitionWorker:
                     triage.runs.append(run)
                 run.inputs.append(item)
         if unknown:
-            quarantined, audits = self.broker.triage.quarantine(unknown, ctx.now)
+            quarantined, audits = self.broker.triage.quarantine(unknown, ctx.now, triage)
             triage.quarantined += quarantined
             triage.audits += audits
 
@@ -448,6 +448,7 @@ class PartitionWorker:
             counts.quarantined += len(result.quarantined)
             counts.quarantine_codes += [q.reason_code for q in result.quarantined]
             counts.quarantine_notes += [q.note() for q in result.quarantined]
+            counts.bad_traceparents += result.bad_traceparents
             self._send_keys()  # the corrected events' data keys, sealed by the triage
             futures = []
             pending = []
@@ -456,7 +457,7 @@ class PartitionWorker:
                                         revision.source, revision.event_id,
                                         revision.original_offset, revision.payload,
                                         revision.reason, revision.digest, revision.trace_id,
-                                        ctx.now_ms, state.last_store)
+                                        ctx.now_ms, state.last_store, revision.foreign_trace)
                 futures.append(tx.send(self.layout.names.revisions, revision.payload,
                                        key=revision.event_id.encode(), partition=self.index,
                                        headers=revision_headers(stored, position)))

@@ -21,7 +21,8 @@ on the revisions topic (offset * N + partition, as a store position).
 
 A revision record: key the event_id, value the sealed corrected event (empty for a
 withdrawal), headers action, event_type, source, original_offset, digest, trace_id,
-ingested_ms, after_store_offset, ingress, and reason (the withdrawal's reason, which is
+ingested_ms, after_store_offset, ingress, traceparent (the source's, if it sent a
+valid one), and reason (the withdrawal's reason, which is
 the source's text: the audit keeps it scrubbed, this topic as the embedded table does).
 
 `PartitionRevisions` is what the worker of partition p knows about its events' revisions,
@@ -74,7 +75,8 @@ def revision_headers(revision: StoredRevision, ingress: str) -> list[tuple[str, 
                      source=revision.source, original_offset=revision.original_offset,
                      digest=revision.digest or None, trace_id=revision.trace_id,
                      ingested_ms=revision.ingested_ms,
-                     after_store_offset=revision.after_store_offset, ingress=ingress),
+                     after_store_offset=revision.after_store_offset, ingress=ingress,
+                     traceparent=revision.foreign_trace),
             ("reason", revision.reason.encode("utf-8"))]
 
 
@@ -86,7 +88,8 @@ def to_revision(record: Any, partitions: int) -> StoredRevision:
         int(header(record, "original_offset") or -1), bytes(record.value or b""),
         header(record, "reason") or "", header(record, "digest") or "",
         header(record, "trace_id") or "", int(header(record, "ingested_ms") or 0),
-        int(header(record, "after_store_offset") or -1))
+        int(header(record, "after_store_offset") or -1),
+        header(record, "traceparent"))  # none on a revision stored before trace context
 
 
 def stored_event(record: Any, position: int) -> StoredEvent:
