@@ -70,7 +70,7 @@ PHASE2_POINTS = [  # in and around the transaction that writes the tombstones
 def _stream() -> dict[str, tuple[str, list[str]]]:
     burglaries = [f.woninginbraak(address={"wijk": WIJKEN[i % 4]},
                                   victim={"consent_prevention_advice": i % 3 != 0})
-                  for i in range(80)]
+                  for i in range(140)]
     bans = [f.gebiedsverbod(valid_until="2026-05-31",
                             area={"wijken": [WIJKEN[i % 4], WIJKEN[(i + 1) % 4]],
                                   "streets": []}) for i in range(8)]
