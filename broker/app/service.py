@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property, wraps
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from broker.app.assembly import Backend, Parts, assemble
 from broker.audit.access import Accessor
@@ -28,7 +28,7 @@ from broker.clock import local_date, to_millis
 from broker.config import Settings
 from broker.crypto.keystore import DataKeyStore, DestroyedKey, fields_detail
 from broker.crypto.sealing import Sealer
-from broker.errors import InvalidEvent, StorageError, UnknownSourceError
+from broker.errors import BrokerError, InvalidEvent, StorageError, UnknownSourceError
 from broker.gcpause import during
 from broker.keys import KeyStore, commitment, private_dir
 from broker.logs import add_personal_keys, get_logger, scrub
@@ -62,6 +62,9 @@ from broker.policy.plan import PlanSet, compile_plans
 DECIDER = "decide"
 # What the data dir holds under its keys (events, data keys, the Kafka integrated audit).
 _DATA_FILES = ("broker.db", "keystore.db", INTEGRATED_DB)
+
+if TYPE_CHECKING:  # the type only: the export module is not loaded for every command
+    from broker.audit.export_ldv import ActivityLookup
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -263,6 +266,27 @@ class Broker:
         if activation is None:
             return self.covenant, self.policy_sha
         return self.covenant_version(activation.version)
+
+    def activity_lookup(self) -> ActivityLookup:
+        """The processing activity of (covenant, version, purpose), from that covenant
+        version's text when the broker has it, each version read once: for entries that do
+        not carry the URI themselves (the LDV export, the party read API)."""
+        versions: dict[int, Covenant | None] = {}
+
+        def lookup(covenant_id: str | None, version: int | None, purpose: str | None
+                   ) -> str | None:
+            if covenant_id != self.covenant.covenant.id or version is None or purpose is None:
+                return None
+            if version not in versions:
+                try:
+                    versions[version] = self.covenant_version(version)[0]
+                except BrokerError:
+                    versions[version] = None
+            covenant = versions[version]
+            found = covenant.purposes.get(purpose) if covenant else None
+            return found.processing_activity_id if found else None
+
+        return lookup
 
     def covenant_version(self, version: int) -> tuple[Covenant, str]:
         """A covenant version by number: an activated one from the control log, or the file."""

@@ -128,15 +128,24 @@ def _child_span_id(leaf_hex: str, index: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def processing_activity(entry: Mapping[str, Any],
+                        activity_of: ActivityLookup | None = None) -> str | None:
+    """An entry's processing activity URI: its own (`detail.processing_activity_id`), else,
+    for an entry that does not carry it (written before decisions did, an ack), the one its
+    purpose has in the covenant version the entry names."""
+    detail: Mapping[str, Any] = entry.get("detail") or {}
+    activity = entry.get(PROCESSING_ACTIVITY) or detail.get(PROCESSING_ACTIVITY)
+    if not activity and activity_of is not None and entry.get("purpose"):
+        activity = activity_of(entry.get("covenant_id"), entry.get("covenant_version"),
+                               entry.get("purpose"))
+    return str(activity) if activity else None
+
+
 def entry_spans(seq: int, leaf_hex: str, entry: Mapping[str, Any],
                 activity_of: ActivityLookup | None = None) -> list[dict[str, Any]]:
     """The spans of one audit entry: its own, then one per data subject."""
     detail: Mapping[str, Any] = entry.get("detail") or {}
-    activity = entry.get(PROCESSING_ACTIVITY) or detail.get(PROCESSING_ACTIVITY)
-    if not activity and activity_of is not None and entry.get("purpose"):
-        # an entry written before decisions carried it: the covenant version it names
-        activity = activity_of(entry.get("covenant_id"), entry.get("covenant_version"),
-                               entry.get("purpose"))
+    activity = processing_activity(entry, activity_of)
     proof = [_kv(SEQ, seq), _kv(LEAF, leaf_hex)]
     attributes = [_kv(ACTIVITY, activity)] if activity else []
     foreign_trace, foreign_span = foreign_operation(entry)

@@ -28,7 +28,6 @@ from broker.audit.export_ldv import ExportPosition, Resource, follow
 from broker.audit.service import AuditLog
 from broker.clock import parse_instant, to_millis
 from broker.errors import BrokerError, InputError
-from broker.policy.covenant import Covenant
 
 EXIT_OK = 0
 
@@ -60,28 +59,6 @@ def _since(text: str | None) -> tuple[int, int | None]:
     except (ValueError, BrokerError):
         raise InputError(f"--since {text!r} is neither a seq nor an ISO-8601 instant with "
                          "a zone") from None
-
-
-def _activity_lookup(broker: Broker) -> Callable[[str | None, int | None, str | None],
-                                                 str | None]:
-    """The processing activity of (covenant, version, purpose) for entries written before
-    decisions carried it: from that covenant version's text, when the broker has it."""
-    versions: dict[int, Covenant | None] = {}
-
-    def lookup(covenant_id: str | None, version: int | None, purpose: str | None
-               ) -> str | None:
-        if covenant_id != broker.covenant.covenant.id or version is None or purpose is None:
-            return None
-        if version not in versions:
-            try:
-                versions[version] = broker.covenant_version(version)[0]
-            except BrokerError:
-                versions[version] = None
-        covenant = versions[version]
-        found = covenant.purposes.get(purpose) if covenant else None
-        return found.processing_activity_id if found else None
-
-    return lookup
 
 
 def _open_out(path: Path | None) -> IO[str]:
@@ -128,7 +105,7 @@ def run_export(args: argparse.Namespace, broker: Broker, audit: AuditLog) -> int
         follow(audit.store, audit.schema, Resource(_version(), audit.origin), position,
                write, since_ms=since_ms, batch=args.batch, limit=args.limit,
                interval=args.interval, stop=lambda: not args.follow or bool(stopping),
-               activity_of=_activity_lookup(broker))
+               activity_of=broker.activity_lookup())
     finally:
         if out is not sys.stdout:
             out.close()

@@ -37,10 +37,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from broker.app.confidential import known_versions
 from broker.app.service import Broker
 from broker.audit.access import Accessor
-from broker.audit.entries import PROCESSING_ACTIVITY, draft
+from broker.audit.entries import draft
+from broker.audit.export_ldv import processing_activity
 from broker.audit.service import AuditLog
 from broker.audit.store import QueryFilter
 from broker.clock import to_millis
@@ -176,32 +176,6 @@ class Selector:
         return out
 
 
-Activities = dict[tuple[str, int], str]  # (purpose, covenant version) -> activity URI
-
-
-def _activities(broker: Broker) -> Activities:
-    """The processing activity URI of each purpose in each covenant version, for entries
-    that do not carry it in their detail (written before entries did, or an ack)."""
-    out: Activities = {}
-    for version in known_versions(broker):
-        covenant, _ = broker.covenant_version(version)
-        out.update(((name, version), purpose.processing_activity_id)
-                   for name, purpose in covenant.purposes.items())
-    return out
-
-
-def _activity_of(entry: dict[str, Any], activities: Activities) -> str | None:
-    """The entry's processing activity: its own (`detail.processing_activity_id`), else
-    the one its purpose had in the covenant version it names."""
-    own = (entry.get("detail") or {}).get(PROCESSING_ACTIVITY)
-    if own:
-        return str(own)
-    purpose, version = entry.get("purpose"), entry.get("covenant_version")
-    if purpose is None or version is None:
-        return None
-    return activities.get((purpose, version))
-
-
 def _candidates(broker: Broker, audit: AuditLog, party: str, selector: Selector,
                 after: int) -> Iterator[tuple[int, bytes]]:
     """Entries that may match, in seq order after `after`, through an index."""
@@ -255,7 +229,7 @@ def _read(broker: Broker, caller: Caller, accessor: Accessor, selector: Selector
     audit = broker.audit
     if audit is None:
         return None
-    activities = _activities(broker)
+    activity_of = broker.activity_lookup()
     found: list[PartyEntry] = []
     next_after: int | None = None
     for examined, (seq, data) in enumerate(_candidates(broker, audit, caller.party, selector,
@@ -267,7 +241,7 @@ def _read(broker: Broker, caller: Caller, accessor: Accessor, selector: Selector
         # The one rule that keeps parties apart: only entries of this party's own events.
         if entry.get("source") != caller.party:
             continue
-        activity = _activity_of(entry, activities)
+        activity = processing_activity(entry, activity_of)
         if not _matches(entry, selector, activity):
             continue
         found.append(_entry({**entry, "seq": seq}, activity))

@@ -105,8 +105,8 @@ def test_on_acquire_runs_at_each_outermost_hold_and_a_failure_lets_go(tmp_path: 
 
 
 def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
-    """flock alone does not exclude two threads of one process (one open file each would
-    deadlock or, shared, let both in); the process's re-entrant lock does."""
+    """The hold depth and the open lock file are the process's: without the thread lock a
+    second thread would see a depth above 0 and go in beside the first."""
     lock, inside, most = WriterLock(tmp_path), [0], [0]
 
     def step() -> None:
